@@ -1,0 +1,1 @@
+"""Adapters: HTTP (FastAPI), settings and the `artifacts` command over the storage core."""

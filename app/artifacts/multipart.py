@@ -1,0 +1,185 @@
+"""Streaming multipart/form-data: the `file` part's bytes flow to the blob store as they arrive.
+
+python-multipart parses each chunk of `request.stream()` as it comes; nothing holds the whole
+body or the whole part, and nothing spools to a second temporary file. The parser accepts a
+truncated body silently, so the stream only counts as complete once its closing boundary (the
+parser's on_end) has been seen; otherwise `file_chunks()` raises and the blob store discards
+its staging file. Non-file fields are kept (bounded) for the multipart create.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.errors import ApiError, validation_error
+from storage.errors import IncompleteContent
+
+FILE_FIELD = "file"
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class FormLimits:
+    max_parts: int = 64
+    max_header_bytes: int = 16 * 1024
+    max_field_bytes: int = 1 << 20
+
+
+@dataclass
+class FilePart:
+    filename: str
+    content_type: str
+
+
+def safe_filename(raw: str) -> str | None:
+    """The last path component with control characters removed, at most 255 bytes; None if empty."""
+    name = _UNSAFE.sub("", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    if name in ("", ".", ".."):
+        return None
+    encoded = name.encode()[:255]
+    return encoded.decode(errors="ignore") or None
+
+
+def boundary_of(content_type: str) -> bytes:
+    media, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if media != b"multipart/form-data" or not boundary or len(boundary) > 200:
+        raise ApiError(400, "malformed_multipart", "A multipart body needs a boundary parameter.")
+    return boundary
+
+
+class FormStream:
+    def __init__(self, request: Request, limits: FormLimits | None = None) -> None:
+        self.request = request
+        self.limits = limits or FormLimits()
+        self.fields: dict[str, str] = {}
+        self.file: FilePart | None = None
+        self._ended = False
+        self._parts = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self._current: str | None = None  # FILE_FIELD, a field name, or None (ignored part)
+        self._field_value = bytearray()
+        self._out: list[bytes] = []
+        self._parser = MultipartParser(
+            boundary_of(request.headers.get("content-type", "")),
+            callbacks={
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+        )
+
+    async def file_chunks(self) -> AsyncIterator[bytes]:
+        """Yield the file part's bytes; raise unless exactly one file part and a complete body."""
+        async for chunk in self.request.stream():
+            try:
+                self._parser.write(chunk)
+            except MultipartParseError:
+                raise ApiError(
+                    400, "malformed_multipart", "The multipart body is malformed."
+                ) from None
+            if self._out:
+                out, self._out = self._out, []
+                for data in out:
+                    yield data
+        if not self._ended:
+            raise IncompleteContent(
+                "The multipart body ended before its closing boundary; nothing was stored."
+            )
+        if self.file is None:
+            raise validation_error(("body", FILE_FIELD), "missing", "Field required", None)
+
+    # -- parser callbacks --------------------------------------------------------------------
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self.limits.max_parts:
+            raise ApiError(
+                413,
+                "too_many_parts",
+                f"A multipart body may have at most {self.limits.max_parts} parts.",
+            )
+        self._headers = {}
+        self._header_bytes = 0
+        self._current = None
+        self._field_value.clear()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
+        self._header_value += data[start:end]
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise ApiError(
+                413,
+                "part_header_too_large",
+                f"A multipart part's headers may be at most {self.limits.max_header_bytes} bytes.",
+            )
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        disposition, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", errors="replace")
+        if disposition != b"form-data" or not name:
+            return
+        if name != FILE_FIELD:
+            self._current = name
+            return
+        if self.file is not None:
+            raise validation_error(
+                ("body", FILE_FIELD), "too_many_files", "Exactly one file part is allowed", None
+            )
+        raw_name = params.get(b"filename")
+        if raw_name is None:
+            raise validation_error(
+                ("body", FILE_FIELD), "file_expected", "Expected a file part with a filename", None
+            )
+        content_type = self._headers.get(b"content-type", b"").decode("latin-1").strip()
+        self.file = FilePart(
+            filename=raw_name.decode("utf-8", errors="replace"),
+            content_type=_UNSAFE.sub("", content_type) or "application/octet-stream",
+        )
+        self._current = FILE_FIELD
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current == FILE_FIELD:
+            self._out.append(data[start:end])
+        elif self._current is not None:
+            self._field_value += data[start:end]
+            if len(self._field_value) > self.limits.max_field_bytes:
+                raise ApiError(
+                    413,
+                    "field_too_large",
+                    f"A form field may be at most {self.limits.max_field_bytes} bytes.",
+                )
+
+    def _part_end(self) -> None:
+        if self._current is not None and self._current != FILE_FIELD:
+            self.fields[self._current] = self._field_value.decode("utf-8", errors="replace")
+        self._current = None
+
+    def _end(self) -> None:
+        self._ended = True

@@ -1,0 +1,351 @@
+"""The artifacts routes (CONTRACT.md), thin: parse, one service call, one conversion."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic_core import PydanticCustomError
+
+from app.artifacts import schemas
+from app.artifacts.body import declared_length, parse_json, read_limited, too_large, validate
+from app.artifacts.multipart import FormStream, safe_filename
+from app.errors import ApiError, validation_error
+from app.settings import Settings
+from storage.artifacts import ArtifactService
+from storage.errors import BlobTooLarge
+from storage.records import (
+    Artifact,
+    ArtifactChanges,
+    Cursor,
+    ListQuery,
+    NewArtifact,
+    NewContent,
+    datetime_to_us,
+    is_textual,
+    us_to_iso,
+)
+
+router = APIRouter(tags=["artifacts"])
+
+
+def get_service(request: Request) -> ArtifactService:
+    return request.app.state.service
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+Service = Annotated[ArtifactService, Depends(get_service)]
+Config = Annotated[Settings, Depends(get_settings)]
+PageLimit = Annotated[int, Query(ge=1, le=200, description="page size")]
+
+
+def api_base(request: Request, settings: Settings) -> str:
+    """Absolute base of the artifacts API as this client reached it (with /api/v1 if used)."""
+    base = (settings.public_url or str(request.base_url)).rstrip("/")
+    return base + "/api/v1" if request.url.path.startswith("/api/v1/") else base
+
+
+def download_url(request: Request, settings: Settings, artifact: Artifact) -> str:
+    return f"{api_base(request, settings)}/artifacts/{artifact.id}/download"
+
+
+def validation_context(settings: Settings) -> dict[str, Any]:
+    return {
+        "artifact_types": settings.artifact_types,
+        "max_metadata_bytes": settings.max_metadata_bytes,
+    }
+
+
+async def inline_text(
+    service: ArtifactService, settings: Settings, artifact: Artifact
+) -> str | None:
+    """The content as text when its bytes are text and small enough to inline; else None."""
+    if not artifact.is_text or artifact.size_bytes > settings.max_inline_content_bytes:
+        return None
+    try:
+        return (await service.read_bytes(artifact)).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@router.get("", response_model=list[schemas.ArtifactSummary], summary="List artifacts")
+async def list_artifacts(
+    request: Request,
+    service: Service,
+    settings: Config,
+    workflow_id: str | None = None,
+    phase_id: str | None = None,
+    artifact_type: str | None = None,
+    session_id: str | None = None,
+    content_type: str | None = None,
+    is_primary_deliverable: bool | None = None,
+    created_after: datetime | None = Query(None, description="exclusive, ISO 8601"),
+    created_before: datetime | None = Query(None, description="exclusive, ISO 8601"),
+    limit: PageLimit = 50,
+    cursor: str | None = Query(None, description="from the previous page's X-Next-Cursor"),
+) -> Response:
+    """Newest first (created_at, id descending). When more rows exist, `Link: <…>; rel="next"`
+    and `X-Next-Cursor` give the next page."""
+    if artifact_type is not None:
+        try:
+            artifact_type = schemas.check_artifact_type(artifact_type, settings.artifact_types)
+        except PydanticCustomError as exc:
+            raise validation_error(
+                ("query", "artifact_type"), "enum", exc.message(), artifact_type, exc.context
+            ) from None
+    after = None
+    if cursor is not None:
+        try:
+            after = Cursor.decode(cursor)
+        except ValueError:
+            raise validation_error(
+                ("query", "cursor"), "cursor_invalid", "Not a cursor this service issued", cursor
+            ) from None
+    query = ListQuery(
+        workflow_id=workflow_id,
+        phase_id=phase_id,
+        session_id=session_id,
+        artifact_type=artifact_type,
+        content_type=content_type,
+        is_primary_deliverable=is_primary_deliverable,
+        created_after=None if created_after is None else datetime_to_us(created_after),
+        created_before=None if created_before is None else datetime_to_us(created_before),
+    )
+    page = await service.page(query, limit=limit, after=after)
+    headers = {}
+    if page.next_cursor is not None:
+        token = page.next_cursor.encode()
+        next_url = request.url.include_query_params(cursor=token)
+        headers = {"Link": f'<{next_url}>; rel="next"', "X-Next-Cursor": token}
+    return JSONResponse([schemas.summary(a) for a in page.items], headers=headers)
+
+
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": schemas.CreateArtifact.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=schemas.Created,
+    summary="Create an artifact",
+    openapi_extra=CREATE_BODY,
+)
+async def create_artifact(request: Request, service: Service, settings: Config) -> Response:
+    """JSON body; the content is stored as its UTF-8 bytes, so content_hash = sha256(content)."""
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(
+            415, "unsupported_media_type", f"POST /artifacts takes application/json, not {media!r}."
+        )
+    body = parse_json(await read_limited(request, settings.max_json_body_bytes))
+    data = validate(schemas.CreateArtifact, body, validation_context(settings))
+    new = NewArtifact(
+        workflow_id=data.workflow_id,
+        artifact_type=data.artifact_type,
+        title=data.title,
+        content_type=data.content_type,
+        phase_id=data.phase_id,
+        session_id=data.session_id,
+        is_text=True,
+        is_primary_deliverable=data.is_primary_deliverable,
+        created_by=data.created_by,
+        metadata=data.metadata,
+        derived_from=tuple(data.derived_from),
+    )
+    artifact = await service.create(new, data.content.encode("utf-8"))
+    body_out = {
+        "id": artifact.id,
+        "title": artifact.title,
+        "artifact_type": artifact.artifact_type,
+        "status": "created",
+        "content_hash": artifact.content_hash,
+        "size_bytes": artifact.size_bytes,
+        "created_at": us_to_iso(artifact.created_at),
+    }
+    return JSONResponse(
+        body_out,
+        status_code=201,
+        headers={"Location": f"{api_base(request, settings)}/artifacts/{artifact.id}"},
+    )
+
+
+@router.get("/{artifact_id}", response_model=schemas.ArtifactRecord, summary="Get an artifact")
+async def get_artifact(
+    artifact_id: str,
+    request: Request,
+    service: Service,
+    settings: Config,
+    include_content: bool = True,
+) -> Response:
+    """By id or a unique id prefix of at least 8 characters (409 when ambiguous)."""
+    artifact = await service.get(artifact_id)
+    content = await inline_text(service, settings, artifact) if include_content else None
+    return JSONResponse(
+        schemas.record(artifact, content, download_url(request, settings, artifact)),
+        headers={"ETag": f'"{artifact.content_hash}"'},
+    )
+
+
+@router.get(
+    "/{artifact_id}/content",
+    response_model=schemas.ContentBody,
+    summary="Get an artifact's content",
+)
+async def get_content(
+    artifact_id: str, request: Request, service: Service, settings: Config
+) -> Response:
+    artifact = await service.get(artifact_id)
+    return JSONResponse(
+        {
+            "artifact_id": artifact.id,
+            "content": await inline_text(service, settings, artifact),
+            "content_type": artifact.content_type,
+            "size_bytes": artifact.size_bytes,
+            "content_hash": artifact.content_hash,
+            "download_url": download_url(request, settings, artifact),
+        }
+    )
+
+
+UPDATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": schemas.UpdateArtifact.model_json_schema()}},
+    }
+}
+
+
+@router.put(
+    "/{artifact_id}",
+    response_model=schemas.Updated,
+    summary="Update title, metadata or primary flag",
+    openapi_extra=UPDATE_BODY,
+)
+async def update_artifact(
+    artifact_id: str, request: Request, service: Service, settings: Config
+) -> Response:
+    body = parse_json(await read_limited(request, settings.max_json_body_bytes))
+    data = validate(schemas.UpdateArtifact, body, validation_context(settings))
+    changes = ArtifactChanges(
+        title=data.title, metadata=data.metadata, is_primary_deliverable=data.is_primary_deliverable
+    )
+    artifact = await service.update(artifact_id, changes)
+    return JSONResponse({"artifact_id": artifact.id, "status": "updated"})
+
+
+@router.delete("/{artifact_id}", response_model=schemas.Deleted, summary="Delete an artifact")
+async def delete_artifact(artifact_id: str, service: Service) -> Response:
+    """Soft delete: afterwards GET answers 404; the bytes are reclaimed by garbage collection."""
+    await service.delete(artifact_id)
+    return JSONResponse({"artifact_id": artifact_id, "status": "deleted"})
+
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/{artifact_id}/upload",
+    response_model=schemas.Uploaded,
+    summary="Replace an artifact's content with uploaded bytes",
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_content(
+    artifact_id: str,
+    request: Request,
+    service: Service,
+    settings: Config,
+    filename: str | None = Query(None, description="for a raw (non-multipart) body"),
+) -> Response:
+    """Multipart with one part named `file`, or a raw body (its Content-Type becomes the
+    artifact's). Streams into the blob store; 413 as soon as the body passes the limit."""
+    limit = settings.max_upload_bytes
+    length = declared_length(request)
+    if length is not None and length > limit + 64 * 1024:
+        raise too_large(limit, "upload")
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        form = FormStream(request)
+        chunks = form.file_chunks()
+
+        def describe() -> NewContent:
+            assert form.file is not None
+            ctype = form.file.content_type
+            name = safe_filename(form.file.filename)
+            return NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
+
+    else:
+        ctype = request.headers.get("content-type") or "application/octet-stream"
+        name = safe_filename(filename) if filename else None
+        chunks = request.stream()
+
+        def describe() -> NewContent:
+            return NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
+
+    try:
+        artifact = await service.replace_content(artifact_id, chunks, describe, max_bytes=limit)
+    except BlobTooLarge:
+        raise too_large(limit, "upload") from None
+    return JSONResponse(
+        {
+            "artifact_id": artifact.id,
+            "storage_url": download_url(request, settings, artifact),
+            "status": "uploaded",
+            "content_hash": artifact.content_hash,
+            "size_bytes": artifact.size_bytes,
+            "content_type": artifact.content_type,
+        }
+    )
+
+
+def content_disposition(artifact: Artifact) -> str:
+    name = artifact.filename or artifact.id
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+@router.api_route(
+    "/{artifact_id}/download",
+    methods=["GET", "HEAD"],
+    response_class=StreamingResponse,
+    summary="Download an artifact's exact bytes",
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def download(artifact_id: str, request: Request, service: Service) -> Response:
+    artifact = await service.get(artifact_id)
+    headers = {
+        "Content-Length": str(artifact.size_bytes),
+        "ETag": f'"{artifact.content_hash}"',
+        "Content-Disposition": content_disposition(artifact),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox",
+    }
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers, media_type=artifact.content_type)
+    return StreamingResponse(
+        service.stream(artifact), headers=headers, media_type=artifact.content_type
+    )

@@ -1,0 +1,211 @@
+"""Request and response bodies of the artifacts API.
+
+Inputs are pydantic models validated with a context (allowed artifact types, metadata limit) so
+that their 422s are exactly FastAPI's. Outputs are documented as models but built as plain dicts
+on the hot path (see `record`, `summary`): the tests pin their exact keys.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from storage.records import Artifact, us_to_iso
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+def _expected(values: tuple[str, ...]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def check_artifact_type(value: str, allowed: tuple[str, ...]) -> str:
+    """Case-insensitive; an unknown type fails like a pydantic enum."""
+    lowered = value.lower()
+    if lowered not in allowed:
+        expected = _expected(allowed)
+        raise PydanticCustomError("enum", "Input should be {expected}", {"expected": expected})
+    return lowered
+
+
+def _check_metadata(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    limit = (info.context or {}).get("max_metadata_bytes", 64 * 1024)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limit:
+        raise PydanticCustomError(
+            "metadata_too_large",
+            "Metadata must encode to at most {limit} bytes of JSON, not {size}",
+            {"limit": limit, "size": size},
+        )
+    return value
+
+
+class CreateArtifact(BaseModel):
+    """POST /artifacts (JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow_id: NonEmpty
+    artifact_type: str = Field(description="one of the artifact types, case-insensitive")
+    title: str
+    content: str = Field(min_length=1)
+    phase_id: str | None = None
+    session_id: str | None = None
+    content_type: NonEmpty = "text/markdown"
+    is_primary_deliverable: bool = False
+    derived_from: list[str] = Field(default_factory=list, description="ids of live parents")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_by: str | None = None
+
+    @field_validator("artifact_type")
+    @classmethod
+    def _type(cls, value: str, info: ValidationInfo) -> str:
+        return check_artifact_type(value, (info.context or {}).get("artifact_types", ()))
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _check_metadata(value, info)
+
+
+class UpdateArtifact(BaseModel):
+    """PUT /artifacts/{id}: at least one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+    is_primary_deliverable: bool | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        return None if value is None else _check_metadata(value, info)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> UpdateArtifact:
+        if self.title is None and self.metadata is None and self.is_primary_deliverable is None:
+            raise PydanticCustomError(
+                "no_fields",
+                "At least one of title, metadata, is_primary_deliverable is required",
+            )
+        return self
+
+
+# -- responses (documentation models; bodies are built by the functions below) ----------------
+
+
+class ArtifactSummary(BaseModel):
+    id: str
+    workflow_id: str
+    phase_id: str | None
+    artifact_type: str
+    title: str
+    size_bytes: int
+    created_at: str
+    session_id: str | None
+    content_type: str
+    content_hash: str
+    is_primary_deliverable: bool
+
+
+class ArtifactRecord(BaseModel):
+    id: str
+    workflow_id: str
+    phase_id: str | None
+    session_id: str | None
+    artifact_type: str
+    is_primary_deliverable: bool
+    content: str | None
+    content_type: str
+    content_hash: str
+    size_bytes: int
+    title: str
+    derived_from: list[str]
+    created_at: str
+    created_by: str | None
+    metadata: dict[str, Any]
+    filename: str | None
+    updated_at: str
+    download_url: str
+
+
+class Created(BaseModel):
+    id: str
+    title: str
+    artifact_type: str
+    status: str = "created"
+    content_hash: str
+    size_bytes: int
+    created_at: str
+
+
+class ContentBody(BaseModel):
+    artifact_id: str
+    content: str | None
+    content_type: str
+    size_bytes: int
+    content_hash: str
+    download_url: str
+
+
+class Updated(BaseModel):
+    artifact_id: str
+    status: str = "updated"
+
+
+class Deleted(BaseModel):
+    artifact_id: str
+    status: str = "deleted"
+
+
+class Uploaded(BaseModel):
+    artifact_id: str
+    storage_url: str
+    status: str = "uploaded"
+    content_hash: str
+    size_bytes: int
+    content_type: str
+
+
+def summary(a: Artifact) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "workflow_id": a.workflow_id,
+        "phase_id": a.phase_id,
+        "artifact_type": a.artifact_type,
+        "title": a.title,
+        "size_bytes": a.size_bytes,
+        "created_at": us_to_iso(a.created_at),
+        "session_id": a.session_id,
+        "content_type": a.content_type,
+        "content_hash": a.content_hash,
+        "is_primary_deliverable": a.is_primary_deliverable,
+    }
+
+
+def record(a: Artifact, content: str | None, download_url: str) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "workflow_id": a.workflow_id,
+        "phase_id": a.phase_id,
+        "session_id": a.session_id,
+        "artifact_type": a.artifact_type,
+        "is_primary_deliverable": a.is_primary_deliverable,
+        "content": content,
+        "content_type": a.content_type,
+        "content_hash": a.content_hash,
+        "size_bytes": a.size_bytes,
+        "title": a.title,
+        "derived_from": list(a.derived_from or ()),
+        "created_at": us_to_iso(a.created_at),
+        "created_by": a.created_by,
+        "metadata": a.metadata,
+        "filename": a.filename,
+        "updated_at": us_to_iso(a.updated_at),
+        "download_url": download_url,
+    }

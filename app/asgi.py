@@ -1,0 +1,50 @@
+"""create_app(settings): the ASGI application. Nothing is configured at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import errors, health
+from app.artifacts.routes import router as artifacts_router
+from app.settings import Settings
+from storage.artifacts import ArtifactService
+from storage.blobs import FilesystemBlobStore
+from storage.db.engine import Database
+
+DESCRIPTION = """Artifact store for agent workflows, wire-compatible with the Syntropic137
+Artifacts API. Every route under `/artifacts` is also served under `/api/v1/artifacts`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.resolved_database_url)
+        app.state.service = ArtifactService(db, FilesystemBlobStore(settings.blob_dir))
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="workflow-artifacts",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_url="/schema/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(artifacts_router, prefix="/artifacts")
+    app.include_router(artifacts_router, prefix="/api/v1/artifacts", include_in_schema=False)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory app.asgi:create_app_from_env`."""
+    return create_app(Settings())

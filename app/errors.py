@@ -1,0 +1,136 @@
+"""Every error answer in one place.
+
+Input errors: 422 in FastAPI's shape ({"detail": [{type, loc, msg, input, ctx?}]}).
+Everything else: {"detail": "<sentence>", "code": "<stable_snake_case>"}, except the bare
+{"detail": "Not Found"} / {"detail": "Method Not Allowed"} of unknown routes and methods.
+No exception ever reaches the client as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from storage import errors as se
+
+log = logging.getLogger("artifacts.errors")
+
+# storage error -> (status, code)
+STATUS: dict[type[se.StorageError], tuple[int, str]] = {
+    se.ArtifactNotFound: (404, "artifact_not_found"),
+    se.AmbiguousArtifactId: (409, "ambiguous_artifact_id"),
+    se.BlobTooLarge: (413, "payload_too_large"),
+    se.DigestMismatch: (422, "digest_mismatch"),
+    se.IncompleteContent: (400, "incomplete_body"),
+    se.InsufficientStorage: (507, "insufficient_storage"),
+    se.StorageUnavailable: (503, "storage_unavailable"),
+    se.BlobNotFound: (500, "blob_missing"),
+}
+
+CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answer decided in the HTTP layer: `{"detail", "code"}` with a status."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+
+def validation_error(
+    loc: Sequence[str | int], type_: str, msg: str, value: Any, ctx: dict[str, Any] | None = None
+) -> RequestValidationError:
+    """One FastAPI-shaped 422 item, for checks that run outside pydantic."""
+    item: dict[str, Any] = {"type": type_, "loc": tuple(loc), "msg": msg, "input": value}
+    if ctx is not None:
+        item["ctx"] = ctx
+    return RequestValidationError([item])
+
+
+def problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+async def _storage_error(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, se.UnknownParent):
+        body = {
+            "detail": [
+                {
+                    "type": "artifact_not_found",
+                    "loc": ["body", "derived_from", exc.index],
+                    "msg": f"Artifact {exc.parent_id!r} does not exist",
+                    "input": exc.parent_id,
+                }
+            ]
+        }
+        return JSONResponse(body, status_code=422)
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            status, code = STATUS[cls]
+            if status >= 500:
+                log.error("storage error: %s", exc)
+            return problem(status, code, str(exc))
+    return await _unexpected(_request, exc)
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return problem(exc.status, exc.code, exc.detail, exc.headers)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    code = CODE_BY_STATUS.get(exc.status_code, "error")
+    return problem(exc.status_code, code, str(exc.detail), headers)
+
+
+async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error: %s", exc)
+    return problem(
+        503, "database_unavailable", "The metadata database is unavailable; retry later."
+    )
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    return problem(500, "internal_error", "The server failed to answer this request.")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(se.StorageError, _storage_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(Exception, _unexpected)

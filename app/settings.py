@@ -1,0 +1,53 @@
+"""Settings from ARTIFACTS_* environment variables. Built per app: nothing is cached at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage.db.engine import sqlite_url
+
+ARTIFACT_TYPES = (
+    "research_summary", "analysis_report", "plan", "requirements", "design_doc", "code",
+    "configuration", "script", "documentation", "readme", "api_spec", "test_results",
+    "coverage_report", "text", "markdown", "json", "yaml", "execution_report", "other",
+    "github_commit", "github_pr", "github_issue", "github_file", "github_branch", "url",
+    "file_path",
+)  # fmt: skip
+
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ARTIFACTS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    data_dir: Path = Path("var")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default: SQLite at <data_dir>/artifacts.db"
+    )
+    public_url: str | None = Field(
+        None, description="Base URL clients reach us at (for storage_url); default: request's"
+    )
+    max_upload_bytes: int = Field(5 << 30, ge=0)
+    max_json_body_bytes: int = Field(64 * MiB, ge=1024)
+    max_metadata_bytes: int = Field(64 * 1024, ge=2)
+    max_inline_content_bytes: int = Field(16 * MiB, ge=0)
+    extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
+    log_level: str = "info"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir.resolve() / "artifacts.db")
+
+    @property
+    def artifact_types(self) -> tuple[str, ...]:
+        extra = [t.strip().lower() for t in self.extra_artifact_types.split(",") if t.strip()]
+        return ARTIFACT_TYPES + tuple(t for t in extra if t not in ARTIFACT_TYPES)

@@ -1,0 +1,1 @@
+"""The persistence core: blobs, metadata, and the one ArtifactService. Knows nothing of HTTP."""

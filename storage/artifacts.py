@@ -1,0 +1,351 @@
+"""ArtifactService: the one place where artifacts are written and read.
+
+Invariant I1: every committed artifact row names a blob that is durably present, complete and
+hashes to its name. So bytes always go to the blob store first (outside any transaction), and
+only then does one short transaction insert or update rows. A crash in between leaves at most an
+unreferenced blob, never a row without its bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.blobs.base import BlobStore, PutResult
+from storage.db.engine import Database
+from storage.db.tables import artifacts, blobs, lineage
+from storage.errors import AmbiguousArtifactId, ArtifactNotFound, UnknownParent
+from storage.records import (
+    Artifact,
+    ArtifactChanges,
+    Cursor,
+    ListQuery,
+    NewArtifact,
+    NewContent,
+    Page,
+    now_us,
+)
+
+FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+ID_PREFIX = re.compile(r"[0-9a-f-]{8,35}")
+LIVE = artifacts.c.deleted_at.is_(None)
+ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
+
+Content = bytes | AsyncIterable[bytes]
+
+
+def _columns(artifact: Artifact) -> dict[str, Any]:
+    values = {f.name: getattr(artifact, f.name) for f in fields(Artifact)}
+    del values["derived_from"]
+    return values
+
+
+def _row_to_artifact(row: Any, derived_from: tuple[str, ...] | None) -> Artifact:
+    return Artifact(
+        id=row.id,
+        workflow_id=row.workflow_id,
+        phase_id=row.phase_id,
+        session_id=row.session_id,
+        artifact_type=row.artifact_type,
+        title=row.title,
+        content_type=row.content_type,
+        filename=row.filename,
+        content_hash=row.content_hash,
+        size_bytes=row.size_bytes,
+        is_text=bool(row.is_text),
+        is_primary_deliverable=bool(row.is_primary_deliverable),
+        created_by=row.created_by,
+        metadata=row.metadata,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        derived_from=derived_from,
+    )
+
+
+class ArtifactService:
+    def __init__(
+        self,
+        db: Database,
+        blob_store: BlobStore,
+        *,
+        clock: Callable[[], int] = now_us,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.db = db
+        self.blobs = blob_store
+        self.clock = clock
+        self.new_id = new_id
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        new: NewArtifact,
+        content: Content,
+        *,
+        max_bytes: int | None = None,
+        expected_digest: str | None = None,
+    ) -> Artifact:
+        """Store the bytes, then the row, its lineage and (if asked) its primary flag."""
+        async with self.db.read() as conn:
+            await self._live_parents(conn, new.derived_from)  # fail before any byte is stored
+        put = await self._put(content, max_bytes, expected_digest)
+        artifact_id = self.new_id()
+        async with self.db.write() as conn:
+            parents = await self._live_parents(conn, new.derived_from)
+            now = self.clock()
+            await self._ensure_blob_row(conn, put, now)
+            if new.is_primary_deliverable:
+                await self._demote_primary(conn, new.workflow_id, new.phase_id, now)
+            artifact = Artifact(
+                id=artifact_id,
+                workflow_id=new.workflow_id,
+                phase_id=new.phase_id,
+                session_id=new.session_id,
+                artifact_type=new.artifact_type,
+                title=new.title,
+                content_type=new.content_type,
+                filename=new.filename,
+                content_hash=put.digest,
+                size_bytes=put.size,
+                is_text=new.is_text,
+                is_primary_deliverable=new.is_primary_deliverable,
+                created_by=new.created_by,
+                metadata=new.metadata,
+                created_at=now,
+                updated_at=now,
+                derived_from=tuple(new.derived_from),
+            )
+            await conn.execute(artifacts.insert().values(_columns(artifact)))
+            if parents:
+                await conn.execute(
+                    lineage.insert(),
+                    [
+                        {
+                            "child_id": artifact_id,
+                            "position": i,
+                            "parent_id": pid,
+                            "parent_digest": d,
+                        }
+                        for i, (pid, d) in enumerate(parents)
+                    ],
+                )
+        return artifact
+
+    async def replace_content(
+        self,
+        artifact_id: str,
+        content: Content,
+        describe: Callable[[], NewContent],
+        *,
+        max_bytes: int | None = None,
+        expected_digest: str | None = None,
+    ) -> Artifact:
+        """Upload: new bytes for an existing live artifact (checked before any byte is read).
+
+        `describe` is called once the bytes are stored: a multipart part's type and filename
+        arrive with its bytes, not before.
+        """
+        await self.get(artifact_id, allow_prefix=False)
+        put = await self._put(content, max_bytes, expected_digest)
+        described = describe()
+        async with self.db.write() as conn:
+            now = self.clock()
+            await self._ensure_blob_row(conn, put, now)
+            result = await conn.execute(
+                artifacts.update()
+                .where(artifacts.c.id == artifact_id, LIVE)
+                .values(
+                    content_hash=put.digest,
+                    size_bytes=put.size,
+                    content_type=described.content_type,
+                    filename=described.filename,
+                    is_text=described.is_text,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount == 0:
+                raise ArtifactNotFound(artifact_id)
+            return await self._load(conn, artifact_id)
+
+    async def update(self, artifact_id: str, changes: ArtifactChanges) -> Artifact:
+        async with self.db.write() as conn:
+            current = await self._load(conn, artifact_id)
+            now = self.clock()
+            values: dict[str, Any] = {"updated_at": now}
+            if changes.title is not None:
+                values["title"] = changes.title
+            if changes.metadata is not None:
+                values["metadata"] = changes.metadata
+            if changes.is_primary_deliverable is not None:
+                if changes.is_primary_deliverable and not current.is_primary_deliverable:
+                    await self._demote_primary(conn, current.workflow_id, current.phase_id, now)
+                values["is_primary_deliverable"] = changes.is_primary_deliverable
+            await conn.execute(
+                artifacts.update().where(artifacts.c.id == artifact_id).values(values)
+            )
+            return await self._load(conn, artifact_id)
+
+    async def delete(self, artifact_id: str) -> None:
+        """Soft delete: the row stays (lineage, GC grace) but reads answer 'not found'."""
+        async with self.db.write() as conn:
+            now = self.clock()
+            result = await conn.execute(
+                artifacts.update()
+                .where(artifacts.c.id == artifact_id, LIVE)
+                .values(deleted_at=now, updated_at=now)
+            )
+            if result.rowcount == 0:
+                raise ArtifactNotFound(artifact_id)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, ref: str, *, allow_prefix: bool = True) -> Artifact:
+        """By full id, or (allow_prefix) by a unique prefix of at least 8 characters."""
+        ref = ref.lower()
+        async with self.db.read() as conn:
+            if FULL_ID.fullmatch(ref):
+                return await self._load(conn, ref)
+            if not allow_prefix or not ID_PREFIX.fullmatch(ref):
+                raise ArtifactNotFound(ref)
+            upper = ref[:-1] + chr(ord(ref[-1]) + 1)
+            found = (
+                (
+                    await conn.execute(
+                        sa.select(artifacts.c.id)
+                        .where(artifacts.c.id >= ref, artifacts.c.id < upper, LIVE)
+                        .limit(2)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not found:
+                raise ArtifactNotFound(ref)
+            if len(found) > 1:
+                raise AmbiguousArtifactId(ref)
+            return await self._load(conn, found[0])
+
+    async def read_bytes(self, artifact: Artifact) -> bytes:
+        return await self.blobs.read_bytes(artifact.content_hash)
+
+    def stream(
+        self, artifact: Artifact, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        return self.blobs.open(artifact.content_hash, start, end)
+
+    async def page(self, query: ListQuery, *, limit: int, after: Cursor | None = None) -> Page:
+        """Newest first; every filter applies in SQL before the limit; keyset pagination."""
+        stmt = sa.select(artifacts).where(LIVE, *self._filters(query))
+        if after is not None:
+            stmt = stmt.where(
+                sa.tuple_(artifacts.c.created_at, artifacts.c.id) < (after.created_at, after.id)
+            )
+        stmt = stmt.order_by(*ORDER).limit(limit + 1)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        items = [_row_to_artifact(row, None) for row in rows[:limit]]
+        more = len(rows) > limit
+        last = items[-1] if more else None
+        return Page(items, Cursor(last.created_at, last.id) if last else None)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _filters(query: ListQuery) -> list[sa.ColumnElement[bool]]:
+        c = artifacts.c
+        conditions: list[sa.ColumnElement[bool]] = []
+        for column, value in (
+            (c.workflow_id, query.workflow_id),
+            (c.phase_id, query.phase_id),
+            (c.session_id, query.session_id),
+            (c.artifact_type, query.artifact_type),
+            (c.content_type, query.content_type),
+            (c.is_primary_deliverable, query.is_primary_deliverable),
+        ):
+            if value is not None:
+                conditions.append(column == value)
+        if query.created_after is not None:
+            conditions.append(c.created_at > query.created_after)
+        if query.created_before is not None:
+            conditions.append(c.created_at < query.created_before)
+        return conditions
+
+    async def _put(
+        self, content: Content, max_bytes: int | None, expected_digest: str | None
+    ) -> PutResult:
+        if isinstance(content, bytes):
+            data = content
+
+            async def once() -> AsyncIterator[bytes]:
+                yield data
+
+            content = once()
+        return await self.blobs.put(content, max_bytes=max_bytes, expected_digest=expected_digest)
+
+    async def _load(self, conn: AsyncConnection, artifact_id: str) -> Artifact:
+        row = (
+            await conn.execute(sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE))
+        ).first()
+        if row is None:
+            raise ArtifactNotFound(artifact_id)
+        parents = (
+            (
+                await conn.execute(
+                    sa.select(lineage.c.parent_id)
+                    .where(lineage.c.child_id == artifact_id)
+                    .order_by(lineage.c.position)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return _row_to_artifact(row, tuple(parents))
+
+    async def _live_parents(
+        self, conn: AsyncConnection, parent_ids: Sequence[str]
+    ) -> list[tuple[str, str]]:
+        """(id, content_hash) of each parent, in order; UnknownParent names the first bad one."""
+        if not parent_ids:
+            return []
+        rows = await conn.execute(
+            sa.select(artifacts.c.id, artifacts.c.content_hash).where(
+                artifacts.c.id.in_(set(parent_ids)), LIVE
+            )
+        )
+        digests = {row.id: row.content_hash for row in rows}
+        for index, parent_id in enumerate(parent_ids):
+            if parent_id not in digests:
+                raise UnknownParent(index, parent_id)
+        return [(pid, digests[pid]) for pid in parent_ids]
+
+    async def _ensure_blob_row(self, conn: AsyncConnection, put: PutResult, now: int) -> None:
+        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        await conn.execute(
+            dialect.insert(blobs)
+            .values(digest=put.digest, size=put.size, created_at=now)
+            .on_conflict_do_nothing(index_elements=["digest"])
+        )
+
+    @staticmethod
+    async def _demote_primary(
+        conn: AsyncConnection, workflow_id: str, phase_id: str | None, now: int
+    ) -> None:
+        """At most one live primary deliverable per (workflow, phase): demote the current one."""
+        await conn.execute(
+            artifacts.update()
+            .where(
+                artifacts.c.workflow_id == workflow_id,
+                artifacts.c.phase_id.is_not_distinct_from(phase_id),
+                artifacts.c.is_primary_deliverable.is_(True),
+                LIVE,
+            )
+            .values(is_primary_deliverable=False, updated_at=now)
+        )

@@ -1,0 +1,48 @@
+"""The contract every blob backend keeps.
+
+Semantics, whatever the backend:
+- put() consumes a stream of byte chunks, hashes it in the same pass, and returns only once the
+  blob is durably stored under its sha256. If a blob with that digest already exists, that is a
+  dedupe hit (success, `created=False`) and nothing is rewritten. On any failure (size limit,
+  digest mismatch, I/O error, cancellation) nothing is left behind: no staging data, nothing at
+  the final name.
+- open() streams a stored blob (optionally a byte range); a missing blob raises BlobNotFound.
+- Blobs are immutable: there is no overwrite, only delete (for garbage collection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    digest: str
+    size: int
+    created: bool
+
+
+class BlobStore(Protocol):
+    async def put(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_bytes: int | None = None,
+        expected_digest: str | None = None,
+    ) -> PutResult: ...
+
+    async def put_bytes(self, data: bytes) -> PutResult: ...
+
+    async def exists(self, digest: str) -> bool: ...
+
+    async def size(self, digest: str) -> int: ...
+
+    def open(self, digest: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+
+    async def read_bytes(self, digest: str) -> bytes: ...
+
+    async def delete(self, digest: str) -> bool: ...
+
+    async def check_writable(self) -> None: ...

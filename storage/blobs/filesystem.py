@@ -1,0 +1,219 @@
+"""Content-addressed blobs in a local directory (layout in storage/digest.py).
+
+Write path: staging file in <root>/tmp, sha256 and write in ~1 MiB steps in a worker thread,
+fchmod 0444 + fsync, link() to the final name (an existing name is a dedupe hit), fsync of the
+directory, unlink of the staging name. link() never replaces an existing file, so a blob's name
+only ever points at complete, fsynced bytes. Every blocking call runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+
+from anyio import to_thread
+
+from storage.blobs.base import PutResult
+from storage.digest import blob_relpath, is_sha256_hex
+from storage.errors import (
+    BlobNotFound,
+    BlobTooLarge,
+    DigestMismatch,
+    InsufficientStorage,
+    StorageUnavailable,
+)
+
+STEP = 1 << 20  # bytes handed to a worker thread at once
+READ_CHUNK = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate_os_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("The blob store's disk is full.")
+    return StorageUnavailable(f"The blob store could not write: {exc.strerror or exc}.")
+
+
+class _Staging:
+    """One open staging file; hashing and writing happen in the same pass."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.path = tmp_dir / f"put-{secrets.token_hex(16)}"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.hash.update(data)
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def seal(self) -> None:
+        os.fchmod(self.fd, 0o444)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class FilesystemBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        (self.root / "sha256").mkdir(exist_ok=True)
+
+    def path_of(self, digest: str) -> Path:
+        return self.root / blob_relpath(digest)
+
+    async def put(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_bytes: int | None = None,
+        expected_digest: str | None = None,
+    ) -> PutResult:
+        try:
+            staging = await to_thread.run_sync(_Staging, self.tmp_dir)
+        except OSError as exc:
+            raise _translate_os_error(exc) from exc
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            total = 0
+            async for chunk in chunks:
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise BlobTooLarge(max_bytes)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= STEP:
+                    await to_thread.run_sync(staging.write, b"".join(pending))
+                    pending, pending_size = [], 0
+            if pending:
+                await to_thread.run_sync(staging.write, b"".join(pending))
+            digest = staging.hash.hexdigest()
+            if expected_digest is not None and expected_digest != digest:
+                raise DigestMismatch(expected_digest, digest)
+            created = await to_thread.run_sync(self._commit, staging, digest)
+            return PutResult(digest=digest, size=staging.size, created=created)
+        except OSError as exc:
+            staging.discard()
+            raise _translate_os_error(exc) from exc
+        except BaseException:
+            # Synchronous on purpose: after a cancellation no further await would run.
+            staging.discard()
+            raise
+
+    def _commit(self, staging: _Staging, digest: str) -> bool:
+        staging.seal()
+        final = self.path_of(digest)
+        self._make_parents(final.parent)
+        try:
+            os.link(staging.path, final)
+            created = True
+        except FileExistsError:
+            created = False
+        if created:
+            _fsync_dir(final.parent)
+        staging.discard()
+        return created
+
+    def _make_parents(self, directory: Path) -> None:
+        """mkdir -p, fsyncing each parent of a directory it creates so the new entry is durable."""
+        if directory.is_dir():
+            return
+        self._make_parents(directory.parent)
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            return
+        _fsync_dir(directory.parent)
+
+    async def put_bytes(self, data: bytes) -> PutResult:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put(one())
+
+    async def exists(self, digest: str) -> bool:
+        return await to_thread.run_sync(self.path_of(digest).is_file)
+
+    async def size(self, digest: str) -> int:
+        try:
+            return (await to_thread.run_sync(self.path_of(digest).stat)).st_size
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    async def open(
+        self, digest: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield bytes [start, end) of the blob (end None: to its end) in ~1 MiB chunks."""
+        try:
+            fd = await to_thread.run_sync(os.open, self.path_of(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+        try:
+            position = start
+            while end is None or position < end:
+                want = READ_CHUNK if end is None else min(READ_CHUNK, end - position)
+                data = await to_thread.run_sync(os.pread, fd, want, position)
+                if not data:
+                    break
+                position += len(data)
+                yield data
+        finally:
+            os.close(fd)
+
+    async def read_bytes(self, digest: str) -> bytes:
+        try:
+            return await to_thread.run_sync(self.path_of(digest).read_bytes)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    async def delete(self, digest: str) -> bool:
+        """Remove a blob (garbage collection only). False when it was already gone."""
+        if not is_sha256_hex(digest):
+            raise ValueError(digest)
+
+        def remove() -> bool:
+            try:
+                os.unlink(self.path_of(digest))
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await to_thread.run_sync(remove)
+
+    async def check_writable(self) -> None:
+        def probe() -> None:
+            probe_path = self.tmp_dir / f"ready-{secrets.token_hex(8)}"
+            probe_path.write_bytes(b"ok")
+            probe_path.unlink()
+
+        try:
+            await to_thread.run_sync(probe)
+        except OSError as exc:
+            raise _translate_os_error(exc) from exc

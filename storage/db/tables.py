@@ -1,0 +1,68 @@
+"""The SQL schema, as SQLAlchemy Core tables (Core, not the ORM: the ORM costs 4-7x per round
+trip here and we need none of its identity-map features). Alembic migrations create these; the
+tables here must match the newest migration (a test compares them).
+
+Times are integer microseconds since the Unix epoch (UTC): exact, portable, and a cheap keyset.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("workflow_id", sa.Text, nullable=False),
+    sa.Column("phase_id", sa.Text),
+    sa.Column("session_id", sa.Text),
+    sa.Column("artifact_type", sa.String(64), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("filename", sa.Text),
+    sa.Column("content_hash", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("is_text", sa.Boolean, nullable=False),
+    sa.Column("is_primary_deliverable", sa.Boolean, nullable=False),
+    sa.Column("created_by", sa.Text),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("deleted_at", sa.BigInteger),
+    sa.Index("ix_artifacts_order", "created_at", "id"),
+    sa.Index("ix_artifacts_workflow", "workflow_id", "created_at", "id"),
+    sa.Index("ix_artifacts_workflow_phase", "workflow_id", "phase_id", "created_at", "id"),
+    sa.Index("ix_artifacts_phase", "phase_id", "created_at", "id"),
+    sa.Index("ix_artifacts_session", "session_id", "created_at", "id"),
+    sa.Index("ix_artifacts_type", "artifact_type", "created_at", "id"),
+    sa.Index("ix_artifacts_content_hash", "content_hash"),
+    sa.Index(
+        "ux_artifacts_one_primary",
+        "workflow_id",
+        sa.text("coalesce(phase_id, '')"),
+        unique=True,
+        sqlite_where=sa.text("is_primary_deliverable AND deleted_at IS NULL"),
+        postgresql_where=sa.text("is_primary_deliverable AND deleted_at IS NULL"),
+    ),
+)
+
+lineage = sa.Table(
+    "lineage",
+    metadata,
+    sa.Column("child_id", sa.String(36), sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("parent_id", sa.String(36), sa.ForeignKey("artifacts.id"), nullable=False),
+    sa.Column("parent_digest", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False),
+    sa.Index("ix_lineage_parent", "parent_id"),
+    sa.Index("ix_lineage_parent_digest", "parent_digest"),
+)

@@ -1,0 +1,64 @@
+"""What can go wrong in the store, independent of any protocol. app/errors.py maps each to HTTP."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every error the storage core raises on purpose."""
+
+
+class ArtifactNotFound(StorageError):
+    def __init__(self, artifact_id: str) -> None:
+        super().__init__(f"Artifact {artifact_id!r} was not found.")
+        self.artifact_id = artifact_id
+
+
+class AmbiguousArtifactId(StorageError):
+    def __init__(self, prefix: str) -> None:
+        super().__init__(
+            f"The id prefix {prefix!r} matches more than one artifact; give more characters."
+        )
+        self.prefix = prefix
+
+
+class UnknownParent(StorageError):
+    """A `derived_from` entry names no live artifact."""
+
+    def __init__(self, index: int, parent_id: str) -> None:
+        super().__init__(f"derived_from[{index}]: artifact {parent_id!r} does not exist.")
+        self.index = index
+        self.parent_id = parent_id
+
+
+class BlobNotFound(StorageError):
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"Blob {digest} is missing from the blob store.")
+        self.digest = digest
+
+
+class BlobTooLarge(StorageError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The content is larger than the limit of {limit} bytes.")
+        self.limit = limit
+
+
+class DigestMismatch(StorageError):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(
+            f"The content's sha256 is {actual}, but the client declared {expected}; "
+            "nothing was stored."
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class IncompleteContent(StorageError):
+    """The byte stream ended before the client said it would (cut-off body, bad framing)."""
+
+
+class InsufficientStorage(StorageError):
+    """The blob store's disk is full."""
+
+
+class StorageUnavailable(StorageError):
+    """The blob store or database cannot durably accept writes right now (I/O or fsync failure)."""

@@ -1,0 +1,155 @@
+"""Plain values the service takes and returns. Times are integer microseconds since the epoch."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def us_to_iso(us: int) -> str:
+    """Microseconds -> `2026-11-22T05:06:15.123456Z` (always six fraction digits: sorts as text)."""
+    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def datetime_to_us(moment: datetime) -> int:
+    """Aware datetimes are converted to UTC; naive ones are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class NewArtifact:
+    workflow_id: str
+    artifact_type: str
+    title: str
+    content_type: str
+    phase_id: str | None = None
+    session_id: str | None = None
+    filename: str | None = None
+    is_text: bool = True
+    is_primary_deliverable: bool = False
+    created_by: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    derived_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactChanges:
+    """A partial update; None means 'leave as it is'."""
+
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+    is_primary_deliverable: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewContent:
+    """What describes the bytes of an upload that replaces an artifact's content."""
+
+    content_type: str
+    filename: str | None = None
+    is_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    id: str
+    workflow_id: str
+    phase_id: str | None
+    session_id: str | None
+    artifact_type: str
+    title: str
+    content_type: str
+    filename: str | None
+    content_hash: str
+    size_bytes: int
+    is_text: bool
+    is_primary_deliverable: bool
+    created_by: str | None
+    metadata: dict[str, Any]
+    created_at: int
+    updated_at: int
+    derived_from: tuple[str, ...] | None  # None where not loaded (lists)
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    workflow_id: str | None = None
+    phase_id: str | None = None
+    session_id: str | None = None
+    artifact_type: str | None = None
+    content_type: str | None = None
+    is_primary_deliverable: bool | None = None
+    created_after: int | None = None  # exclusive
+    created_before: int | None = None  # exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A keyset position in (created_at DESC, id DESC) order: the last row of the previous page."""
+
+    created_at: int
+    id: str
+
+    _FORM = re.compile(r"v1:(\d{1,20}):([0-9a-f-]{36})")
+
+    def encode(self) -> str:
+        raw = f"v1:{self.created_at}:{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Raises ValueError for anything this service did not produce."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise ValueError("malformed cursor") from None
+        match = cls._FORM.fullmatch(raw)
+        if match is None:
+            raise ValueError("malformed cursor")
+        return cls(created_at=int(match.group(1)), id=match.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Artifact]
+    next_cursor: Cursor | None
+
+
+_TEXTUAL_APPLICATION = {
+    "application/json",
+    "application/xml",
+    "application/yaml",
+    "application/x-yaml",
+    "application/toml",
+    "application/javascript",
+    "application/ecmascript",
+    "application/x-sh",
+    "application/sql",
+    "application/graphql",
+    "application/x-ndjson",
+    "application/csv",
+}
+
+
+def is_textual(content_type: str) -> bool:
+    """Whether bytes of this media type are meant to be read as text."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return (
+        media.startswith("text/")
+        or media in _TEXTUAL_APPLICATION
+        or media.endswith(("+json", "+xml", "+yaml"))
+    )
