@@ -328,12 +328,23 @@ def content_disposition(artifact: Artifact) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-@router.api_route(
+BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the stored bytes"}
+}
+
+
+@router.get(
     "/{artifact_id}/download",
-    methods=["GET", "HEAD"],
     response_class=StreamingResponse,
     summary="Download an artifact's exact bytes",
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses=BYTES_RESPONSE,
+)
+@router.head(
+    "/{artifact_id}/download",
+    response_class=StreamingResponse,
+    summary="Headers of a download, without the bytes",
+    operation_id="head_download",
+    responses=BYTES_RESPONSE,
 )
 async def download(artifact_id: str, request: Request, service: Service) -> Response:
     artifact = await service.get(artifact_id)
