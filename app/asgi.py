@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import errors, health
-from app.artifacts.routes import router as artifacts_router
+from app.artifacts import download, routes
 from app.settings import Settings
 from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
@@ -40,8 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(artifacts_router, prefix="/artifacts")
-    app.include_router(artifacts_router, prefix="/api/v1/artifacts", include_in_schema=False)
+    for router in (routes.router, download.router):
+        app.include_router(router, prefix="/artifacts")
+        app.include_router(router, prefix="/api/v1/artifacts", include_in_schema=False)
     return app
 
 

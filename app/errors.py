@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from storage import errors as se
 
@@ -122,6 +123,10 @@ async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    return problem(400, "client_disconnected", "The client went away before the body ended.")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     return problem(500, "internal_error", "The server failed to answer this request.")
@@ -131,6 +136,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(se.StorageError, _storage_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

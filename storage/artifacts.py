@@ -8,6 +8,7 @@ unreferenced blob, never a row without its bytes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -37,6 +38,7 @@ FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 ID_PREFIX = re.compile(r"[0-9a-f-]{8,35}")
 LIVE = artifacts.c.deleted_at.is_(None)
 ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
+PRIMARY_LOCK_SPACE = 0x41525446  # 'ARTF': first key of our pg_advisory_xact_lock(int, int)
 
 Content = bytes | AsyncIterable[bytes]
 
@@ -143,19 +145,14 @@ class ArtifactService:
         self,
         artifact_id: str,
         content: Content,
-        describe: Callable[[], NewContent],
+        described: NewContent,
         *,
         max_bytes: int | None = None,
         expected_digest: str | None = None,
     ) -> Artifact:
-        """Upload: new bytes for an existing live artifact (checked before any byte is read).
-
-        `describe` is called once the bytes are stored: a multipart part's type and filename
-        arrive with its bytes, not before.
-        """
+        """Upload: new bytes for an existing live artifact (checked before any byte is read)."""
         await self.get(artifact_id, allow_prefix=False)
         put = await self._put(content, max_bytes, expected_digest)
-        described = describe()
         async with self.db.write() as conn:
             now = self.clock()
             await self._ensure_blob_row(conn, put, now)
@@ -334,16 +331,27 @@ class ArtifactService:
             .on_conflict_do_nothing(index_elements=["digest"])
         )
 
-    @staticmethod
     async def _demote_primary(
-        conn: AsyncConnection, workflow_id: str, phase_id: str | None, now: int
+        self, conn: AsyncConnection, workflow_id: str, phase_id: str | None, now: int
     ) -> None:
-        """At most one live primary deliverable per (workflow, phase): demote the current one."""
+        """At most one live primary deliverable per (workflow, phase): demote the current one.
+
+        The group is the one ux_artifacts_one_primary enforces: (workflow_id,
+        coalesce(phase_id, '')). On PostgreSQL concurrent promotions in one group are serialized
+        by a transaction-level advisory lock: under READ COMMITTED, a writer that did not wait
+        would not see the other's uncommitted primary, demote nothing, and then fail on the
+        unique index. (SQLite writers are already serialized by BEGIN IMMEDIATE.)
+        """
+        group = phase_id or ""
+        if self.db.dialect == "postgresql":
+            digest = hashlib.blake2b(f"{workflow_id}\x00{group}".encode(), digest_size=4).digest()
+            key = int.from_bytes(digest, "big", signed=True)
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PRIMARY_LOCK_SPACE, key)))
         await conn.execute(
             artifacts.update()
             .where(
                 artifacts.c.workflow_id == workflow_id,
-                artifacts.c.phase_id.is_not_distinct_from(phase_id),
+                sa.func.coalesce(artifacts.c.phase_id, "") == group,
                 artifacts.c.is_primary_deliverable.is_(True),
                 LIVE,
             )

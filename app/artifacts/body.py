@@ -7,14 +7,17 @@ errors under "body") so clients see no difference.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from app.errors import ApiError
+from app.errors import ApiError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -89,3 +92,49 @@ def validate(
         raise RequestValidationError(
             [{**err, "loc": (*prefix, *err["loc"])} for err in exc.errors(include_url=False)]
         ) from None
+
+
+_CONTENT_DIGEST_SHA256 = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/]*={0,2}):", re.I)
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _bad_digest(loc: tuple[str, str], value: str, what: str) -> RequestValidationError:
+    return validation_error(loc, "digest_invalid", f"Not a valid {what}", value)
+
+
+def content_digest(request: Request) -> str | None:
+    """The sha-256 of an RFC 9530 `Content-Digest` header, as hex (None when absent)."""
+    header = request.headers.get("content-digest")
+    if header is None:
+        return None
+    match = _CONTENT_DIGEST_SHA256.search(header)
+    if match is None:
+        raise _bad_digest(("header", "content-digest"), header, "sha-256 Content-Digest")
+    try:
+        raw = base64.b64decode(match.group(1), validate=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 32:
+        raise _bad_digest(("header", "content-digest"), header, "sha-256 Content-Digest")
+    return raw.hex()
+
+
+def hex_digest(value: str | None, loc: tuple[str, str]) -> str | None:
+    """A declared hex sha256 (X-Content-SHA256 header or `sha256` form field), lowercased."""
+    if value is None:
+        return None
+    if _HEX64.fullmatch(value.strip()) is None:
+        raise _bad_digest(loc, value, "hex sha256")
+    return value.strip().lower()
+
+
+def one_digest(*declared: str | None) -> str | None:
+    """Every digest the client declared must agree; the result is what the bytes must hash to."""
+    values = {d for d in declared if d is not None}
+    if len(values) > 1:
+        raise ApiError(
+            422,
+            "digest_mismatch",
+            "The digests declared for this content disagree; nothing was stored.",
+        )
+    return values.pop() if values else None

@@ -1,14 +1,16 @@
 """Streaming multipart/form-data: the `file` part's bytes flow to the blob store as they arrive.
 
 python-multipart parses each chunk of `request.stream()` as it comes; nothing holds the whole
-body or the whole part, and nothing spools to a second temporary file. The parser accepts a
-truncated body silently, so the stream only counts as complete once its closing boundary (the
-parser's on_end) has been seen; otherwise `file_chunks()` raises and the blob store discards
-its staging file. Non-file fields are kept (bounded) for the multipart create.
+body or the whole part, and nothing spools to a second temporary file. Form fields must come
+before the `file` part (every common client sends them first), so a create is validated before
+a single byte is stored. The parser accepts a truncated body silently, so the stream only counts
+as complete once its closing boundary (the parser's on_end) has been seen; otherwise
+`file_chunks()` raises and the blob store discards its staging file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import ApiError, validation_error
-from storage.errors import IncompleteContent
+from storage.errors import DigestMismatch, IncompleteContent
 
 FILE_FIELD = "file"
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -55,8 +57,18 @@ def boundary_of(content_type: str) -> bytes:
 
 
 class FormStream:
-    def __init__(self, request: Request, limits: FormLimits | None = None) -> None:
+    def __init__(
+        self,
+        request: Request,
+        limits: FormLimits | None = None,
+        *,
+        content_digest: str | None = None,
+    ) -> None:
+        """`content_digest`: the hex sha256 a Content-Digest header declared for the whole body."""
         self.request = request
+        self._chunks = request.stream().__aiter__()
+        self._content_digest = content_digest
+        self._body_hash = hashlib.sha256() if content_digest else None
         self.limits = limits or FormLimits()
         self.fields: dict[str, str] = {}
         self.file: FilePart | None = None
@@ -83,25 +95,48 @@ class FormStream:
             },
         )
 
-    async def file_chunks(self) -> AsyncIterator[bytes]:
-        """Yield the file part's bytes; raise unless exactly one file part and a complete body."""
-        async for chunk in self.request.stream():
+    async def open_file(self) -> FilePart:
+        """Read the form fields up to the start of the `file` part (422 if there is none)."""
+        while self.file is None and not self._ended:
             try:
-                self._parser.write(chunk)
-            except MultipartParseError:
-                raise ApiError(
-                    400, "malformed_multipart", "The multipart body is malformed."
-                ) from None
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                break
+            self._feed(chunk)
+        if self.file is None:
+            if not self._ended:
+                raise IncompleteContent(
+                    "The multipart body ended before its closing boundary; nothing was stored."
+                )
+            raise validation_error(("body", FILE_FIELD), "missing", "Field required", None)
+        return self.file
+
+    async def file_chunks(self) -> AsyncIterator[bytes]:
+        """Yield the file part's bytes (after open_file); raise unless the body ends cleanly."""
+        while True:
             if self._out:
                 out, self._out = self._out, []
                 for data in out:
                     yield data
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                break
+            self._feed(chunk)
         if not self._ended:
             raise IncompleteContent(
                 "The multipart body ended before its closing boundary; nothing was stored."
             )
-        if self.file is None:
-            raise validation_error(("body", FILE_FIELD), "missing", "Field required", None)
+        if self._body_hash is not None and self._content_digest != self._body_hash.hexdigest():
+            raise DigestMismatch(self._content_digest or "", self._body_hash.hexdigest())
+
+    def _feed(self, chunk: bytes) -> None:
+        if self._body_hash is not None:
+            self._body_hash.update(chunk)
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError:
+            raise ApiError(400, "malformed_multipart", "The multipart body is malformed.") from None
 
     # -- parser callbacks --------------------------------------------------------------------
 
@@ -146,6 +181,13 @@ class FormStream:
         if disposition != b"form-data" or not name:
             return
         if name != FILE_FIELD:
+            if self.file is not None:
+                raise validation_error(
+                    ("body", name),
+                    "field_after_file",
+                    "Form fields must come before the file part",
+                    None,
+                )
             self._current = name
             return
         if self.file is not None:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic_core import PydanticCustomError
 
 from app.artifacts import schemas
-from app.artifacts.body import declared_length, parse_json, read_limited, too_large, validate
+from app.artifacts.body import (
+    content_digest,
+    declared_length,
+    hex_digest,
+    one_digest,
+    parse_json,
+    read_limited,
+    too_large,
+    validate,
+)
+from app.artifacts.deps import Config, Service
 from app.artifacts.multipart import FormStream, safe_filename
 from app.errors import ApiError, validation_error
 from app.settings import Settings
@@ -32,16 +41,6 @@ from storage.records import (
 router = APIRouter(tags=["artifacts"])
 
 
-def get_service(request: Request) -> ArtifactService:
-    return request.app.state.service
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-Service = Annotated[ArtifactService, Depends(get_service)]
-Config = Annotated[Settings, Depends(get_settings)]
 PageLimit = Annotated[int, Query(ge=1, le=200, description="page size")]
 
 
@@ -126,12 +125,48 @@ async def list_artifacts(
     return JSONResponse([schemas.summary(a) for a in page.items], headers=headers)
 
 
+FORM_SCHEMA = schemas.CreateForm.model_json_schema()
+FORM_SCHEMA["properties"]["file"] = {"type": "string", "format": "binary"}
+FORM_SCHEMA["required"] = [*FORM_SCHEMA.get("required", []), "file"]
 CREATE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": schemas.CreateArtifact.model_json_schema()}},
+        "content": {
+            "application/json": {"schema": schemas.CreateArtifact.model_json_schema()},
+            "multipart/form-data": {"schema": FORM_SCHEMA},
+        },
     }
 }
+
+
+def _created(request: Request, settings: Settings, artifact: Artifact) -> JSONResponse:
+    body = {
+        "id": artifact.id,
+        "title": artifact.title,
+        "artifact_type": artifact.artifact_type,
+        "status": "created",
+        "content_hash": artifact.content_hash,
+        "size_bytes": artifact.size_bytes,
+        "created_at": us_to_iso(artifact.created_at),
+    }
+    location = f"{api_base(request, settings)}/artifacts/{artifact.id}"
+    return JSONResponse(body, status_code=201, headers={"Location": location})
+
+
+def _new_artifact(data: schemas.CreateFields, content_type: str, **extra: Any) -> NewArtifact:
+    return NewArtifact(
+        workflow_id=data.workflow_id,
+        artifact_type=data.artifact_type,
+        title=data.title,
+        content_type=content_type,
+        phase_id=data.phase_id,
+        session_id=data.session_id,
+        is_primary_deliverable=data.is_primary_deliverable,
+        created_by=data.created_by,
+        metadata=data.metadata,
+        derived_from=tuple(data.derived_from),
+        **extra,
+    )
 
 
 @router.post(
@@ -142,42 +177,54 @@ CREATE_BODY = {
     openapi_extra=CREATE_BODY,
 )
 async def create_artifact(request: Request, service: Service, settings: Config) -> Response:
-    """JSON body; the content is stored as its UTF-8 bytes, so content_hash = sha256(content)."""
+    """JSON: the content is stored as its UTF-8 bytes, so content_hash = sha256(content).
+    multipart/form-data: the same fields as form fields, then one `file` part with the bytes."""
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        return await _create_from_form(request, service, settings)
     if media != "application/json" and not media.endswith("+json"):
         raise ApiError(
-            415, "unsupported_media_type", f"POST /artifacts takes application/json, not {media!r}."
+            415,
+            "unsupported_media_type",
+            f"POST /artifacts takes application/json or multipart/form-data, not {media!r}.",
         )
     body = parse_json(await read_limited(request, settings.max_json_body_bytes))
     data = validate(schemas.CreateArtifact, body, validation_context(settings))
-    new = NewArtifact(
-        workflow_id=data.workflow_id,
-        artifact_type=data.artifact_type,
-        title=data.title,
-        content_type=data.content_type,
-        phase_id=data.phase_id,
-        session_id=data.session_id,
-        is_text=True,
-        is_primary_deliverable=data.is_primary_deliverable,
-        created_by=data.created_by,
-        metadata=data.metadata,
-        derived_from=tuple(data.derived_from),
-    )
+    new = _new_artifact(data, data.content_type, is_text=True)
     artifact = await service.create(new, data.content.encode("utf-8"))
-    body_out = {
-        "id": artifact.id,
-        "title": artifact.title,
-        "artifact_type": artifact.artifact_type,
-        "status": "created",
-        "content_hash": artifact.content_hash,
-        "size_bytes": artifact.size_bytes,
-        "created_at": us_to_iso(artifact.created_at),
-    }
-    return JSONResponse(
-        body_out,
-        status_code=201,
-        headers={"Location": f"{api_base(request, settings)}/artifacts/{artifact.id}"},
+    return _created(request, settings, artifact)
+
+
+async def _create_from_form(request: Request, service: Service, settings: Settings) -> Response:
+    limit = settings.max_upload_bytes
+    _refuse_oversized(request, limit)
+    form = FormStream(request, content_digest=content_digest(request))
+    part = await form.open_file()
+    fields = schemas.CreateForm.from_fields(form.fields)
+    data = validate(schemas.CreateForm, fields, validation_context(settings))
+    expected = one_digest(
+        hex_digest(request.headers.get("x-content-sha256"), ("header", "x-content-sha256")),
+        hex_digest(data.sha256, ("body", "sha256")),
     )
+    content_type = data.content_type or part.content_type
+    new = _new_artifact(
+        data, content_type, filename=safe_filename(part.filename), is_text=is_textual(content_type)
+    )
+    try:
+        artifact = await service.create(
+            new, form.file_chunks(), max_bytes=limit, expected_digest=expected
+        )
+    except BlobTooLarge:
+        raise too_large(limit, "upload") from None
+    return _created(request, settings, artifact)
+
+
+def _refuse_oversized(request: Request, limit: int) -> None:
+    """413 at once when Content-Length already says the body passes the limit (the multipart
+    envelope may add a little, so allow for it)."""
+    length = declared_length(request)
+    if length is not None and length > limit + 64 * 1024:
+        raise too_large(limit, "upload")
 
 
 @router.get("/{artifact_id}", response_model=schemas.ArtifactRecord, summary="Get an artifact")
@@ -284,30 +331,32 @@ async def upload_content(
     """Multipart with one part named `file`, or a raw body (its Content-Type becomes the
     artifact's). Streams into the blob store; 413 as soon as the body passes the limit."""
     limit = settings.max_upload_bytes
-    length = declared_length(request)
-    if length is not None and length > limit + 64 * 1024:
-        raise too_large(limit, "upload")
+    _refuse_oversized(request, limit)
+    declared_content = content_digest(request)
+    declared_header = hex_digest(
+        request.headers.get("x-content-sha256"), ("header", "x-content-sha256")
+    )
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        form = FormStream(request)
+        # Content-Digest covers the whole multipart body (RFC 9530): FormStream checks it.
+        form = FormStream(request, content_digest=declared_content)
+        part = await form.open_file()
+        form_digest = hex_digest(form.fields.get("sha256"), ("body", "sha256"))
+        expected = one_digest(declared_header, form_digest)
         chunks = form.file_chunks()
-
-        def describe() -> NewContent:
-            assert form.file is not None
-            ctype = form.file.content_type
-            name = safe_filename(form.file.filename)
-            return NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
-
+        ctype = part.content_type
+        name = safe_filename(part.filename)
     else:
+        expected = one_digest(declared_content, declared_header)
         ctype = request.headers.get("content-type") or "application/octet-stream"
         name = safe_filename(filename) if filename else None
         chunks = request.stream()
-
-        def describe() -> NewContent:
-            return NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
+    described = NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
 
     try:
-        artifact = await service.replace_content(artifact_id, chunks, describe, max_bytes=limit)
+        artifact = await service.replace_content(
+            artifact_id, chunks, described, max_bytes=limit, expected_digest=expected
+        )
     except BlobTooLarge:
         raise too_large(limit, "upload") from None
     return JSONResponse(
@@ -319,44 +368,4 @@ async def upload_content(
             "size_bytes": artifact.size_bytes,
             "content_type": artifact.content_type,
         }
-    )
-
-
-def content_disposition(artifact: Artifact) -> str:
-    name = artifact.filename or artifact.id
-    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "the stored bytes"}
-}
-
-
-@router.get(
-    "/{artifact_id}/download",
-    response_class=StreamingResponse,
-    summary="Download an artifact's exact bytes",
-    responses=BYTES_RESPONSE,
-)
-@router.head(
-    "/{artifact_id}/download",
-    response_class=StreamingResponse,
-    summary="Headers of a download, without the bytes",
-    operation_id="head_download",
-    responses=BYTES_RESPONSE,
-)
-async def download(artifact_id: str, request: Request, service: Service) -> Response:
-    artifact = await service.get(artifact_id)
-    headers = {
-        "Content-Length": str(artifact.size_bytes),
-        "ETag": f'"{artifact.content_hash}"',
-        "Content-Disposition": content_disposition(artifact),
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "sandbox",
-    }
-    if request.method == "HEAD":
-        return Response(status_code=200, headers=headers, media_type=artifact.content_type)
-    return StreamingResponse(
-        service.stream(artifact), headers=headers, media_type=artifact.content_type
     )

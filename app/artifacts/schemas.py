@@ -44,18 +44,16 @@ def _check_metadata(value: dict[str, Any], info: ValidationInfo) -> dict[str, An
     return value
 
 
-class CreateArtifact(BaseModel):
-    """POST /artifacts (JSON)."""
+class CreateFields(BaseModel):
+    """What every create carries, as JSON members or as multipart form fields."""
 
     model_config = ConfigDict(extra="forbid")
 
     workflow_id: NonEmpty
     artifact_type: str = Field(description="one of the artifact types, case-insensitive")
     title: str
-    content: str = Field(min_length=1)
     phase_id: str | None = None
     session_id: str | None = None
-    content_type: NonEmpty = "text/markdown"
     is_primary_deliverable: bool = False
     derived_from: list[str] = Field(default_factory=list, description="ids of live parents")
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -70,6 +68,33 @@ class CreateArtifact(BaseModel):
     @classmethod
     def _metadata(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         return _check_metadata(value, info)
+
+
+class CreateArtifact(CreateFields):
+    """POST /artifacts as JSON: the content is text, stored as its UTF-8 bytes."""
+
+    content: str = Field(min_length=1)
+    content_type: NonEmpty = "text/markdown"
+
+
+class CreateForm(CreateFields):
+    """POST /artifacts as multipart/form-data: these fields, then one `file` part.
+    `derived_from` and `metadata` are JSON texts; `content_type` defaults to the part's."""
+
+    content_type: NonEmpty | None = None
+    sha256: str | None = Field(None, description="hex sha256 the file's bytes must have")
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> dict[str, Any]:
+        """Form text -> the shapes the model validates (JSON members decoded where they parse)."""
+        data: dict[str, Any] = dict(fields)
+        for name in ("derived_from", "metadata"):
+            if name in data:
+                try:
+                    data[name] = json.loads(data[name])
+                except ValueError:
+                    pass  # left as text: the model answers list_type / dict_type
+        return data
 
 
 class UpdateArtifact(BaseModel):
