@@ -40,7 +40,7 @@ LIVE = artifacts.c.deleted_at.is_(None)
 ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
 PRIMARY_LOCK_SPACE = 0x41525446  # 'ARTF': first key of our pg_advisory_xact_lock(int, int)
 
-Content = bytes | AsyncIterable[bytes]
+Content = bytes | AsyncIterable[bytes | memoryview]
 
 
 def _columns(artifact: Artifact) -> dict[str, Any]:

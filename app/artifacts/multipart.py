@@ -80,7 +80,7 @@ class FormStream:
         self._header_bytes = 0
         self._current: str | None = None  # FILE_FIELD, a field name, or None (ignored part)
         self._field_value = bytearray()
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._parser = MultipartParser(
             boundary_of(request.headers.get("content-type", "")),
             callbacks={
@@ -111,7 +111,7 @@ class FormStream:
             raise validation_error(("body", FILE_FIELD), "missing", "Field required", None)
         return self.file
 
-    async def file_chunks(self) -> AsyncIterator[bytes]:
+    async def file_chunks(self) -> AsyncIterator[bytes | memoryview]:
         """Yield the file part's bytes (after open_file); raise unless the body ends cleanly."""
         while True:
             if self._out:
@@ -208,7 +208,7 @@ class FormStream:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current == FILE_FIELD:
-            self._out.append(data[start:end])
+            self._out.append(memoryview(data)[start:end])  # bytes are immutable: no copy
         elif self._current is not None:
             self._field_value += data[start:end]
             if len(self._field_value) > self.limits.max_field_bytes:

@@ -27,7 +27,7 @@ class PutResult:
 class BlobStore(Protocol):
     async def put(
         self,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[bytes | memoryview],
         *,
         max_bytes: int | None = None,
         expected_digest: str | None = None,

@@ -54,13 +54,15 @@ class _Staging:
         self.hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> None:
-        self.hash.update(data)
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self.size += len(data)
+    def write(self, chunks: list[bytes | memoryview]) -> None:
+        """Hash and write a batch of chunks (one thread hop per batch, no joining copy)."""
+        for data in chunks:
+            self.hash.update(data)
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+            self.size += len(data)
 
     def seal(self) -> None:
         os.fchmod(self.fd, 0o444)
@@ -90,7 +92,7 @@ class FilesystemBlobStore:
 
     async def put(
         self,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[bytes | memoryview],
         *,
         max_bytes: int | None = None,
         expected_digest: str | None = None,
@@ -100,7 +102,7 @@ class FilesystemBlobStore:
         except OSError as exc:
             raise _translate_os_error(exc) from exc
         try:
-            pending: list[bytes] = []
+            pending: list[bytes | memoryview] = []
             pending_size = 0
             total = 0
             async for chunk in chunks:
@@ -110,10 +112,10 @@ class FilesystemBlobStore:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= STEP:
-                    await to_thread.run_sync(staging.write, b"".join(pending))
+                    await to_thread.run_sync(staging.write, pending)
                     pending, pending_size = [], 0
             if pending:
-                await to_thread.run_sync(staging.write, b"".join(pending))
+                await to_thread.run_sync(staging.write, pending)
             digest = staging.hash.hexdigest()
             if expected_digest is not None and expected_digest != digest:
                 raise DigestMismatch(expected_digest, digest)
