@@ -118,7 +118,7 @@ class Cursor:
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise ValueError("malformed cursor") from None
         match = cls._FORM.fullmatch(raw)
-        if match is None:
+        if match is None or int(match.group(1)) >= 2**63:  # past BIGINT: never one of ours
             raise ValueError("malformed cursor")
         return cls(created_at=int(match.group(1)), id=match.group(2))
 

@@ -2,10 +2,14 @@
 
 Semantics, whatever the backend:
 - put() consumes a stream of byte chunks, hashes it in the same pass, and returns only once the
-  blob is durably stored under its sha256. If a blob with that digest already exists, that is a
-  dedupe hit (success, `created=False`) and nothing is rewritten. On any failure (size limit,
-  digest mismatch, I/O error, cancellation) nothing is left behind: no staging data, nothing at
-  the final name.
+  blob is durably stored under its sha256 (its name included). If a blob with that digest
+  already exists, that is a dedupe hit (success, `created=False`) and nothing is rewritten. On
+  any failure (size limit, digest mismatch, I/O error, cancellation) no staging data is left and
+  nothing incomplete is ever visible at a final name. (If making a new name durable fails after
+  it was linked, the complete, sealed blob stays: a concurrent put may already rely on it.)
+  Errors raised by the source stream propagate unchanged; the store's own I/O errors become
+  InsufficientStorage / StorageUnavailable. Chunks may be memoryviews, but over immutable
+  buffers: the store may hold them until it writes a batch.
 - open() streams a stored blob (optionally a byte range); a missing blob raises BlobNotFound.
 - Blobs are immutable: there is no overwrite, only delete (for garbage collection).
 """

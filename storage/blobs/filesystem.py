@@ -12,8 +12,9 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from anyio import to_thread
 
@@ -27,6 +28,7 @@ from storage.errors import (
     StorageUnavailable,
 )
 
+T = TypeVar("T")
 STEP = 1 << 20  # bytes handed to a worker thread at once
 READ_CHUNK = 1 << 20
 
@@ -43,6 +45,14 @@ def _translate_os_error(exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage("The blob store's disk is full.")
     return StorageUnavailable(f"The blob store could not write: {exc.strerror or exc}.")
+
+
+async def _in_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run blocking filesystem work off the event loop; OS errors become storage errors."""
+    try:
+        return await to_thread.run_sync(func, *args)
+    except OSError as exc:
+        raise _translate_os_error(exc) from exc
 
 
 class _Staging:
@@ -97,33 +107,27 @@ class FilesystemBlobStore:
         max_bytes: int | None = None,
         expected_digest: str | None = None,
     ) -> PutResult:
-        try:
-            staging = await to_thread.run_sync(_Staging, self.tmp_dir)
-        except OSError as exc:
-            raise _translate_os_error(exc) from exc
+        staging = await _in_thread(_Staging, self.tmp_dir)
         try:
             pending: list[bytes | memoryview] = []
             pending_size = 0
             total = 0
-            async for chunk in chunks:
+            async for chunk in chunks:  # an error of the source propagates unchanged
                 total += len(chunk)
                 if max_bytes is not None and total > max_bytes:
                     raise BlobTooLarge(max_bytes)
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= STEP:
-                    await to_thread.run_sync(staging.write, pending)
+                    await _in_thread(staging.write, pending)
                     pending, pending_size = [], 0
             if pending:
-                await to_thread.run_sync(staging.write, pending)
+                await _in_thread(staging.write, pending)
             digest = staging.hash.hexdigest()
             if expected_digest is not None and expected_digest != digest:
                 raise DigestMismatch(expected_digest, digest)
-            created = await to_thread.run_sync(self._commit, staging, digest)
+            created = await _in_thread(self._commit, staging, digest)
             return PutResult(digest=digest, size=staging.size, created=created)
-        except OSError as exc:
-            staging.discard()
-            raise _translate_os_error(exc) from exc
         except BaseException:
             # Synchronous on purpose: after a cancellation no further await would run.
             staging.discard()
@@ -138,8 +142,9 @@ class FilesystemBlobStore:
             created = True
         except FileExistsError:
             created = False
-        if created:
-            _fsync_dir(final.parent)
+        # Also on a dedupe hit: the name found may not be durable yet (a concurrent put between
+        # its link() and this fsync, or an earlier put whose directory fsync failed).
+        _fsync_dir(final.parent)
         staging.discard()
         return created
 
