@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any, TypeVar
 
@@ -48,8 +49,51 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_JSON_DEPTH = 256  # far below where the JSON encoders and pydantic run out of stack
+# A `\uD800`-`\uDFFF` escape, pair first: JSON text may hold lone surrogates, UTF-8 may not.
+_SURROGATE_ESCAPES = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """1e400 parses as inf, which no JSON encoder can answer with: refuse it like NaN."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest more than `limit` levels (level by level: no recursion)."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+    return bool(level)
+
+
+def _lone_surrogate_at(body: bytes, data: Any) -> int | None:
+    """Where a string holds a lone surrogate (which cannot be stored or answered as UTF-8)."""
+    utf8 = json.detect_encoding(body[:4]) == "utf-8"
+    if utf8 and _SURROGATE_ESCAPES.search(body) is None:
+        return None  # the fast path: no escape that could make one
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        lone = (m.start() for m in _SURROGATE_ESCAPES.finditer(body) if len(m.group()) == 6)
+        return next(lone, 0)
+    return None
 
 
 def _json_invalid(position: int, error: str) -> RequestValidationError:
@@ -72,7 +116,7 @@ def parse_json(body: bytes) -> Any:
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise _json_invalid(exc.pos, exc.msg) from None
     except UnicodeDecodeError as exc:
@@ -81,6 +125,12 @@ def parse_json(body: bytes) -> Any:
         raise _json_invalid(0, "Nested too deeply") from None
     except ValueError as exc:
         raise _json_invalid(0, str(exc)) from None
+    if _too_deep(data, MAX_JSON_DEPTH):
+        raise _json_invalid(0, "Nested too deeply")
+    position = _lone_surrogate_at(body, data)
+    if position is not None:
+        raise _json_invalid(position, "Lone surrogate in a string (not valid Unicode)")
+    return data
 
 
 def validate(

@@ -23,7 +23,7 @@ from app.errors import ApiError, validation_error
 from storage.errors import DigestMismatch, IncompleteContent
 
 FILE_FIELD = "file"
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters
 
 
 @dataclass(frozen=True)

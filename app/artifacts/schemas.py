@@ -10,12 +10,31 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from app.artifacts.body import parse_json
 from storage.records import Artifact, us_to_iso
 
-NonEmpty = Annotated[str, Field(min_length=1)]
+
+def no_nul(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: refuse it on every backend alike (422, not a 5xx)."""
+    if "\x00" in value:
+        raise PydanticCustomError("string_nul", "String should not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(no_nul)]
+NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(no_nul)]
 
 
 def _expected(values: tuple[str, ...]) -> str:
@@ -51,13 +70,13 @@ class CreateFields(BaseModel):
 
     workflow_id: NonEmpty
     artifact_type: str = Field(description="one of the artifact types, case-insensitive")
-    title: str
-    phase_id: str | None = None
-    session_id: str | None = None
+    title: Text
+    phase_id: Text | None = None
+    session_id: Text | None = None
     is_primary_deliverable: bool = False
-    derived_from: list[str] = Field(default_factory=list, description="ids of live parents")
+    derived_from: list[Text] = Field(default_factory=list, description="ids of live parents")
     metadata: dict[str, Any] = Field(default_factory=dict)
-    created_by: str | None = None
+    created_by: Text | None = None
 
     @field_validator("artifact_type")
     @classmethod
@@ -90,9 +109,9 @@ class CreateForm(CreateFields):
         data: dict[str, Any] = dict(fields)
         for name in ("derived_from", "metadata"):
             if name in data:
-                try:
-                    data[name] = json.loads(data[name])
-                except ValueError:
+                try:  # parse_json: no NaN/inf, bounded depth, no lone surrogates
+                    data[name] = parse_json(data[name].encode())
+                except RequestValidationError:
                     pass  # left as text: the model answers list_type / dict_type
         return data
 
@@ -102,7 +121,7 @@ class UpdateArtifact(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = None
+    title: Text | None = None
     metadata: dict[str, Any] | None = None
     is_primary_deliverable: bool | None = None
 
