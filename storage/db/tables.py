@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+# Artifact ids compare bytewise on every backend ("C" collation on PostgreSQL), so the range
+# scan behind id-prefix lookups is exact whatever the database's locale.
+ID = sa.String(36).with_variant(sa.String(36, collation="C"), "postgresql")
+
 metadata = sa.MetaData()
 
 blobs = sa.Table(
@@ -22,7 +26,7 @@ blobs = sa.Table(
 artifacts = sa.Table(
     "artifacts",
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("id", ID, primary_key=True),
     sa.Column("workflow_id", sa.Text, nullable=False),
     sa.Column("phase_id", sa.Text),
     sa.Column("session_id", sa.Text),
@@ -59,9 +63,9 @@ artifacts = sa.Table(
 lineage = sa.Table(
     "lineage",
     metadata,
-    sa.Column("child_id", sa.String(36), sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("child_id", ID, sa.ForeignKey("artifacts.id"), primary_key=True),
     sa.Column("position", sa.Integer, primary_key=True),
-    sa.Column("parent_id", sa.String(36), sa.ForeignKey("artifacts.id"), nullable=False),
+    sa.Column("parent_id", ID, sa.ForeignKey("artifacts.id"), nullable=False),
     sa.Column("parent_digest", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False),
     sa.Index("ix_lineage_parent", "parent_id"),
     sa.Index("ix_lineage_parent_digest", "parent_digest"),

@@ -13,6 +13,9 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+# Artifact ids compare bytewise on every backend ("C" collation on PostgreSQL), so the range
+# scan behind id-prefix lookups is exact whatever the database's locale.
+ID = sa.String(36).with_variant(sa.String(36, collation="C"), "postgresql")
 LIVE_PRIMARY = sa.text("is_primary_deliverable AND deleted_at IS NULL")
 
 
@@ -25,7 +28,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "artifacts",
-        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("id", ID, primary_key=True),
         sa.Column("workflow_id", sa.Text, nullable=False),
         sa.Column("phase_id", sa.Text),
         sa.Column("session_id", sa.Text),
@@ -62,9 +65,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "lineage",
-        sa.Column("child_id", sa.String(36), sa.ForeignKey("artifacts.id"), primary_key=True),
+        sa.Column("child_id", ID, sa.ForeignKey("artifacts.id"), primary_key=True),
         sa.Column("position", sa.Integer, primary_key=True),
-        sa.Column("parent_id", sa.String(36), sa.ForeignKey("artifacts.id"), nullable=False),
+        sa.Column("parent_id", ID, sa.ForeignKey("artifacts.id"), nullable=False),
         sa.Column("parent_digest", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False),
     )
     op.create_index("ix_lineage_parent", "lineage", ["parent_id"])
