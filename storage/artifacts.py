@@ -96,8 +96,9 @@ class ArtifactService:
         expected_digest: str | None = None,
     ) -> Artifact:
         """Store the bytes, then the row, its lineage and (if asked) its primary flag."""
-        async with self.db.read() as conn:
-            await self._live_parents(conn, new.derived_from)  # fail before any byte is stored
+        if new.derived_from:
+            async with self.db.read() as conn:  # fail before any byte is stored
+                await self._live_parents(conn, new.derived_from)
         put = await self._put(content, max_bytes, expected_digest)
         artifact_id = self.new_id()
         async with self.db.write() as conn:
