@@ -200,9 +200,10 @@ def download(port: int, artifact_id: str) -> int:
         conn.request("GET", f"/artifacts/{artifact_id}/download")
         response = conn.getresponse()
         assert response.status == 200
+        buffer = memoryview(bytearray(CHUNK))
         total = 0
-        while chunk := response.read(CHUNK):
-            total += len(chunk)
+        while n := response.readinto(buffer):
+            total += n
         return total
     finally:
         conn.close()
