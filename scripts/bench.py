@@ -84,8 +84,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, core: int | None) -> None:
+    """`artifacts serve` (reference=False) or the bare ASGI reference app, on a fresh port."""
+
+    def __init__(self, data_dir: Path, core: int | None, reference: bool = False) -> None:
         self.port = free_port()
+        self.reference = reference
+        data_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
             "ARTIFACTS_PORT": str(self.port),
@@ -95,13 +99,18 @@ class Server:
             "MALLOC_TRIM_THRESHOLD_": "268435456",
         }
         cmd = [sys.executable, "-c", "from app.cli import main; main()", "serve"]
+        if reference:
+            env["BENCH_REFERENCE_DIR"] = str(data_dir)
+            cmd = [sys.executable, "-m", "uvicorn", "scripts.bench_reference:app"]
+            cmd += ["--port", str(self.port), "--log-level", "warning"]
         if core is not None:
             cmd = ["taskset", "-c", str(core), *cmd]
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if request("GET", self.port, "/readyz")[0] == 200:
+                path = "/ping" if reference else "/readyz"
+                if request("GET" if not reference else "POST", self.port, path)[0] == 200:
                     break
             except OSError:
                 time.sleep(0.05)
@@ -184,6 +193,30 @@ def create_artifact(port: int) -> str:
     return str(json.loads(out)["id"])
 
 
+class PrefixedFile:
+    """A raw body: a per-client prefix, then the data file, read in blocks."""
+
+    def __init__(self, path: Path, prefix: bytes) -> None:
+        self.prefix, self.file = prefix, path.open("rb")
+        self.length = len(prefix) + path.stat().st_size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.prefix:
+            out, self.prefix = self.prefix, b""
+            return out
+        data = self.file.read(n)
+        if not data:
+            self.file.close()
+        return data
+
+
+def upload_reference(port: int, data: Path, prefix: bytes) -> None:
+    body = PrefixedFile(data, prefix)
+    headers = {"Content-Length": str(body.length)}
+    status, out = request("POST", port, "/upload", body, headers)
+    assert status == 200, out
+
+
 def upload(port: int, artifact_id: str, data: Path, prefix: bytes) -> None:
     body = MultipartFile(data, prefix)
     headers = {
@@ -194,10 +227,10 @@ def upload(port: int, artifact_id: str, data: Path, prefix: bytes) -> None:
     assert status == 200, out
 
 
-def download(port: int, artifact_id: str) -> int:
+def download(port: int, path: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     try:
-        conn.request("GET", f"/artifacts/{artifact_id}/download")
+        conn.request("GET", path)
         response = conn.getresponse()
         assert response.status == 200
         buffer = memoryview(bytearray(CHUNK))
@@ -215,35 +248,51 @@ class Result:
     size: int
     clients: int
     MBps: float
-    ratio: float
+    ratio: float  # to the same rep's sha256+write MB/s
+    vs_reference: float  # to the same rep's bare ASGI reference doing the same transfer
     cpu_s_per_GB: float
     rss_growth_MiB: float
 
 
-def run_scenario(
-    kind: str, data: Path, clients: int, work: Path, limit: float, core: int | None
-) -> Result:
+@dataclass
+class Timing:
+    MBps: float
+    cpu_s_per_GB: float
+    rss_growth: int
+
+
+def timed_transfers(
+    kind: str, data: Path, clients: int, work: Path, core: int | None, reference: bool
+) -> Timing:
+    """One fresh server; warm-up; then `clients` concurrent transfers of `data`, timed."""
     size = data.stat().st_size
-    server = Server(work / f"srv-{secrets.token_hex(4)}", core)
+    server_dir = work / f"srv-{secrets.token_hex(4)}"
+    server_dir.mkdir()
+    if reference:
+        os.link(data, server_dir / "ref-download")  # what its GET serves
+    server = Server(server_dir, core, reference)
     try:
-        ids = [create_artifact(server.port) for _ in range(clients)]
         prefixes = [secrets.token_bytes(16) for _ in range(clients)]  # distinct blobs per client
-        # warm-up right before the timed run (a small upload and download)
-        upload(server.port, ids[0], data, b"warm")
-        download(server.port, ids[0])
+        if reference:
+            ids = [""] * clients
+            send = lambda i: upload_reference(server.port, data, prefixes[i])  # noqa: E731
+            fetch = lambda i: download(server.port, "/download")  # noqa: E731
+        else:
+            ids = [create_artifact(server.port) for _ in range(clients)]
+            send = lambda i: upload(server.port, ids[i], data, prefixes[i])  # noqa: E731
+            fetch = lambda i: download(server.port, f"/artifacts/{ids[i]}/download")  # noqa: E731
+        send(0)  # warm-up right before the timed run
+        fetch(0)
         if kind == "download":
-            for i, artifact_id in enumerate(ids):
-                upload(server.port, artifact_id, data, prefixes[i])
+            for i in range(clients):
+                send(i)
         rss_before = server.status("VmRSS")
         cpu_before = server.cpu_seconds()
         errors: list[BaseException] = []
 
         def one(i: int) -> None:
             try:
-                if kind == "upload":
-                    upload(server.port, ids[i], data, prefixes[i])
-                else:
-                    download(server.port, ids[i])
+                send(i) if kind == "upload" else fetch(i)
             except BaseException as exc:
                 errors.append(exc)
 
@@ -259,11 +308,26 @@ def run_scenario(
         total = (size + 16) * clients
         cpu = server.cpu_seconds() - cpu_before
         rss_growth = max(server.status("VmHWM") - rss_before, 0)
-        mbps = total / elapsed / 1e6
-        cpu_per_gb = cpu / (total / 1e9)
-        return Result(kind, size, clients, mbps, mbps / limit, cpu_per_gb, rss_growth / MiB)
+        return Timing(total / elapsed / 1e6, cpu / (total / 1e9), rss_growth)
     finally:
         server.stop()
+
+
+def run_scenario(
+    kind: str, data: Path, clients: int, work: Path, limit: float, core: int | None
+) -> Result:
+    ours = timed_transfers(kind, data, clients, work, core, reference=False)
+    ref = timed_transfers(kind, data, clients, work, core, reference=True)
+    return Result(
+        kind,
+        data.stat().st_size,
+        clients,
+        ours.MBps,
+        ours.MBps / limit,
+        ours.MBps / ref.MBps,
+        ours.cpu_s_per_GB,
+        ours.rss_growth / MiB,
+    )
 
 
 def fmt_size(n: int) -> str:
@@ -310,7 +374,8 @@ def main() -> int:
                     rows.append(row)
                     print(
                         f"{kind:8} {fmt_size(size):>7} x{clients}: {best.MBps:8.1f} MB/s  "
-                        f"ratio {row['ratio_median']:.2f}  cpu {best.cpu_s_per_GB:.2f} s/GB  "
+                        f"ratio {row['ratio_median']:.2f}  vs bare ASGI {best.vs_reference:.2f}  "
+                        f"cpu {best.cpu_s_per_GB:.2f} s/GB  "
                         f"rss +{best.rss_growth_MiB:.1f} MiB",
                         flush=True,
                     )
@@ -325,13 +390,14 @@ def main() -> int:
         f"Run {stamp} ({'full' if args.full else 'quick'}, {reps} rep(s)); limits: "
         + ", ".join(f"{k} {v:.0f}" for k, v in limits_median.items()),
         "",
-        "| scenario | size | clients | MB/s | vs sha256+write | server CPU s/GB | RSS growth |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | size | clients | MB/s | vs sha256+write | vs bare ASGI | CPU s/GB | RSS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {fmt_size(r['size'])} | {r['clients']} | {r['MBps']:.0f} "
-            f"| {r['ratio_median']:.2f} | {r['cpu_s_per_GB']:.2f} | {r['rss_growth_MiB']:.1f} MiB |"
+            f"| {r['ratio_median']:.2f} | {r['vs_reference']:.2f} | {r['cpu_s_per_GB']:.2f} "
+            f"| {r['rss_growth_MiB']:.1f} MiB |"
         )
     (args.out / f"{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

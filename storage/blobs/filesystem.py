@@ -57,7 +57,7 @@ async def _in_thread(func: Callable[..., T], *args: Any) -> T:
         raise _translate_os_error(exc) from exc
 
 
-def _start_writeback() -> Callable[[int], None]:
+def _start_writeback() -> Callable[[int, int, int], None]:
     """Ask the kernel to start writing a file's dirty pages now, without waiting (Linux
     sync_file_range(SYNC_FILE_RANGE_WRITE)), so the final fsync has little left to flush: the
     disk works while we hash and receive. Measured here: +15% on streaming uploads. A no-op
@@ -66,12 +66,12 @@ def _start_writeback() -> Callable[[int], None]:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         call = libc.sync_file_range
     except (OSError, AttributeError):
-        return lambda fd: None
+        return lambda fd, offset, length: None
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     sync_file_range_write = 2
 
-    def start(fd: int) -> None:
-        call(fd, 0, 0, sync_file_range_write)  # errors are harmless: fsync still follows
+    def start(fd: int, offset: int, length: int) -> None:
+        call(fd, offset, length, sync_file_range_write)  # errors are harmless: fsync follows
 
     return start
 
@@ -90,6 +90,7 @@ class _Staging:
 
     def write(self, chunks: list[bytes | memoryview]) -> None:
         """Hash and write a batch of chunks (one thread hop per batch, no joining copy)."""
+        start = self.size
         for data in chunks:
             self.hash.update(data)
             view = memoryview(data)
@@ -97,7 +98,7 @@ class _Staging:
                 written = os.write(self.fd, view)
                 view = view[written:]
             self.size += len(data)
-        start_writeback(self.fd)
+        start_writeback(self.fd, start, self.size - start)
 
     def seal(self) -> None:
         os.fchmod(self.fd, 0o444)
