@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import errors, health
-from app.artifacts import download, routes
+from app import errors, events, health
+from app.artifacts import download, lineage, routes
 from app.settings import Settings
+from app.workflows import routes as workflow_routes
 from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
+from storage.events import Notifier
 
 DESCRIPTION = """Artifact store for agent workflows, wire-compatible with the Syntropic137
 Artifacts API. Every route under `/artifacts` is also served under `/api/v1/artifacts`."""
@@ -24,7 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url)
-        app.state.service = ArtifactService(db, FilesystemBlobStore(settings.blob_dir))
+        app.state.notifier = notifier = Notifier()
+        blobs = FilesystemBlobStore(settings.blob_dir)
+        app.state.service = ArtifactService(db, blobs, on_commit=notifier.notify)
         try:
             yield
         finally:
@@ -40,9 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.include_router(health.router)
-    for router in (routes.router, download.router):
+    for router in (routes.router, download.router, lineage.router):
         app.include_router(router, prefix="/artifacts")
         app.include_router(router, prefix="/api/v1/artifacts", include_in_schema=False)
+    for router in (workflow_routes.router, events.router):
+        app.include_router(router)
+        app.include_router(router, prefix="/api/v1", include_in_schema=False)
     return app
 
 

@@ -33,6 +33,7 @@ STATUS: dict[type[se.StorageError], tuple[int, str]] = {
     se.InsufficientStorage: (507, "insufficient_storage"),
     se.StorageUnavailable: (503, "storage_unavailable"),
     se.BlobNotFound: (500, "blob_missing"),
+    se.WorkflowNotFound: (404, "workflow_not_found"),
 }
 
 CODE_BY_STATUS = {

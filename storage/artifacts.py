@@ -23,6 +23,7 @@ from storage.blobs.base import BlobStore, PutResult
 from storage.db.engine import Database
 from storage.db.tables import artifacts, blobs, lineage
 from storage.errors import AmbiguousArtifactId, ArtifactNotFound, UnknownParent
+from storage.events import NewEvent, append
 from storage.records import (
     Artifact,
     ArtifactChanges,
@@ -32,6 +33,8 @@ from storage.records import (
     NewContent,
     Page,
     now_us,
+    row_to_artifact,
+    us_to_iso,
 )
 
 FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -49,25 +52,35 @@ def _columns(artifact: Artifact) -> dict[str, Any]:
     return values
 
 
-def _row_to_artifact(row: Any, derived_from: tuple[str, ...] | None) -> Artifact:
-    return Artifact(
-        id=row.id,
-        workflow_id=row.workflow_id,
-        phase_id=row.phase_id,
-        session_id=row.session_id,
-        artifact_type=row.artifact_type,
-        title=row.title,
-        content_type=row.content_type,
-        filename=row.filename,
-        content_hash=row.content_hash,
-        size_bytes=row.size_bytes,
-        is_text=bool(row.is_text),
-        is_primary_deliverable=bool(row.is_primary_deliverable),
-        created_by=row.created_by,
-        metadata=row.metadata,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        derived_from=derived_from,
+def event_summary(a: Artifact) -> dict[str, Any]:
+    """What a change-feed event says of its artifact."""
+    return {
+        "id": a.id,
+        "workflow_id": a.workflow_id,
+        "phase_id": a.phase_id,
+        "session_id": a.session_id,
+        "artifact_type": a.artifact_type,
+        "title": a.title,
+        "content_type": a.content_type,
+        "content_hash": a.content_hash,
+        "size_bytes": a.size_bytes,
+        "is_primary_deliverable": a.is_primary_deliverable,
+        "created_at": us_to_iso(a.created_at),
+    }
+
+
+def _event(kind: str, a: Artifact, **data: Any) -> NewEvent:
+    return NewEvent(kind, a.id, a.workflow_id, a.phase_id, {"artifact": event_summary(a), **data})
+
+
+def _deliverable_changed(a: Artifact, primary: str | None, previous: str | None) -> NewEvent:
+    data = {"workflow_id": a.workflow_id, "phase_id": a.phase_id}
+    return NewEvent(
+        "deliverable.changed",
+        primary or previous or a.id,
+        a.workflow_id,
+        a.phase_id,
+        {**data, "primary": primary, "previous": previous},
     )
 
 
@@ -79,11 +92,14 @@ class ArtifactService:
         *,
         clock: Callable[[], int] = now_us,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_commit` runs after every committed write (the change feed's wake-up)."""
         self.db = db
         self.blobs = blob_store
         self.clock = clock
         self.new_id = new_id
+        self.on_commit = on_commit
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -105,8 +121,9 @@ class ArtifactService:
             parents = await self._live_parents(conn, new.derived_from)
             now = self.clock()
             await self._ensure_blob_row(conn, put, now)
+            previous = None
             if new.is_primary_deliverable:
-                await self._demote_primary(conn, new.workflow_id, new.phase_id, now)
+                previous = await self._demote_primary(conn, new.workflow_id, new.phase_id, now)
             artifact = Artifact(
                 id=artifact_id,
                 workflow_id=new.workflow_id,
@@ -140,6 +157,11 @@ class ArtifactService:
                         for i, (pid, d) in enumerate(parents)
                     ],
                 )
+            feed = [_event("artifact.created", artifact, derived_from=list(new.derived_from))]
+            if artifact.is_primary_deliverable:
+                feed.append(_deliverable_changed(artifact, artifact.id, previous))
+            await append(conn, feed, now)
+        self.on_commit()
         return artifact
 
     async def replace_content(
@@ -157,6 +179,7 @@ class ArtifactService:
         async with self.db.write() as conn:
             now = self.clock()
             await self._ensure_blob_row(conn, put, now)
+            before = await self._load(conn, artifact_id)
             result = await conn.execute(
                 artifacts.update()
                 .where(artifacts.c.id == artifact_id, LIVE)
@@ -171,7 +194,11 @@ class ArtifactService:
             )
             if result.rowcount == 0:
                 raise ArtifactNotFound(artifact_id)
-            return await self._load(conn, artifact_id)
+            after = await self._load(conn, artifact_id)
+            event = _event("artifact.content_replaced", after, previous_hash=before.content_hash)
+            await append(conn, [event], now)
+        self.on_commit()
+        return after
 
     async def update(self, artifact_id: str, changes: ArtifactChanges) -> Artifact:
         async with self.db.write() as conn:
@@ -182,26 +209,41 @@ class ArtifactService:
                 values["title"] = changes.title
             if changes.metadata is not None:
                 values["metadata"] = changes.metadata
-            if changes.is_primary_deliverable is not None:
-                if changes.is_primary_deliverable and not current.is_primary_deliverable:
-                    await self._demote_primary(conn, current.workflow_id, current.phase_id, now)
-                values["is_primary_deliverable"] = changes.is_primary_deliverable
+            feed: list[NewEvent] = []
+            promote = changes.is_primary_deliverable
+            if promote is not None:
+                values["is_primary_deliverable"] = promote
+            if promote and not current.is_primary_deliverable:
+                previous = await self._demote_primary(
+                    conn, current.workflow_id, current.phase_id, now
+                )
+                feed.append(_deliverable_changed(current, artifact_id, previous))
+            elif promote is False and current.is_primary_deliverable:
+                feed.append(_deliverable_changed(current, None, artifact_id))
             await conn.execute(
                 artifacts.update().where(artifacts.c.id == artifact_id).values(values)
             )
-            return await self._load(conn, artifact_id)
+            after = await self._load(conn, artifact_id)
+            changed = sorted(k for k in values if k != "updated_at")
+            await append(conn, [_event("artifact.updated", after, changed=changed), *feed], now)
+        self.on_commit()
+        return after
 
     async def delete(self, artifact_id: str) -> None:
         """Soft delete: the row stays (lineage, GC grace) but reads answer 'not found'."""
         async with self.db.write() as conn:
             now = self.clock()
-            result = await conn.execute(
+            current = await self._load(conn, artifact_id)
+            await conn.execute(
                 artifacts.update()
                 .where(artifacts.c.id == artifact_id, LIVE)
                 .values(deleted_at=now, updated_at=now)
             )
-            if result.rowcount == 0:
-                raise ArtifactNotFound(artifact_id)
+            feed = [_event("artifact.deleted", current)]
+            if current.is_primary_deliverable:
+                feed.append(_deliverable_changed(current, None, artifact_id))
+            await append(conn, feed, now)
+        self.on_commit()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -249,7 +291,7 @@ class ArtifactService:
         stmt = stmt.order_by(*ORDER).limit(limit + 1)
         async with self.db.read() as conn:
             rows = (await conn.execute(stmt)).all()
-        items = [_row_to_artifact(row, None) for row in rows[:limit]]
+        items = [row_to_artifact(row, None) for row in rows[:limit]]
         more = len(rows) > limit
         last = items[-1] if more else None
         return Page(items, Cursor(last.created_at, last.id) if last else None)
@@ -274,6 +316,11 @@ class ArtifactService:
             conditions.append(c.created_at > query.created_after)
         if query.created_before is not None:
             conditions.append(c.created_at < query.created_before)
+        if query.derived_from is not None:
+            children = sa.select(lineage.c.child_id).where(
+                lineage.c.parent_id == query.derived_from
+            )
+            conditions.append(c.id.in_(children))
         return conditions
 
     async def _put(
@@ -305,7 +352,7 @@ class ArtifactService:
             .scalars()
             .all()
         )
-        return _row_to_artifact(row, tuple(parents))
+        return row_to_artifact(row, tuple(parents))
 
     async def _live_parents(
         self, conn: AsyncConnection, parent_ids: Sequence[str]
@@ -334,8 +381,9 @@ class ArtifactService:
 
     async def _demote_primary(
         self, conn: AsyncConnection, workflow_id: str, phase_id: str | None, now: int
-    ) -> None:
-        """At most one live primary deliverable per (workflow, phase): demote the current one.
+    ) -> str | None:
+        """At most one live primary deliverable per (workflow, phase): demote the current one
+        and return its id (None when there was none).
 
         The group is the one ux_artifacts_one_primary enforces: (workflow_id,
         coalesce(phase_id, '')). On PostgreSQL concurrent promotions in one group are serialized
@@ -348,13 +396,20 @@ class ArtifactService:
             digest = hashlib.blake2b(f"{workflow_id}\x00{group}".encode(), digest_size=4).digest()
             key = int.from_bytes(digest, "big", signed=True)
             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PRIMARY_LOCK_SPACE, key)))
-        await conn.execute(
-            artifacts.update()
-            .where(
-                artifacts.c.workflow_id == workflow_id,
-                sa.func.coalesce(artifacts.c.phase_id, "") == group,
-                artifacts.c.is_primary_deliverable.is_(True),
-                LIVE,
+        current = (
+            await conn.execute(
+                sa.select(artifacts.c.id).where(
+                    artifacts.c.workflow_id == workflow_id,
+                    sa.func.coalesce(artifacts.c.phase_id, "") == group,
+                    artifacts.c.is_primary_deliverable.is_(True),
+                    LIVE,
+                )
             )
-            .values(is_primary_deliverable=False, updated_at=now)
-        )
+        ).scalar()
+        if current is not None:
+            await conn.execute(
+                artifacts.update()
+                .where(artifacts.c.id == current)
+                .values(is_primary_deliverable=False, updated_at=now)
+            )
+        return current

@@ -13,6 +13,12 @@ class ArtifactNotFound(StorageError):
         self.artifact_id = artifact_id
 
 
+class WorkflowNotFound(StorageError):
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"Workflow {workflow_id!r} has no artifacts.")
+        self.workflow_id = workflow_id
+
+
 class AmbiguousArtifactId(StorageError):
     def __init__(self, prefix: str) -> None:
         super().__init__(

@@ -95,6 +95,7 @@ class ListQuery:
     is_primary_deliverable: bool | None = None
     created_after: int | None = None  # exclusive
     created_before: int | None = None  # exclusive
+    derived_from: str | None = None  # direct children of this artifact id
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,4 +153,27 @@ def is_textual(content_type: str) -> bool:
         media.startswith("text/")
         or media in _TEXTUAL_APPLICATION
         or media.endswith(("+json", "+xml", "+yaml"))
+    )
+
+
+def row_to_artifact(row: Any, derived_from: tuple[str, ...] | None) -> Artifact:
+    """A SELECT of the artifacts table (any backend) -> Artifact."""
+    return Artifact(
+        id=row.id,
+        workflow_id=row.workflow_id,
+        phase_id=row.phase_id,
+        session_id=row.session_id,
+        artifact_type=row.artifact_type,
+        title=row.title,
+        content_type=row.content_type,
+        filename=row.filename,
+        content_hash=row.content_hash,
+        size_bytes=row.size_bytes,
+        is_text=bool(row.is_text),
+        is_primary_deliverable=bool(row.is_primary_deliverable),
+        created_by=row.created_by,
+        metadata=row.metadata,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        derived_from=derived_from,
     )

@@ -86,6 +86,7 @@ async def list_artifacts(
     is_primary_deliverable: bool | None = None,
     created_after: datetime | None = Query(None, description="exclusive, ISO 8601"),
     created_before: datetime | None = Query(None, description="exclusive, ISO 8601"),
+    derived_from: schemas.Text | None = Query(None, description="direct children of this id"),
     limit: PageLimit = 50,
     cursor: str | None = Query(None, description="from the previous page's X-Next-Cursor"),
 ) -> Response:
@@ -115,6 +116,7 @@ async def list_artifacts(
         is_primary_deliverable=is_primary_deliverable,
         created_after=None if created_after is None else datetime_to_us(created_after),
         created_before=None if created_before is None else datetime_to_us(created_before),
+        derived_from=derived_from,
     )
     page = await service.page(query, limit=limit, after=after)
     headers = {}

@@ -70,3 +70,23 @@ lineage = sa.Table(
     sa.Index("ix_lineage_parent", "parent_id"),
     sa.Index("ix_lineage_parent_digest", "parent_digest"),
 )
+
+# The change feed: one row per change, written in the transaction of the change it describes.
+# seq is the resumable cursor (assigned in commit order: see storage/events.py).
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("artifact_id", ID, nullable=False),
+    sa.Column("workflow_id", sa.Text, nullable=False),
+    sa.Column("phase_id", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index("ix_events_workflow", "workflow_id", "seq"),
+)

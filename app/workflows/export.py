@@ -1,0 +1,243 @@
+"""A workflow as one zip or tar archive, streamed as it is built.
+
+Nothing is assembled in memory or on disk first: the stdlib archive writer runs in a worker
+thread and writes into a small bounded channel that the response drains to the client, while it
+pulls each artifact's bytes from the blob store through the same channel discipline. The first
+entry is `manifest.json` (id, path, sha256, size, content type, session, primary flag, lineage
+of every file), so the archive can be verified on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from anyio import from_thread, to_thread
+from anyio.streams.memory import MemoryObjectSendStream
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from storage.records import Artifact, is_textual, us_to_iso
+from storage.workflows import Parent
+
+Format = Literal["zip", "tar"]
+FLUSH_AT = 1 << 20
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]')
+
+
+def safe_segment(name: str, fallback: str) -> str:
+    """One path segment: no separators, control or reserved characters, no dot-only names."""
+    cleaned = _UNSAFE.sub("_", name).strip().strip(".")
+    return cleaned.encode()[:200].decode(errors="ignore") or fallback
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    artifact: Artifact
+    parents: list[Parent]
+
+
+def plan(items: list[tuple[Artifact, list[Parent]]]) -> list[Entry]:
+    """`<phase>/<safe filename or title>`, made unique within the archive."""
+    taken = {"manifest.json"}
+    entries = []
+    for artifact, parents in items:
+        folder = safe_segment(artifact.phase_id or "", "_no_phase")
+        name = safe_segment(artifact.filename or artifact.title, artifact.id)
+        path = f"{folder}/{name}"
+        if path.lower() in taken:
+            stem, dot, ext = name.rpartition(".")
+            base = (
+                f"{stem} ({artifact.id[:8]}).{ext}"
+                if dot and stem
+                else f"{name} ({artifact.id[:8]})"
+            )
+            path = f"{folder}/{base}"
+        taken.add(path.lower())
+        entries.append(Entry(path, artifact, parents))
+    return entries
+
+
+def manifest(workflow_id: str, scope: str, entries: list[Entry]) -> bytes:
+    files = [
+        {
+            "path": e.path,
+            "artifact_id": e.artifact.id,
+            "sha256": e.artifact.content_hash,
+            "size_bytes": e.artifact.size_bytes,
+            "content_type": e.artifact.content_type,
+            "title": e.artifact.title,
+            "artifact_type": e.artifact.artifact_type,
+            "phase_id": e.artifact.phase_id,
+            "session_id": e.artifact.session_id,
+            "is_primary_deliverable": e.artifact.is_primary_deliverable,
+            "created_at": us_to_iso(e.artifact.created_at),
+            "derived_from": [{"id": p.id, "content_hash": p.content_hash} for p in e.parents],
+        }
+        for e in entries
+    ]
+    body = {
+        "workflow_id": workflow_id,
+        "scope": scope,
+        "exported_at": us_to_iso(time.time_ns() // 1000),
+        "files": files,
+    }
+    return json.dumps(body, indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+class _ChannelWriter:
+    """File-like sink for the archive writer (worker thread): ~1 MiB writes into the channel."""
+
+    def __init__(self, channel: MemoryObjectSendStream[bytes]) -> None:
+        self.channel = channel
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) >= FLUSH_AT:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buffer:
+            chunk, self.buffer = bytes(self.buffer), bytearray()
+            from_thread.run(self.channel.send, chunk)
+
+
+async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    return await anext(chunks)
+
+
+class _BlobReader:
+    """File-like source (worker thread) over an async byte iterator of the event loop."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks = chunks
+        self.pending = memoryview(b"")
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.pending:
+            try:
+                self.pending = memoryview(from_thread.run(_next_chunk, self.chunks))
+            except StopAsyncIteration:
+                return b""
+        size = len(self.pending) if n < 0 else min(n, len(self.pending))
+        out, self.pending = self.pending[:size], self.pending[size:]
+        return bytes(out)
+
+
+def _write_zip(
+    sink: _ChannelWriter,
+    head: bytes,
+    entries: list[Entry],
+    open_blob: Callable[[Artifact], AsyncIterator[bytes]],
+) -> None:
+    now = time.localtime()[:6]
+    with zipfile.ZipFile(sink, mode="w", allowZip64=True) as archive:  # type: ignore[call-overload]
+        archive.writestr(zipfile.ZipInfo("manifest.json", now), head, zipfile.ZIP_DEFLATED)
+        for entry in entries:
+            info = zipfile.ZipInfo(entry.path, now)
+            textual = is_textual(entry.artifact.content_type)
+            info.compress_type = zipfile.ZIP_DEFLATED if textual else zipfile.ZIP_STORED
+            source = _BlobReader(open_blob(entry.artifact))
+            big = entry.artifact.size_bytes >= 1 << 31
+            with archive.open(info, mode="w", force_zip64=big) as out:
+                while data := source.read(FLUSH_AT):
+                    out.write(data)
+    sink.flush()
+
+
+def _write_tar(
+    sink: _ChannelWriter,
+    head: bytes,
+    entries: list[Entry],
+    open_blob: Callable[[Artifact], AsyncIterator[bytes]],
+) -> None:
+    with tarfile.open(  # type: ignore[call-overload]
+        fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=FLUSH_AT
+    ) as archive:
+        info = tarfile.TarInfo("manifest.json")
+        info.size, info.mtime, info.mode = len(head), time.time(), 0o644
+        archive.addfile(info, _BytesReader(head))
+        for entry in entries:
+            info = tarfile.TarInfo(entry.path)
+            info.size, info.mtime, info.mode = entry.artifact.size_bytes, time.time(), 0o644
+            archive.addfile(info, _BlobReader(open_blob(entry.artifact)))
+    sink.flush()
+
+
+WRITERS = {"zip": _write_zip, "tar": _write_tar}
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, n: int = -1) -> bytes:
+        out, self.data = (self.data, b"") if n < 0 else (self.data[:n], self.data[n:])
+        return out
+
+
+class ArchiveResponse(Response):
+    """ASGI response that builds the archive while sending it; a client that goes away stops
+    the builder at its next write."""
+
+    media_types = {"zip": "application/zip", "tar": "application/x-tar"}
+
+    def __init__(
+        self,
+        fmt: Format,
+        filename: str,
+        head: bytes,
+        entries: list[Entry],
+        open_blob: Callable[[Artifact], AsyncIterator[bytes]],
+    ) -> None:
+        super().__init__(status_code=200)
+        self.fmt, self.head, self.entries, self.open_blob = fmt, head, entries, open_blob
+        self.raw_headers = [
+            (b"content-type", self.media_types[fmt].encode()),
+            (b"content-disposition", f'attachment; filename="{filename}"'.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"cache-control", b"no-store"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        channel_in, channel_out = anyio.create_memory_object_stream[bytes](max_buffer_size=4)
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        gone = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._build, channel_in)
+            group.start_soon(self._watch_disconnect, receive, gone, group.cancel_scope)
+            async with channel_out:
+                async for chunk in channel_out:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            group.cancel_scope.cancel()  # the build is done: stop watching
+        # Only a complete build ends the body cleanly; a failed one raised above, so the server
+        # aborts the connection and the client never mistakes a cut archive for a whole one.
+        if not gone.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _build(self, channel: MemoryObjectSendStream[bytes]) -> None:
+        writer = WRITERS[self.fmt]
+        async with channel:
+            try:
+                await to_thread.run_sync(
+                    writer, _ChannelWriter(channel), self.head, self.entries, self.open_blob
+                )
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the client went away and the response stopped reading
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, gone: anyio.Event, scope: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        scope.cancel()

@@ -1,0 +1,256 @@
+"""Workflow views for dashboards: each workflow's totals, its phases in order of first
+activity, and the primary deliverable of each phase. All computed in SQL over live artifacts
+(indexed by workflow); nothing is cached that a write could leave stale."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.db.engine import Database
+from storage.db.tables import artifacts, lineage
+from storage.errors import WorkflowNotFound
+from storage.records import Artifact, row_to_artifact
+
+LIVE = artifacts.c.deleted_at.is_(None)
+c = artifacts.c
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSummary:
+    workflow_id: str
+    artifact_count: int
+    total_bytes: int
+    phases: list[str | None]  # in order of first activity
+    sessions: list[str]
+    first_activity: int
+    last_activity: int
+    primary_deliverables: int
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseView:
+    phase_id: str | None
+    artifact_count: int
+    total_bytes: int
+    sessions: list[str]
+    first_activity: int
+    last_activity: int
+    primary: Artifact | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCursor:
+    """Keyset position in (last_activity DESC, workflow_id DESC) order."""
+
+    last_activity: int
+    workflow_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps(["w1", self.last_activity, self.workflow_id]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> WorkflowCursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            tag, last, workflow_id = json.loads(raw)
+        except (binascii.Error, ValueError, TypeError):
+            raise ValueError("malformed cursor") from None
+        if tag != "w1" or type(last) is not int or not 0 <= last < 2**63:
+            raise ValueError("malformed cursor")
+        if not isinstance(workflow_id, str):
+            raise ValueError("malformed cursor")
+        return cls(last, workflow_id)
+
+
+async def list_workflows(
+    db: Database,
+    *,
+    limit: int,
+    after: WorkflowCursor | None = None,
+    active_after: int | None = None,
+    active_before: int | None = None,
+) -> tuple[list[WorkflowSummary], WorkflowCursor | None]:
+    """Most recently active first. `active_after`/`active_before` bound the last activity."""
+    last = sa.func.max(c.updated_at)
+    stmt = (
+        sa.select(
+            c.workflow_id,
+            sa.func.count().label("n"),
+            sa.func.coalesce(sa.func.sum(c.size_bytes), 0).label("bytes"),
+            sa.func.min(c.created_at).label("first"),
+            last.label("last"),
+            sa.func.sum(sa.case((c.is_primary_deliverable.is_(True), 1), else_=0)).label(
+                "primaries"
+            ),
+        )
+        .where(LIVE)
+        .group_by(c.workflow_id)
+    )
+    if active_after is not None:
+        stmt = stmt.having(last > active_after)
+    if active_before is not None:
+        stmt = stmt.having(last < active_before)
+    if after is not None:
+        stmt = stmt.having(
+            sa.tuple_(last, c.workflow_id) < (after.last_activity, after.workflow_id)
+        )
+    stmt = stmt.order_by(last.desc(), c.workflow_id.desc()).limit(limit + 1)
+    async with db.read() as conn:
+        rows = (await conn.execute(stmt)).all()[: limit + 1]
+        page = rows[:limit]
+        ids = [r.workflow_id for r in page]
+        phases = await _phases_of(conn, ids)
+        sessions = await _sessions_of(conn, ids)
+    items = [
+        WorkflowSummary(
+            r.workflow_id,
+            int(r.n),
+            int(r.bytes),
+            phases.get(r.workflow_id, []),
+            sessions.get(r.workflow_id, []),
+            int(r.first),
+            int(r.last),
+            int(r.primaries or 0),
+        )
+        for r in page
+    ]
+    more = len(rows) > limit
+    cursor = WorkflowCursor(items[-1].last_activity, items[-1].workflow_id) if more else None
+    return items, cursor
+
+
+async def _phases_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[str | None]]:
+    if not ids:
+        return {}
+    first = sa.func.min(c.created_at)
+    rows = await conn.execute(
+        sa.select(c.workflow_id, c.phase_id)
+        .where(LIVE, c.workflow_id.in_(ids))
+        .group_by(c.workflow_id, c.phase_id)
+        .order_by(c.workflow_id, first, c.phase_id)
+    )
+    out: dict[str, list[str | None]] = {}
+    for r in rows:
+        out.setdefault(r.workflow_id, []).append(r.phase_id)
+    return out
+
+
+async def _sessions_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[str]]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        sa.select(c.workflow_id, c.session_id)
+        .where(LIVE, c.workflow_id.in_(ids), c.session_id.is_not(None))
+        .group_by(c.workflow_id, c.session_id)
+        .order_by(c.workflow_id, sa.func.min(c.created_at), c.session_id)
+    )
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r.workflow_id, []).append(r.session_id)
+    return out
+
+
+async def phases(db: Database, workflow_id: str) -> list[PhaseView]:
+    """The workflow's phases in order of first activity, each with its primary deliverable."""
+    first = sa.func.min(c.created_at)
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(
+                    c.phase_id,
+                    sa.func.count().label("n"),
+                    sa.func.coalesce(sa.func.sum(c.size_bytes), 0).label("bytes"),
+                    first.label("first"),
+                    sa.func.max(c.updated_at).label("last"),
+                )
+                .where(LIVE, c.workflow_id == workflow_id)
+                .group_by(c.phase_id)
+                .order_by(first, c.phase_id)
+            )
+        ).all()
+        if not rows:
+            raise WorkflowNotFound(workflow_id)
+        session_rows = await conn.execute(
+            sa.select(c.phase_id, c.session_id)
+            .where(LIVE, c.workflow_id == workflow_id, c.session_id.is_not(None))
+            .group_by(c.phase_id, c.session_id)
+            .order_by(sa.func.min(c.created_at), c.session_id)
+        )
+        sessions: dict[str | None, list[str]] = {}
+        for r in session_rows:
+            sessions.setdefault(r.phase_id, []).append(r.session_id)
+        primary_rows = await conn.execute(
+            sa.select(artifacts).where(
+                LIVE, c.workflow_id == workflow_id, c.is_primary_deliverable.is_(True)
+            )
+        )
+        primaries = {r.phase_id: row_to_artifact(r, None) for r in primary_rows}
+    return [
+        PhaseView(
+            r.phase_id,
+            int(r.n),
+            int(r.bytes),
+            sessions.get(r.phase_id, []),
+            int(r.first),
+            int(r.last),
+            primaries.get(r.phase_id),
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    id: str
+    content_hash: str  # the parent's bytes at link time
+
+
+async def contents(
+    db: Database, workflow_id: str, *, deliverables_only: bool
+) -> list[tuple[Artifact, list[Parent]]]:
+    """The workflow's live artifacts (or only its primary deliverables) in phase order (first
+    activity), then creation order, each with its parents as linked."""
+
+    first_in_phase = (
+        sa.select(c.phase_id, sa.func.min(c.created_at).label("first"))
+        .where(LIVE, c.workflow_id == workflow_id)
+        .group_by(c.phase_id)
+        .subquery()
+    )
+    stmt = (
+        sa.select(artifacts)
+        .join(first_in_phase, c.phase_id.is_not_distinct_from(first_in_phase.c.phase_id))
+        .where(LIVE, c.workflow_id == workflow_id)
+        .order_by(first_in_phase.c.first, c.phase_id, c.created_at, c.id)
+    )
+    if deliverables_only:
+        stmt = stmt.where(c.is_primary_deliverable.is_(True))
+    async with db.read() as conn:
+        rows = (await conn.execute(stmt)).all()
+        if not rows:
+            known = sa.select(c.id).where(LIVE, c.workflow_id == workflow_id).limit(1)
+            if (await conn.execute(known)).first() is None:
+                raise WorkflowNotFound(workflow_id)
+        ids = [r.id for r in rows]
+        edges = await conn.execute(
+            sa.select(lineage)
+            .where(lineage.c.child_id.in_(ids))
+            .order_by(lineage.c.child_id, lineage.c.position)
+        )
+        parents: dict[str, list[Parent]] = {}
+        for e in edges:
+            parents.setdefault(e.child_id, []).append(Parent(e.parent_id, e.parent_digest))
+    return [
+        (
+            row_to_artifact(r, tuple(p.id for p in parents.get(r.id, []))),
+            parents.get(r.id, []),
+        )
+        for r in rows
+    ]
