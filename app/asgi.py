@@ -9,6 +9,8 @@ from fastapi import FastAPI
 
 from app import errors, events, health
 from app.artifacts import download, lineage, routes
+from app.imports import routes as import_routes
+from app.imports.runner import ImportRunner, importer_for
 from app.settings import Settings
 from app.workflows import routes as workflow_routes
 from storage.artifacts import ArtifactService
@@ -28,10 +30,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.resolved_database_url)
         app.state.notifier = notifier = Notifier()
         blobs = FilesystemBlobStore(settings.blob_dir)
-        app.state.service = ArtifactService(db, blobs, on_commit=notifier.notify)
+        app.state.service = service = ArtifactService(db, blobs, on_commit=notifier.notify)
+        app.state.imports = runner = ImportRunner(importer_for(service, settings))
+        if settings.crownest_api_key is not None:
+            await runner.resume_unfinished()
         try:
             yield
         finally:
+            await runner.stop()
             await db.dispose()
 
     app = FastAPI(
@@ -47,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (routes.router, download.router, lineage.router):
         app.include_router(router, prefix="/artifacts")
         app.include_router(router, prefix="/api/v1/artifacts", include_in_schema=False)
-    for router in (workflow_routes.router, events.router):
+    for router in (workflow_routes.router, events.router, import_routes.router):
         app.include_router(router)
         app.include_router(router, prefix="/api/v1", include_in_schema=False)
     return app

@@ -71,4 +71,7 @@ def serve(
 
 
 def main() -> None:
+    from app.imports.cli import cli as import_cli
+
+    cli.add_typer(import_cli, name="import")
     cli()

@@ -27,6 +27,8 @@ log = logging.getLogger("artifacts.errors")
 STATUS: dict[type[se.StorageError], tuple[int, str]] = {
     se.ArtifactNotFound: (404, "artifact_not_found"),
     se.AmbiguousArtifactId: (409, "ambiguous_artifact_id"),
+    se.DuplicateSource: (409, "already_imported"),
+    se.ImportNotFound: (404, "import_not_found"),
     se.BlobTooLarge: (413, "payload_too_large"),
     se.DigestMismatch: (422, "digest_mismatch"),
     se.IncompleteContent: (400, "incomplete_body"),

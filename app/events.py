@@ -57,7 +57,7 @@ def event_body(event: Event) -> dict[str, Any]:
 def _cursor(value: str | None, loc: tuple[str, str]) -> int:
     if value is None or value == "":
         return 0
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:  # isdigit: also '²'
         raise validation_error(loc, "cursor_invalid", "Not a cursor this service issued", value)
     return int(value)
 

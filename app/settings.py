@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db.engine import sqlite_url
@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     max_inline_content_bytes: int = Field(16 * MiB, ge=0)
     extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
     log_level: str = "info"
+    crownest_base_url: str = "https://api.crownest.dev"
+    crownest_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("CROWNEST_API_KEY", "ARTIFACTS_CROWNEST_API_KEY")
+    )
+    crownest_max_attempts: int = Field(5, ge=1, le=20)
+    crownest_backoff_base: float = Field(0.5, ge=0)
+    crownest_retry_after_max: float = Field(60.0, ge=0)
 
     @property
     def blob_dir(self) -> Path:

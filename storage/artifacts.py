@@ -17,12 +17,18 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.blobs.base import BlobStore, PutResult
 from storage.db.engine import Database
 from storage.db.tables import artifacts, blobs, lineage
-from storage.errors import AmbiguousArtifactId, ArtifactNotFound, UnknownParent
+from storage.errors import (
+    AmbiguousArtifactId,
+    ArtifactNotFound,
+    DuplicateSource,
+    UnknownParent,
+)
 from storage.events import NewEvent, append
 from storage.records import (
     Artifact,
@@ -142,8 +148,18 @@ class ArtifactService:
                 created_at=now,
                 updated_at=now,
                 derived_from=tuple(new.derived_from),
+                source=new.source,
+                source_ref=new.source_ref,
             )
-            await conn.execute(artifacts.insert().values(_columns(artifact)))
+            if new.source is not None and new.source_ref is not None:
+                await self._check_source(conn, new.source, new.source_ref)
+            try:
+                await conn.execute(artifacts.insert().values(_columns(artifact)))
+            except IntegrityError:
+                if new.source is None or new.source_ref is None:
+                    raise
+                # a concurrent import of the same upstream object won (PostgreSQL)
+                raise DuplicateSource(new.source, new.source_ref, None) from None
             if parents:
                 await conn.execute(
                     lineage.insert(),
@@ -246,6 +262,18 @@ class ArtifactService:
         self.on_commit()
 
     # -- reads -------------------------------------------------------------------------------
+
+    async def find_by_source(self, source: str, source_ref: str) -> Artifact | None:
+        """The live artifact imported from this upstream object, if any."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(artifacts.c.id).where(
+                        artifacts.c.source == source, artifacts.c.source_ref == source_ref, LIVE
+                    )
+                )
+            ).first()
+            return None if row is None else await self._load(conn, row.id)
 
     async def get(self, ref: str, *, allow_prefix: bool = True) -> Artifact:
         """By full id, or (allow_prefix) by a unique prefix of at least 8 characters."""
@@ -370,6 +398,18 @@ class ArtifactService:
             if parent_id not in digests:
                 raise UnknownParent(index, parent_id)
         return [(pid, digests[pid]) for pid in parent_ids]
+
+    @staticmethod
+    async def _check_source(conn: AsyncConnection, source: str, source_ref: str) -> None:
+        existing = (
+            await conn.execute(
+                sa.select(artifacts.c.id).where(
+                    artifacts.c.source == source, artifacts.c.source_ref == source_ref, LIVE
+                )
+            )
+        ).scalar()
+        if existing is not None:
+            raise DuplicateSource(source, source_ref, existing)
 
     async def _ensure_blob_row(self, conn: AsyncConnection, put: PutResult, now: int) -> None:
         dialect = postgresql if self.db.dialect == "postgresql" else sqlite

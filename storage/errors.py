@@ -19,6 +19,12 @@ class WorkflowNotFound(StorageError):
         self.workflow_id = workflow_id
 
 
+class ImportNotFound(StorageError):
+    def __init__(self, import_id: str) -> None:
+        super().__init__(f"Import {import_id!r} was not found.")
+        self.import_id = import_id
+
+
 class AmbiguousArtifactId(StorageError):
     def __init__(self, prefix: str) -> None:
         super().__init__(
@@ -34,6 +40,14 @@ class UnknownParent(StorageError):
         super().__init__(f"derived_from[{index}]: artifact {parent_id!r} does not exist.")
         self.index = index
         self.parent_id = parent_id
+
+
+class DuplicateSource(StorageError):
+    """A live artifact was already imported from this upstream object."""
+
+    def __init__(self, source: str, source_ref: str, artifact_id: str | None) -> None:
+        super().__init__(f"{source} object {source_ref!r} is already artifact {artifact_id}.")
+        self.source, self.source_ref, self.artifact_id = source, source_ref, artifact_id
 
 
 class BlobNotFound(StorageError):

@@ -44,6 +44,8 @@ class NewArtifact:
     created_by: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     derived_from: tuple[str, ...] = ()
+    source: str | None = None  # where it was imported from ("crownest"), with its upstream id:
+    source_ref: str | None = None  # at most one live artifact per (source, source_ref)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,8 @@ class Artifact:
     created_at: int
     updated_at: int
     derived_from: tuple[str, ...] | None  # None where not loaded (lists)
+    source: str | None = None
+    source_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,4 +180,6 @@ def row_to_artifact(row: Any, derived_from: tuple[str, ...] | None) -> Artifact:
         created_at=row.created_at,
         updated_at=row.updated_at,
         derived_from=derived_from,
+        source=row.source,
+        source_ref=row.source_ref,
     )

@@ -38,7 +38,7 @@ from storage.db.tables import artifacts, blobs, metadata
 from storage.records import ArtifactChanges, NewArtifact
 from tests.conftest import BACKENDS, POSTGRES_URL, _create_pg_database, _drop_pg_database
 
-SCHEMA_TABLES = {"blobs", "artifacts", "lineage", "events"}
+SCHEMA_TABLES = {"blobs", "artifacts", "lineage", "events", "imports", "import_items"}
 PRIMARY_INDEX = "ux_artifacts_one_primary"
 DIGEST = "ab" * 32
 
@@ -78,12 +78,36 @@ def table_names(url: str) -> set[str]:
 def schema_ddl(url: str) -> dict[str, Any]:
     """Everything that defines our three tables, as the database itself reports it."""
     if url.startswith("sqlite"):
-        rows = query(
+        # Columns and keys as SQLite reports them (not CREATE TABLE text, which ALTER TABLE ADD
+        # COLUMN rewrites with other spacing), and every index's SQL with spacing folded.
+        names = query(
             url,
-            "SELECT type, name, tbl_name, sql FROM sqlite_master "
-            "WHERE tbl_name != 'alembic_version' ORDER BY name",
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name != 'alembic_version' ORDER BY name",
         )
-        return {"sqlite_master": rows}
+        out: dict[str, Any] = {}
+        for (table,) in names:
+            out[table] = {
+                "columns": query(
+                    url,
+                    'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(:t) '
+                    "ORDER BY cid",
+                    t=table,
+                ),
+                "foreign_keys": query(
+                    url,
+                    'SELECT "from", "table", "to" FROM pragma_foreign_key_list(:t) '
+                    'ORDER BY "from"',
+                    t=table,
+                ),
+            }
+        indexes = query(
+            url,
+            "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name != 'alembic_version' ORDER BY name",
+        )
+        out["indexes"] = [(n, t, sql and re.sub(r"\s+", " ", sql)) for n, t, sql in indexes]
+        return out
     columns = query(
         url,
         "SELECT table_name, ordinal_position, column_name, data_type, character_maximum_length,"

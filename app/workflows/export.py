@@ -14,7 +14,8 @@ import re
 import tarfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,13 +54,12 @@ def plan(items: list[tuple[Artifact, list[Parent]]]) -> list[Entry]:
         folder = safe_segment(artifact.phase_id or "", "_no_phase")
         name = safe_segment(artifact.filename or artifact.title, artifact.id)
         path = f"{folder}/{name}"
-        if path.lower() in taken:
-            stem, dot, ext = name.rpartition(".")
-            base = (
-                f"{stem} ({artifact.id[:8]}).{ext}"
-                if dot and stem
-                else f"{name} ({artifact.id[:8]})"
-            )
+        stem, dot, ext = name.rpartition(".")
+        tries = 0
+        while path.lower() in taken:  # a suffixed name may be taken too (a title can be anything)
+            tries += 1
+            tag = artifact.id[:8] if tries == 1 else f"{artifact.id[:8]}-{tries}"
+            base = f"{stem} ({tag}).{ext}" if dot and stem else f"{name} ({tag})"
             path = f"{folder}/{base}"
         taken.add(path.lower())
         entries.append(Entry(path, artifact, parents))
@@ -99,17 +99,30 @@ class _ChannelWriter:
     def __init__(self, channel: MemoryObjectSendStream[bytes]) -> None:
         self.channel = channel
         self.buffer = bytearray()
+        self.cut = False
 
     def write(self, data: bytes) -> int:
+        if self.cut:
+            return len(data)
         self.buffer += data
         if len(self.buffer) >= FLUSH_AT:
             self.flush()
         return len(data)
 
     def flush(self) -> None:
-        if self.buffer:
+        if self.buffer and not self.cut:
             chunk, self.buffer = bytes(self.buffer), bytearray()
             from_thread.run(self.channel.send, chunk)
+
+    @contextmanager
+    def cut_on_error(self) -> Iterator[None]:
+        """After a failure nothing more goes out: zipfile's cleanup on the way out would
+        otherwise write a central directory, making a cut archive look whole."""
+        try:
+            yield
+        except BaseException:
+            self.cut, self.buffer = True, bytearray()
+            raise
 
 
 async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes:
@@ -141,7 +154,10 @@ def _write_zip(
     open_blob: Callable[[Artifact], AsyncIterator[bytes]],
 ) -> None:
     now = time.localtime()[:6]
-    with zipfile.ZipFile(sink, mode="w", allowZip64=True) as archive:  # type: ignore[call-overload]
+    with (
+        zipfile.ZipFile(sink, mode="w", allowZip64=True) as archive,  # type: ignore[call-overload]
+        sink.cut_on_error(),
+    ):
         archive.writestr(zipfile.ZipInfo("manifest.json", now), head, zipfile.ZIP_DEFLATED)
         for entry in entries:
             info = zipfile.ZipInfo(entry.path, now)
@@ -161,9 +177,12 @@ def _write_tar(
     entries: list[Entry],
     open_blob: Callable[[Artifact], AsyncIterator[bytes]],
 ) -> None:
-    with tarfile.open(  # type: ignore[call-overload]
-        fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=FLUSH_AT
-    ) as archive:
+    with (
+        tarfile.open(  # type: ignore[call-overload]
+            fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=FLUSH_AT
+        ) as archive,
+        sink.cut_on_error(),
+    ):
         info = tarfile.TarInfo("manifest.json")
         info.size, info.mtime, info.mode = len(head), time.time(), 0o644
         archive.addfile(info, _BytesReader(head))

@@ -43,6 +43,8 @@ artifacts = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("deleted_at", sa.BigInteger),
+    sa.Column("source", sa.Text),  # e.g. "crownest" for an imported artifact
+    sa.Column("source_ref", sa.Text),  # the upstream id
     sa.Index("ix_artifacts_order", "created_at", "id"),
     sa.Index("ix_artifacts_workflow", "workflow_id", "created_at", "id"),
     sa.Index("ix_artifacts_workflow_phase", "workflow_id", "phase_id", "created_at", "id"),
@@ -57,6 +59,14 @@ artifacts = sa.Table(
         unique=True,
         sqlite_where=sa.text("is_primary_deliverable AND deleted_at IS NULL"),
         postgresql_where=sa.text("is_primary_deliverable AND deleted_at IS NULL"),
+    ),
+    sa.Index(
+        "ux_artifacts_source",
+        "source",
+        "source_ref",
+        unique=True,
+        sqlite_where=sa.text("source_ref IS NOT NULL AND deleted_at IS NULL"),
+        postgresql_where=sa.text("source_ref IS NOT NULL AND deleted_at IS NULL"),
     ),
 )
 
@@ -89,4 +99,31 @@ events = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Index("ix_events_workflow", "workflow_id", "seq"),
+)
+
+# Import jobs (e.g. from CrowNest): state kept here so an interrupted job can be resumed.
+imports = sa.Table(
+    "imports",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger),
+)
+
+import_items = sa.Table(
+    "import_items",
+    metadata,
+    sa.Column("import_id", ID, sa.ForeignKey("imports.id"), primary_key=True),
+    sa.Column("upstream_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("artifact_id", ID),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
 )

@@ -1,0 +1,226 @@
+"""A client for the parts of the CrowNest API the importer needs (spec: ../shared/spec/000-003).
+
+Written on httpx rather than the `crownest` SDK because the SDK's `list()` reads only the first
+page and its `download()` buffers the whole file in memory; the tests hold this client and the
+SDK to the same fake server. Retries (tenacity): 429 honours Retry-After; 5xx and dropped
+connections back off exponentially, bounded; 401/403 stop at once. The API key is only ever
+sent to the configured CrowNest host: a download URL or redirect elsewhere is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+CHUNK = 1 << 20
+
+
+class UpstreamArtifact(BaseModel):
+    """CrowNest's artifact JSON (camelCase; optional keys omitted; unknown keys tolerated)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1)
+    name: str = ""
+    sizeBytes: int = Field(ge=0)
+    orgId: str | None = None
+    projectId: str | None = None
+    sandboxId: str | None = None
+    sourcePath: str | None = None
+    objectKey: str | None = None
+    contentType: str | None = None
+    createdAt: str | None = None
+    deletedAt: str | None = None
+    retentionExpiresAt: str | None = None
+
+
+class CrowNestError(Exception):
+    """An answer (or a failure to get one) from CrowNest, with its code."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str = "upstream_error",
+        retry_after: float | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.code, self.retry_after = status, code, retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or (self.status is not None and self.status >= 500)
+
+    @property
+    def fatal(self) -> bool:
+        """Nothing else can succeed: the key is wrong or lacks access."""
+        return self.status in (401, 403)
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, CrowNestError):
+        return exc.retryable
+    return isinstance(exc, httpx.TransportError)  # refused, reset, cut-off body, timeouts
+
+
+def _error_of(response: httpx.Response, body: bytes) -> CrowNestError:
+    code, message = "upstream_error", f"CrowNest answered {response.status_code}"
+    try:
+        error = httpx.Response(200, content=body).json().get("error") or {}
+        code = str(error.get("code") or code)
+        message = str(error.get("message") or message)
+    except (ValueError, AttributeError):
+        pass
+    retry_after = None
+    if response.status_code == 429:
+        try:
+            retry_after = float(response.headers.get("retry-after", ""))
+        except ValueError:
+            retry_after = None
+    if response.status_code == 401:
+        message = f"CrowNest rejected the API key ({code}): check CROWNEST_API_KEY. {message}"
+    elif response.status_code == 403:
+        message = f"The CrowNest API key lacks access ({code}): it needs artifact:read. {message}"
+    return CrowNestError(message, status=response.status_code, code=code, retry_after=retry_after)
+
+
+class CrowNestClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 60.0,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        retry_after_max: float = 60.0,
+        page_size: int = 100,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._origin = self._origin_of(self.base_url)
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        self.max_attempts = max_attempts
+        self.backoff = wait_exponential_jitter(initial=backoff_base, max=backoff_max)
+        self.retry_after_max = retry_after_max
+        self.page_size = page_size
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, follow_redirects=False
+        )
+
+    async def __aenter__(self) -> CrowNestClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    @staticmethod
+    def _origin_of(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        return parts.scheme, (parts.hostname or "").lower(), port
+
+    def retrying(self) -> AsyncRetrying:
+        """The retry policy: use as `async for attempt in client.retrying(): with attempt: …`."""
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, CrowNestError) and exc.retry_after is not None:
+                return min(max(exc.retry_after, 0.0), self.retry_after_max)
+            return float(self.backoff(state))
+
+        return AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait,
+            reraise=True,
+        )
+
+    async def _json(self, method: str, path: str, **params: Any) -> dict[str, Any]:
+        async for attempt in self.retrying():
+            with attempt:
+                response = await self._http.request(
+                    method, path, params=params or None, headers=self._auth
+                )
+                if response.status_code >= 300:
+                    raise _error_of(response, response.content)
+                try:
+                    body = response.json()
+                except ValueError:
+                    raise CrowNestError(f"CrowNest sent invalid JSON for {path}") from None
+                if not isinstance(body, dict):
+                    raise CrowNestError(f"CrowNest sent an unexpected body for {path}")
+                return body
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_artifacts(self, sandbox_id: str) -> AsyncIterator[UpstreamArtifact]:
+        """Every artifact of the sandbox, following `nextCursor` through every page."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        path = f"/v1/sandboxes/{sandbox_id}/artifacts"
+        while True:
+            params: dict[str, Any] = {"limit": self.page_size}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = await self._json("GET", path, **params)
+            for item in page.get("data") or []:
+                yield self._parse(item)
+            if not page.get("hasMore"):
+                return
+            cursor = page.get("nextCursor")
+            if not cursor:
+                raise CrowNestError(
+                    "CrowNest said more pages follow but gave no nextCursor; stopping.",
+                    code="pagination_broken",
+                )
+            if cursor in seen:
+                raise CrowNestError(
+                    f"CrowNest repeated the cursor {cursor!r}; stopping to avoid a loop.",
+                    code="pagination_broken",
+                )
+            seen.add(cursor)
+
+    async def get_artifact(self, artifact_id: str) -> UpstreamArtifact:
+        body = await self._json("GET", f"/v1/artifacts/{artifact_id}")
+        return self._parse(body.get("artifact"))
+
+    @staticmethod
+    def _parse(item: Any) -> UpstreamArtifact:
+        try:
+            return UpstreamArtifact.model_validate(item)
+        except ValidationError as exc:
+            raise CrowNestError(f"CrowNest sent an artifact we cannot read: {exc}") from None
+
+    @asynccontextmanager
+    async def open_download(self, artifact_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The artifact's bytes as a stream (one attempt: the caller retries the whole
+        transfer). The signed URL must be on the configured host; redirects are refused."""
+        grant = await self._json("POST", f"/v1/artifacts/{artifact_id}/download-url")
+        url = urljoin(self.base_url + "/", str(grant.get("url") or ""))
+        if self._origin_of(url) != self._origin or str(grant.get("method", "GET")) != "GET":
+            raise CrowNestError(
+                f"CrowNest's download URL for {artifact_id} points at {urlsplit(url).netloc}, "
+                "not the configured CrowNest host; refusing to send the API key there.",
+                code="foreign_download_url",
+            )
+        headers = {str(k): str(v) for k, v in (grant.get("headers") or {}).items()}
+        headers.update(self._auth)
+        async with self._http.stream("GET", url, headers=headers) as response:
+            if response.is_redirect:
+                raise CrowNestError(
+                    f"CrowNest redirected the download of {artifact_id} to "
+                    f"{response.headers.get('location', '?')}; refusing to follow with the key.",
+                    code="foreign_download_url",
+                )
+            if response.status_code >= 300:
+                raise _error_of(response, await response.aread())
+            yield response.aiter_bytes(CHUNK)

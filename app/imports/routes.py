@@ -1,0 +1,139 @@
+"""POST /imports/crownest (a job that runs in the server) and GET /imports/{id}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from app.artifacts import schemas
+from app.artifacts.deps import Config, Service
+from app.errors import ApiError, validation_error
+from app.imports.importer import SOURCE, ImportOptions
+from app.imports.runner import ImportRunner
+from storage.imports import ImportJobs, Job
+from storage.records import us_to_iso
+
+router = APIRouter(prefix="/imports", tags=["imports"])
+
+
+class CrowNestImportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sandbox_id: schemas.NonEmpty
+    workflow_id: schemas.NonEmpty
+    phase_id: schemas.Text | None = None
+    session_id: schemas.Text | None = None
+    artifact_type: str | None = Field(None, description="default: inferred from the extension")
+    artifact_ids: list[schemas.NonEmpty] = Field(default_factory=list, max_length=1000)
+    source_path_prefix: schemas.Text | None = None
+    dry_run: bool = False
+
+
+class ImportAccepted(BaseModel):
+    import_id: str
+    status: str
+    url: str
+
+
+class ImportState(BaseModel):
+    id: str
+    source: str
+    status: str
+    options: dict[str, Any]
+    counts: dict[str, int]
+    bytes: int
+    error: str | None
+    failures: list[dict[str, Any]]
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+
+
+def runner_of(request: Request) -> ImportRunner:
+    runner: ImportRunner = request.app.state.imports
+    return runner
+
+
+async def state_body(jobs: ImportJobs, job: Job) -> dict[str, Any]:
+    failures = await jobs.items(job.id, "failed")
+    return {
+        "id": job.id,
+        "source": job.source,
+        "status": job.status,
+        "options": job.options,
+        "counts": job.counts,
+        "bytes": job.bytes,
+        "error": job.error,
+        "failures": [
+            {"upstream_id": f.upstream_id, "name": f.name, "reason": f.reason} for f in failures
+        ],
+        "created_at": us_to_iso(job.created_at),
+        "updated_at": us_to_iso(job.updated_at),
+        "finished_at": None if job.finished_at is None else us_to_iso(job.finished_at),
+    }
+
+
+@router.post(
+    "/crownest",
+    status_code=202,
+    response_model=ImportAccepted,
+    summary="Import a CrowNest sandbox's artifacts (a background job)",
+)
+async def import_crownest(
+    body: CrowNestImportRequest, request: Request, settings: Config
+) -> JSONResponse:
+    """Answers 202 with the job's id at once; GET /imports/{id} follows it. The server's own
+    CROWNEST_API_KEY is used (never one sent by the client)."""
+    if body.artifact_type is not None:
+        try:
+            body.artifact_type = schemas.check_artifact_type(
+                body.artifact_type, settings.artifact_types
+            )
+        except PydanticCustomError as exc:
+            raise validation_error(
+                ("body", "artifact_type"), "enum", exc.message(), body.artifact_type, exc.context
+            ) from None
+    if settings.crownest_api_key is None:
+        raise ApiError(
+            503, "crownest_not_configured", "Imports need CROWNEST_API_KEY set on the server."
+        )
+    runner = runner_of(request)
+    options = ImportOptions(**body.model_dump())
+    job_id = await runner.importer.start(options)
+    runner.start(job_id)
+    url = str(request.url_for("get_import", import_id=job_id))
+    return JSONResponse(
+        {"import_id": job_id, "status": "queued", "url": url},
+        status_code=202,
+        headers={"Location": url},
+    )
+
+
+@router.get("/{import_id}", response_model=ImportState, summary="An import job's state")
+async def get_import(import_id: str, request: Request, service: Service) -> JSONResponse:
+    jobs = runner_of(request).importer.jobs
+    job = await jobs.get(import_id)
+    if job.source != SOURCE:
+        raise ApiError(404, "import_not_found", f"Import {import_id!r} was not found.")
+    return JSONResponse(await state_body(jobs, job))
+
+
+@router.post(
+    "/{import_id}/resume",
+    status_code=202,
+    response_model=ImportAccepted,
+    summary="Run an interrupted or failed import again (nothing is duplicated)",
+)
+async def resume_import(import_id: str, request: Request) -> JSONResponse:
+    runner = runner_of(request)
+    job = await runner.importer.jobs.get(import_id)
+    task = runner.tasks.get(job.id)
+    if task is not None and not task.done():
+        raise ApiError(409, "import_running", f"Import {import_id!r} is still running.")
+    runner.start(import_id)
+    url = str(request.url_for("get_import", import_id=import_id))
+    return JSONResponse({"import_id": import_id, "status": "queued", "url": url}, status_code=202)

@@ -1,0 +1,141 @@
+"""Import jobs: their options, status and per-item outcomes, kept in the database so that a job
+survives its process and an interrupted one can be resumed. Knows nothing of any upstream API:
+an adapter (app/imports/) runs the job and records what happened here."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.db.engine import Database
+from storage.db.tables import import_items, imports
+from storage.errors import ImportNotFound
+from storage.records import now_us
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "interrupted"]
+ItemStatus = Literal["imported", "unchanged", "skipped", "failed"]
+ITEM_STATUSES: tuple[ItemStatus, ...] = ("imported", "unchanged", "skipped", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    upstream_id: str
+    name: str | None
+    status: ItemStatus
+    reason: str | None
+    artifact_id: str | None
+    size_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    source: str
+    options: dict[str, Any]
+    status: JobStatus
+    error: str | None
+    created_at: int
+    updated_at: int
+    finished_at: int | None
+    counts: dict[str, int]
+    bytes: int  # of the items imported
+
+
+class ImportJobs:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, source: str, options: dict[str, Any]) -> str:
+        job_id, now = str(uuid.uuid4()), now_us()
+        async with self.db.write() as conn:
+            await conn.execute(
+                imports.insert().values(
+                    id=job_id, source=source, options=options, status="queued",
+                    created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+        return job_id
+
+    async def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+        now = now_us()
+        finished = now if status in ("succeeded", "failed") else None
+        async with self.db.write() as conn:
+            await conn.execute(
+                imports.update()
+                .where(imports.c.id == job_id)
+                .values(status=status, error=error, updated_at=now, finished_at=finished)
+            )
+
+    async def record(self, job_id: str, item: Item) -> None:
+        """The outcome of one upstream object (a later outcome replaces an earlier one)."""
+        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        values = {
+            "import_id": job_id,
+            "upstream_id": item.upstream_id,
+            "name": item.name,
+            "status": item.status,
+            "reason": item.reason,
+            "artifact_id": item.artifact_id,
+            "size_bytes": item.size_bytes,
+            "updated_at": now_us(),
+        }
+        stmt = dialect.insert(import_items).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["import_id", "upstream_id"],
+            set_={k: stmt.excluded[k] for k in values if k not in ("import_id", "upstream_id")},
+        )
+        async with self.db.write() as conn:
+            await conn.execute(stmt)
+            await conn.execute(
+                imports.update().where(imports.c.id == job_id).values(updated_at=now_us())
+            )
+
+    async def get(self, job_id: str) -> Job:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(imports).where(imports.c.id == job_id))).first()
+            if row is None:
+                raise ImportNotFound(job_id)
+            tally = await conn.execute(
+                sa.select(
+                    import_items.c.status,
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(import_items.c.size_bytes), 0),
+                )
+                .where(import_items.c.import_id == job_id)
+                .group_by(import_items.c.status)
+            )
+            counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)
+            imported_bytes = 0
+            for status, n, size in tally:
+                counts[status] = int(n)
+                if status == "imported":
+                    imported_bytes = int(size)
+        return Job(
+            row.id, row.source, row.options, row.status, row.error, row.created_at,
+            row.updated_at, row.finished_at, counts, imported_bytes,
+        )  # fmt: skip
+
+    async def items(self, job_id: str, status: ItemStatus | None = None) -> list[Item]:
+        stmt = sa.select(import_items).where(import_items.c.import_id == job_id)
+        if status is not None:
+            stmt = stmt.where(import_items.c.status == status)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt.order_by(import_items.c.upstream_id))).all()
+        return [
+            Item(r.upstream_id, r.name, r.status, r.reason, r.artifact_id, r.size_bytes)
+            for r in rows
+        ]
+
+    async def unfinished(self, source: str) -> list[str]:
+        """Jobs a previous process left queued, running or interrupted: to be resumed."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                sa.select(imports.c.id).where(
+                    imports.c.source == source, imports.c.status.in_(["queued", "running", "interrupted"])
+                )
+            )
+            return [r.id for r in rows]
