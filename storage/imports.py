@@ -135,7 +135,8 @@ class ImportJobs:
         async with self.db.read() as conn:
             rows = await conn.execute(
                 sa.select(imports.c.id).where(
-                    imports.c.source == source, imports.c.status.in_(["queued", "running", "interrupted"])
+                    imports.c.source == source,
+                    imports.c.status.in_(["queued", "running", "interrupted"]),
                 )
             )
             return [r.id for r in rows]

@@ -64,8 +64,8 @@ class WorkflowCursor:
             raise ValueError("malformed cursor") from None
         if tag != "w1" or type(last) is not int or not 0 <= last < 2**63:
             raise ValueError("malformed cursor")
-        if not isinstance(workflow_id, str):
-            raise ValueError("malformed cursor")
+        if not isinstance(workflow_id, str) or "\x00" in workflow_id:
+            raise ValueError("malformed cursor")  # no workflow id holds NUL (PostgreSQL can't)
         return cls(last, workflow_id)
 
 
@@ -134,7 +134,7 @@ async def _phases_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[st
         sa.select(c.workflow_id, c.phase_id)
         .where(LIVE, c.workflow_id.in_(ids))
         .group_by(c.workflow_id, c.phase_id)
-        .order_by(c.workflow_id, first, c.phase_id)
+        .order_by(c.workflow_id, first, c.phase_id.nulls_first())
     )
     out: dict[str, list[str | None]] = {}
     for r in rows:
@@ -158,7 +158,10 @@ async def _sessions_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[
 
 
 async def phases(db: Database, workflow_id: str) -> list[PhaseView]:
-    """The workflow's phases in order of first activity, each with its primary deliverable."""
+    """The workflow's phases in order of first activity, each with its primary deliverable.
+    Ties on first activity: the null phase first, then by phase id (on every backend)."""
+    if "\x00" in workflow_id:  # never stored (creates refuse NUL); PostgreSQL can't compare it
+        raise WorkflowNotFound(workflow_id)
     first = sa.func.min(c.created_at)
     async with db.read() as conn:
         rows = (
@@ -172,7 +175,7 @@ async def phases(db: Database, workflow_id: str) -> list[PhaseView]:
                 )
                 .where(LIVE, c.workflow_id == workflow_id)
                 .group_by(c.phase_id)
-                .order_by(first, c.phase_id)
+                .order_by(first, c.phase_id.nulls_first())
             )
         ).all()
         if not rows:
@@ -217,6 +220,8 @@ async def contents(
 ) -> list[tuple[Artifact, list[Parent]]]:
     """The workflow's live artifacts (or only its primary deliverables) in phase order (first
     activity), then creation order, each with its parents as linked."""
+    if "\x00" in workflow_id:  # never stored (creates refuse NUL); PostgreSQL can't compare it
+        raise WorkflowNotFound(workflow_id)
 
     first_in_phase = (
         sa.select(c.phase_id, sa.func.min(c.created_at).label("first"))
@@ -228,7 +233,7 @@ async def contents(
         sa.select(artifacts)
         .join(first_in_phase, c.phase_id.is_not_distinct_from(first_in_phase.c.phase_id))
         .where(LIVE, c.workflow_id == workflow_id)
-        .order_by(first_in_phase.c.first, c.phase_id, c.created_at, c.id)
+        .order_by(first_in_phase.c.first, c.phase_id.nulls_first(), c.created_at, c.id)
     )
     if deliverables_only:
         stmt = stmt.where(c.is_primary_deliverable.is_(True))
