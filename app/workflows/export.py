@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import anyio
 from anyio import from_thread, to_thread
@@ -36,7 +37,13 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]')
 def safe_segment(name: str, fallback: str) -> str:
     """One path segment: no separators, control or reserved characters, no dot-only names."""
     cleaned = _UNSAFE.sub("_", name).strip().strip(".")
-    return cleaned.encode()[:200].decode(errors="ignore") or fallback
+    if len(cleaned.encode()) > 200:  # shorten the stem, keep a short extension (".md")
+        stem, dot, ext = cleaned.rpartition(".")
+        keep = f"{dot}{ext}" if dot and stem and len(ext.encode()) <= 16 else ""
+        room = 200 - len(keep.encode())
+        head = (stem if keep else cleaned).encode()[:room].decode(errors="ignore")
+        cleaned = head + keep
+    return cleaned or fallback
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,13 @@ class _ChannelWriter:
 
 
 async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes:
-    return await anext(chunks)
+    # Shielded: once a disconnect has cancelled the response's scope, a task that
+    # from_thread.run starts in it is never sent that cancellation, and the blob store's
+    # to_thread reads would spin in anyio's checkpoint_if_cancelled forever (a core at 100%,
+    # the blob left open). A read is short; the next channel send ends the build instead.
+    with anyio.CancelScope(shield=True):
+        chunk = await anext(chunks)
+    return chunk
 
 
 class _BlobReader:
@@ -205,6 +218,12 @@ class _BytesReader:
         return out
 
 
+def _attachment(filename: str) -> str:
+    """An ASCII fallback name plus the exact one as RFC 8187 `filename*`."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 class ArchiveResponse(Response):
     """ASGI response that builds the archive while sending it; a client that goes away stops
     the builder at its next write."""
@@ -223,7 +242,7 @@ class ArchiveResponse(Response):
         self.fmt, self.head, self.entries, self.open_blob = fmt, head, entries, open_blob
         self.raw_headers = [
             (b"content-type", self.media_types[fmt].encode()),
-            (b"content-disposition", f'attachment; filename="{filename}"'.encode()),
+            (b"content-disposition", _attachment(filename).encode()),
             (b"x-content-type-options", b"nosniff"),
             (b"cache-control", b"no-store"),
         ]
@@ -246,13 +265,28 @@ class ArchiveResponse(Response):
 
     async def _build(self, channel: MemoryObjectSendStream[bytes]) -> None:
         writer = WRITERS[self.fmt]
+        opened: list[AsyncIterator[bytes]] = []
+
+        def open_blob(artifact: Artifact) -> AsyncIterator[bytes]:
+            opened.append(chunks := self.open_blob(artifact))
+            return chunks
+
         async with channel:
             try:
                 await to_thread.run_sync(
-                    writer, _ChannelWriter(channel), self.head, self.entries, self.open_blob
+                    writer, _ChannelWriter(channel), self.head, self.entries, open_blob
                 )
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # the client went away and the response stopped reading
+            finally:
+                # A read cut short leaves its blob open until the garbage collector finalises
+                # the generator (an aborted tar build holds it in a reference cycle): close
+                # every one now.
+                with anyio.CancelScope(shield=True):
+                    for chunks in opened:
+                        aclose = getattr(chunks, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
 
     @staticmethod
     async def _watch_disconnect(receive: Receive, gone: anyio.Event, scope: Any) -> None:
