@@ -110,7 +110,10 @@ class CrowNestClient:
         self._origin = self._origin_of(self.base_url)
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self.max_attempts = max_attempts
-        self.backoff = wait_exponential_jitter(initial=backoff_base, max=backoff_max)
+        # jitter scales with the base: a fixed (default 1 s) jitter would dwarf a small base
+        self.backoff = wait_exponential_jitter(
+            multiplier=backoff_base, max=backoff_max, jitter=backoff_base
+        )
         self.retry_after_max = retry_after_max
         self.page_size = page_size
         self._http = httpx.AsyncClient(
@@ -148,19 +151,20 @@ class CrowNestClient:
     async def _json(self, method: str, path: str, **params: Any) -> dict[str, Any]:
         async for attempt in self.retrying():
             with attempt:
-                response = await self._http.request(
-                    method, path, params=params or None, headers=self._auth
-                )
-                if response.status_code >= 300:
-                    raise _error_of(response, response.content)
-                try:
-                    body = response.json()
-                except ValueError:
-                    raise CrowNestError(f"CrowNest sent invalid JSON for {path}") from None
-                if not isinstance(body, dict):
-                    raise CrowNestError(f"CrowNest sent an unexpected body for {path}")
-                return body
+                return await self._json_once(method, path, **params)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _json_once(self, method: str, path: str, **params: Any) -> dict[str, Any]:
+        response = await self._http.request(method, path, params=params or None, headers=self._auth)
+        if response.status_code >= 300:
+            raise _error_of(response, response.content)
+        try:
+            body = response.json()
+        except ValueError:
+            raise CrowNestError(f"CrowNest sent invalid JSON for {path}") from None
+        if not isinstance(body, dict):
+            raise CrowNestError(f"CrowNest sent an unexpected body for {path}")
+        return body
 
     async def list_artifacts(self, sandbox_id: str) -> AsyncIterator[UpstreamArtifact]:
         """Every artifact of the sandbox, following `nextCursor` through every page."""
@@ -204,7 +208,7 @@ class CrowNestClient:
     async def open_download(self, artifact_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """The artifact's bytes as a stream (one attempt: the caller retries the whole
         transfer). The signed URL must be on the configured host; redirects are refused."""
-        grant = await self._json("POST", f"/v1/artifacts/{artifact_id}/download-url")
+        grant = await self._json_once("POST", f"/v1/artifacts/{artifact_id}/download-url")
         url = urljoin(self.base_url + "/", str(grant.get("url") or ""))
         if self._origin_of(url) != self._origin or str(grant.get("method", "GET")) != "GET":
             raise CrowNestError(

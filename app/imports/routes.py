@@ -128,12 +128,18 @@ async def get_import(import_id: str, request: Request, service: Service) -> JSON
     response_model=ImportAccepted,
     summary="Run an interrupted or failed import again (nothing is duplicated)",
 )
-async def resume_import(import_id: str, request: Request) -> JSONResponse:
+async def resume_import(import_id: str, request: Request, settings: Config) -> JSONResponse:
     runner = runner_of(request)
     job = await runner.importer.jobs.get(import_id)
     task = runner.tasks.get(job.id)
     if task is not None and not task.done():
         raise ApiError(409, "import_running", f"Import {import_id!r} is still running.")
+    if settings.crownest_api_key is None:
+        raise ApiError(
+            503, "crownest_not_configured", "Imports need CROWNEST_API_KEY set on the server."
+        )
+    # queued before answering, so a GET right after this 202 never shows the old final status
+    await runner.importer.jobs.set_status(import_id, "queued")
     runner.start(import_id)
     url = str(request.url_for("get_import", import_id=import_id))
     return JSONResponse({"import_id": import_id, "status": "queued", "url": url}, status_code=202)

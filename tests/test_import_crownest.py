@@ -1,0 +1,1196 @@
+"""The CrowNest importer (issue 5) against tests/fake_crownest.py, over real HTTP on loopback.
+
+In-process: CrowNestImporter with a real CrowNestClient, a real database (SQLite file or a fresh
+PostgreSQL database) and a real blob directory. Through the server: `artifacts serve`
+subprocesses with CROWNEST_API_KEY / ARTIFACTS_CROWNEST_BASE_URL pointing at the fake, including
+one killed with SIGKILL mid-job and restarted. Through the CLI: `artifacts import crownest` as a
+subprocess. Every stored artifact is compared with the fake's own bytes and record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.imports.crownest import CrowNestClient
+from app.imports.importer import CrowNestImporter, ImportOptions
+from storage.artifacts import ArtifactService
+from storage.db.tables import artifacts as artifacts_table
+from storage.imports import ImportJobs, Item, Job
+from tests.conftest import ROOT, Server, count_rows, start_server
+from tests.fake_crownest import (  # noqa: F401  (crownest_fake is a fixture)
+    FORBIDDEN_API_KEY,
+    Artifact,
+    FakeCrowNest,
+    FakeState,
+    Fault,
+    RecordedRequest,
+    crownest_fake,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+MiB = 1 << 20
+WF = "wf-import"
+FAST = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.05}
+DRY = "dry run: would import"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake(crownest_fake: FakeCrowNest) -> FakeCrowNest:  # noqa: F811
+    return crownest_fake
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tally(imported: int = 0, unchanged: int = 0, skipped: int = 0, failed: int = 0) -> dict:
+    return {"imported": imported, "unchanged": unchanged, "skipped": skipped, "failed": failed}
+
+
+def make_importer(
+    service: ArtifactService, fake: FakeCrowNest, *, api_key: str | None = None, **client: Any
+) -> CrowNestImporter:
+    options = {**FAST, **client}
+    return CrowNestImporter(
+        service,
+        ImportJobs(service.db),
+        lambda: CrowNestClient(fake.base_url, api_key or fake.api_key, **options),
+    )
+
+
+async def run_import(
+    importer: CrowNestImporter, sandbox_id: str, **options: Any
+) -> tuple[Job, dict[str, Item]]:
+    options.setdefault("workflow_id", WF)
+    job_id = await importer.start(ImportOptions(sandbox_id=sandbox_id, **options))
+    job = await importer.run(job_id)
+    return job, {i.upstream_id: i for i in await importer.jobs.items(job_id)}
+
+
+async def crownest_rows(service: ArtifactService) -> dict[str, list[str]]:
+    """source_ref -> ids of every artifact row (live or not) imported from CrowNest."""
+    t = artifacts_table
+    async with service.db.read() as conn:
+        rows = (
+            await conn.execute(sa.select(t.c.source_ref, t.c.id).where(t.c.source == "crownest"))
+        ).all()
+    out: dict[str, list[str]] = {}
+    for ref, artifact_id in rows:
+        out.setdefault(ref, []).append(artifact_id)
+    return out
+
+
+def rows_of(database_url: str) -> dict[str, list[dict[str, Any]]]:
+    """The same, from a sync test (a short-lived engine of its own)."""
+
+    async def read() -> dict[str, list[dict[str, Any]]]:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                t = artifacts_table
+                rows = (await conn.execute(sa.select(t).where(t.c.source == "crownest"))).all()
+        finally:
+            await engine.dispose()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            out.setdefault(row.source_ref, []).append(dict(row._mapping))
+        return out
+
+    return asyncio.run(read())
+
+
+def blob_files(blob_dir: Path) -> set[str]:
+    root = blob_dir / "sha256"
+    return {p.name for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def staging(blob_dir: Path) -> list[str]:
+    tmp = blob_dir / "tmp"
+    return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
+
+
+def hits(state: FakeState, route: str, target: str | None = None) -> list[RecordedRequest]:
+    """Requests to `route` (for one artifact or sandbox id when given)."""
+    out = state.requests_to(route)
+    return [r for r in out if target is None or target in r.path.split("/")]
+
+
+async def assert_imported(
+    service: ArtifactService, up: Artifact, data: bytes, item: Item, **expect: Any
+) -> None:
+    """The artifact imported from `up`: its bytes, digest and the whole mapping."""
+    a = await service.find_by_source("crownest", up.id)
+    assert a is not None, up.id
+    assert item.status == "imported" and item.artifact_id == a.id and item.reason is None
+    assert item.size_bytes == len(data) and item.name == up.name
+    assert await service.read_bytes(a) == data
+    assert (a.content_hash, a.size_bytes) == (sha(data), len(data))
+    assert (a.title, a.filename) == (up.name, up.name)
+    assert a.created_by == f"crownest:{up.sandbox_id}"
+    assert a.metadata == {
+        "crownest": {
+            "artifactId": up.id,
+            "sandboxId": up.sandbox_id,
+            "projectId": up.project_id,
+            "orgId": up.org_id,
+            "sourcePath": up.source_path,
+            "objectKey": up.object_key,
+            "createdAt": up.created_at,
+            "retentionExpiresAt": up.retention_expires_at,
+        }
+    }
+    assert (a.source, a.source_ref, a.is_primary_deliverable) == ("crownest", up.id, False)
+    want = {"workflow_id": WF, "phase_id": None, "session_id": None, **expect}
+    assert {k: getattr(a, k) for k in want} == want, up.name
+
+
+def poll(client: httpx.Client, import_id: str, done: Callable[[dict], bool], timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/imports/{import_id}")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if done(body):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+
+
+def finished(body: dict) -> bool:
+    return body["status"] in ("succeeded", "failed")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTIFACTS_", "CROWNEST_"))}
+    return {**env, **extra}
+
+
+def server_env(fake: FakeCrowNest) -> dict[str, str]:
+    return {
+        "CROWNEST_API_KEY": fake.api_key,
+        "ARTIFACTS_CROWNEST_BASE_URL": fake.base_url,
+        "ARTIFACTS_CROWNEST_BACKOFF_BASE": "0.01",
+        "ARTIFACTS_CROWNEST_MAX_ATTEMPTS": "3",
+    }
+
+
+# -- a sandbox across pages: exact mapping, deleted skipped, idempotent re-run -------------------
+
+# (name, upstream contentType or None, expected content_type, expected artifact_type)
+MAPPING = [
+    ("notes.md", None, "text/markdown", "markdown"),
+    ("data.json", "application/json", "application/json", "json"),
+    ("conf.yaml", None, "application/octet-stream", "yaml"),
+    ("conf.yml", "application/yaml", "application/yaml", "yaml"),
+    ("tool.py", "text/x-python", "text/x-python", "code"),
+    ("app.ts", "application/typescript", "application/typescript", "code"),
+    ("app.js", None, "text/javascript", "code"),
+    ("run.sh", "text/x-shellscript", "text/x-shellscript", "script"),
+    ("README.MD", "text/plain; charset=utf-8", "text/plain; charset=utf-8", "markdown"),
+    ("picture.png", None, "image/png", "other"),
+    ("no-extension", None, "application/octet-stream", "other"),
+]
+
+
+@pytest.mark.anyio
+async def test_sandbox_across_pages_imports_exactly_the_live_artifacts(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    special: dict[str, tuple[str, str]] = {}
+    for i, (name, ctype, want_ct, want_type) in enumerate(MAPPING):
+        up = st.add_artifact(
+            sbx.id,
+            f"{name} #{i}\n".encode() * (i + 1),
+            name=name,
+            content_type=ctype,
+            source_path=f"/workspace/out/{i}/{name}",
+            retention_expires_at="2026-09-01T00:00:00.000Z" if i % 2 else None,
+        )
+        special[up.id] = (want_ct, want_type)
+    st.add_artifacts(sbx.id, 240, kind="mixed")  # 60 of them deleted upstream
+    ups = list(st.artifacts.values())
+    live = {a.id: a for a in ups if a.deleted_at is None}
+    deleted = {a.id: a for a in ups if a.deleted_at is not None}
+    data = {a.id: a.data for a in live.values()}
+    assert (len(ups), len(live), len(deleted)) == (251, 191, 60)
+
+    importer = make_importer(service, fake, page_size=100)
+    job, items = await run_import(importer, sbx.id, phase_id="ph-1", session_id="s-1")
+
+    assert (job.status, job.error, job.finished_at is not None) == ("succeeded", None, True)
+    assert job.counts == tally(imported=191, skipped=60)
+    assert job.bytes == sum(len(d) for d in data.values())
+    lists = hits(st, "list", sbx.id)
+    assert [r.params.get("limit") for r in lists] == [["100"]] * 3  # 100 + 100 + 51
+    assert [("cursor" in r.params) for r in lists] == [False, True, True]
+    assert set(items) == set(live) | set(deleted)
+    for up in deleted.values():
+        assert items[up.id] == Item(
+            up.id, up.name, "skipped", f"deleted upstream at {up.deleted_at}", None, None
+        )
+    assert hits(st, "download_url") and not any(
+        r.path.split("/")[3] in deleted for r in hits(st, "download_url")
+    )
+    for up in live.values():
+        assert up.data is not None
+        if up.id in special:
+            content_type, artifact_type = special[up.id]
+        else:
+            assert up.content_type in ("text/plain", "application/octet-stream", None)
+            content_type, artifact_type = up.content_type or "application/octet-stream", "other"
+        await assert_imported(
+            service,
+            up,
+            data[up.id],
+            items[up.id],
+            content_type=content_type,
+            artifact_type=artifact_type,
+            phase_id="ph-1",
+            session_id="s-1",
+        )
+    rows = await crownest_rows(service)
+    assert sorted(rows) == sorted(live) and all(len(ids) == 1 for ids in rows.values())
+    assert blob_files(blob_dir) == {sha(d) for d in data.values()}
+    assert staging(blob_dir) == []
+    for i, (name, *_rest) in enumerate(MAPPING):  # retention kept where CrowNest gave it
+        up = next(a for a in live.values() if a.name == name)
+        a = await service.find_by_source("crownest", up.id)
+        assert a is not None
+        assert a.metadata["crownest"]["retentionExpiresAt"] == (
+            "2026-09-01T00:00:00.000Z" if i % 2 else None
+        )
+
+    # A second run creates nothing, downloads nothing and reports every live one unchanged.
+    downloads = len(hits(st, "download"))
+    job2, items2 = await run_import(importer, sbx.id, phase_id="ph-1", session_id="s-1")
+    assert (job2.status, job2.counts, job2.bytes) == (
+        "succeeded",
+        tally(unchanged=191, skipped=60),
+        0,
+    )
+    for up_id, item in items2.items():
+        if up_id in live:
+            assert (item.status, item.artifact_id) == ("unchanged", items[up_id].artifact_id)
+    assert len(hits(st, "download")) == downloads
+    assert await crownest_rows(service) == rows
+
+
+@pytest.mark.anyio
+async def test_artifact_type_option_overrides_the_extension(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = [st.add_artifact(sbx.id, f"x{n}", name=n) for n in ("a.md", "b.py", "c.bin")]
+    job, items = await run_import(
+        make_importer(service, fake), sbx.id, artifact_type="documentation"
+    )
+    assert (job.status, job.counts) == ("succeeded", tally(imported=3))
+    for up in ups:
+        assert up.data is not None
+        await assert_imported(
+            service,
+            up,
+            up.data,
+            items[up.id],
+            artifact_type="documentation",
+            content_type=up.content_type or "application/octet-stream",
+        )
+
+
+@pytest.mark.anyio
+async def test_changed_upstream_bytes_are_reported_not_overwritten(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 3)
+    importer = make_importer(service, fake)
+    job, items = await run_import(importer, sbx.id)
+    assert job.counts == tally(imported=3)
+    old = ups[0].data
+    assert old is not None
+    with st._lock:
+        ups[0].data = b"rewritten upstream, and longer than before\n"
+        ups[0].size_bytes = len(ups[0].data)
+    downloads = len(hits(st, "download"))
+
+    job2, items2 = await run_import(importer, sbx.id)
+    first = items[ups[0].id].artifact_id
+    assert (job2.status, job2.error) == ("failed", "1 item(s) failed")
+    assert job2.counts == tally(unchanged=2, failed=1)
+    assert items2[ups[0].id] == Item(
+        ups[0].id,
+        ups[0].name,
+        "failed",
+        f"upstream bytes changed: {ups[0].size_bytes} bytes now, {len(old)} when imported "
+        f"as {first}; not overwritten",
+        first,
+        None,
+    )
+    assert len(hits(st, "download")) == downloads
+    a = await service.find_by_source("crownest", ups[0].id)
+    assert a is not None and a.id == first
+    assert (await service.read_bytes(a), a.size_bytes) == (old, len(old))
+    assert sorted(await crownest_rows(service)) == sorted(u.id for u in ups)
+
+
+@pytest.mark.anyio
+async def test_artifact_ids_filter_imports_only_those(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx, other = st.add_sandbox(), st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 5)
+    gone = st.add_artifact(sbx.id, "bye", name="gone.txt", deleted=True)
+    elsewhere = st.add_artifact(other.id, "other", name="other.txt")
+    wanted = [ups[1].id, ups[3].id, "art_missing", gone.id, elsewhere.id]
+
+    job, items = await run_import(make_importer(service, fake), sbx.id, artifact_ids=wanted)
+
+    assert hits(st, "list") == []
+    assert [r.path for r in hits(st, "get")] == [f"/v1/artifacts/{a}" for a in wanted]
+    assert (job.status, job.error) == ("failed", "1 item(s) failed")
+    assert job.counts == tally(imported=2, skipped=2, failed=1)
+    for up in (ups[1], ups[3]):
+        assert up.data is not None
+        await assert_imported(
+            service, up, up.data, items[up.id], content_type="text/plain", artifact_type="other"
+        )
+    assert items["art_missing"] == Item(
+        "art_missing", None, "failed", "not found in CrowNest", None, None
+    )
+    assert items[gone.id].reason == f"deleted upstream at {gone.deleted_at}"
+    assert items[elsewhere.id] == Item(
+        elsewhere.id, "other.txt", "skipped", f"belongs to sandbox {other.id}", None, None
+    )
+    assert sorted(await crownest_rows(service)) == sorted([ups[1].id, ups[3].id])
+
+
+@pytest.mark.anyio
+async def test_source_path_prefix_filter(service: ArtifactService, fake: FakeCrowNest) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    paths = {
+        "a.md": "/workspace/out/a.md",
+        "b.json": "/workspace/out/sub/b.json",
+        "c.py": "/workspace/other/c.py",
+        "d.txt": "/workspace/d.txt",
+        "e.txt": None,
+    }
+    ups = {n: st.add_artifact(sbx.id, n * 3, name=n, source_path=p) for n, p in paths.items()}
+    prefix = "/workspace/out/"
+    job, items = await run_import(make_importer(service, fake), sbx.id, source_path_prefix=prefix)
+    assert (job.status, job.counts) == ("succeeded", tally(imported=2, skipped=3))
+    for name, artifact_type in (("a.md", "markdown"), ("b.json", "json")):
+        up = ups[name]
+        assert up.data is not None and up.content_type is not None
+        await assert_imported(
+            service,
+            up,
+            up.data,
+            items[up.id],
+            artifact_type=artifact_type,
+            content_type=up.content_type,
+        )
+    for name in ("c.py", "d.txt", "e.txt"):
+        assert items[ups[name].id].status == "skipped"
+        assert items[ups[name].id].reason == f"filtered: source path not under {prefix}"
+    assert hits(st, "download_url", ups["c.py"].id) == []
+    assert sorted(await crownest_rows(service)) == sorted([ups["a.md"].id, ups["b.json"].id])
+
+
+@pytest.mark.anyio
+async def test_dry_run_stores_nothing(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 8, kind="mixed")
+    job, items = await run_import(make_importer(service, fake), sbx.id, dry_run=True)
+    assert (job.status, job.counts, job.bytes) == ("succeeded", tally(skipped=8), 0)
+    for up in ups:
+        want = DRY if up.deleted_at is None else f"deleted upstream at {up.deleted_at}"
+        assert (items[up.id].status, items[up.id].reason) == ("skipped", want)
+    assert hits(st, "download_url") == [] and hits(st, "download") == []
+    assert await crownest_rows(service) == {}
+    assert blob_files(blob_dir) == set() and staging(blob_dir) == []
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_429_waits_retry_after_then_imports(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 2)
+    st.inject("list", Fault.rate_limited(retry_after=0.5), sandbox_id=sbx.id)
+    st.inject("download", Fault.rate_limited(retry_after=1), artifact_id=ups[0].id)
+    t0 = time.monotonic()
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+    elapsed = time.monotonic() - t0
+    assert (job.status, job.counts) == ("succeeded", tally(imported=2))
+    assert elapsed >= 1.5, elapsed  # 0.5 s + 1 s, not the 0.01 s backoff
+    assert [r.status for r in hits(st, "list")] == [429, 200]
+    assert [r.status for r in hits(st, "download", ups[0].id)] == [429, 200]
+    for up in ups:
+        assert up.data is not None
+        await assert_imported(
+            service, up, up.data, items[up.id], content_type="text/plain", artifact_type="other"
+        )
+    assert st.pending_faults() == {}
+
+
+@pytest.mark.anyio
+async def test_retry_after_is_capped(service: ArtifactService, fake: FakeCrowNest) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    (up,) = st.add_artifacts(sbx.id, 1)
+    st.inject("download", Fault.rate_limited(retry_after=30), artifact_id=up.id)
+    importer = make_importer(service, fake, retry_after_max=0.3)
+    t0 = time.monotonic()
+    job, _ = await run_import(importer, sbx.id)
+    elapsed = time.monotonic() - t0
+    assert (job.status, job.counts) == ("succeeded", tally(imported=1))
+    assert 0.3 <= elapsed < 5, elapsed
+
+
+TRANSIENT = {
+    "download-503": ("download", Fault.unavailable),
+    "download-500": ("download", Fault.server_error),
+    "download-drop": ("download", lambda: Fault.drop(after_bytes=100_000)),
+    "download_url-500": ("download_url", Fault.server_error),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", sorted(TRANSIENT))
+async def test_transient_fault_is_retried_until_it_clears(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path, case: str
+) -> None:
+    route, fault = TRANSIENT[case]
+    st = fake.state
+    sbx = st.add_sandbox()
+    body = random.Random(1).randbytes(200_000)
+    up = st.add_artifact(sbx.id, body, name="big.bin")
+    other = st.add_artifact(sbx.id, "fine", name="fine.txt")
+    st.inject(route, fault(), fault(), artifact_id=up.id)  # max_attempts is 3
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+    assert (job.status, job.counts) == ("succeeded", tally(imported=2))
+    kind = "drop" if "drop" in case else "error"
+    assert [r.fault for r in hits(st, route, up.id)] == [kind, kind, None]
+    await assert_imported(
+        service,
+        up,
+        body,
+        items[up.id],
+        content_type="application/octet-stream",
+        artifact_type="other",
+    )
+    assert other.data is not None
+    await assert_imported(
+        service,
+        other,
+        other.data,
+        items[other.id],
+        content_type="text/plain",
+        artifact_type="other",
+    )
+    assert staging(blob_dir) == []
+
+
+PERSISTENT = {
+    "download-503": ("download", Fault.unavailable, "Try again later."),
+    "download-drop": (
+        "download",
+        lambda: Fault.drop(after_bytes=100_000),
+        "transfer failed: RemoteProtocolError: ",
+    ),
+    "download_url-500": ("download_url", Fault.server_error, "Injected 500."),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", sorted(PERSISTENT))
+async def test_persistent_fault_fails_the_item_after_max_attempts(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path, case: str
+) -> None:
+    route, fault, reason = PERSISTENT[case]
+    st = fake.state
+    sbx = st.add_sandbox()
+    body = random.Random(2).randbytes(200_000)
+    first = st.add_artifact(sbx.id, "before", name="before.txt")
+    up = st.add_artifact(sbx.id, body, name="doomed.bin")
+    last = st.add_artifact(sbx.id, "after", name="after.txt")
+    st.inject(route, fault(), fault(), fault(), fault(), artifact_id=up.id)
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+    assert (job.status, job.error) == ("failed", "1 item(s) failed")
+    assert job.counts == tally(imported=2, failed=1)
+    assert len(hits(st, route, up.id)) == 3  # max_attempts, not more
+    assert st.pending_faults() == {(route, up.id): [fault()]}
+    item = items[up.id]
+    assert (item.status, item.artifact_id, item.size_bytes) == ("failed", None, None)
+    assert item.reason is not None and item.reason.startswith(reason), item.reason
+    assert sorted(await crownest_rows(service)) == sorted([first.id, last.id])
+    assert blob_files(blob_dir) == {sha(b"before"), sha(b"after")}
+    assert staging(blob_dir) == []
+
+
+@pytest.mark.anyio
+async def test_backoff_is_exponential_in_the_configured_base(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    """4 retries at base 0.05 s: 0.05 + 0.1 + 0.2 + 0.4 s (+ jitter of the same order), and not
+    a fixed second of jitter per retry that would make a small base pointless."""
+    st = fake.state
+    sbx = st.add_sandbox()
+    (up,) = st.add_artifacts(sbx.id, 1)
+    st.inject("download", *[Fault.unavailable()] * 4, artifact_id=up.id)
+    importer = make_importer(service, fake, max_attempts=5, backoff_base=0.05, backoff_max=8)
+    t0 = time.monotonic()
+    job, _ = await run_import(importer, sbx.id)
+    elapsed = time.monotonic() - t0
+    assert (job.status, job.counts) == ("succeeded", tally(imported=1))
+    assert 0.75 <= elapsed < 1.4, elapsed
+
+
+@pytest.mark.anyio
+async def test_backoff_is_bounded_by_its_maximum(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    (up,) = st.add_artifacts(sbx.id, 1)
+    st.inject("download", *[Fault.server_error()] * 4, artifact_id=up.id)
+    importer = make_importer(service, fake, max_attempts=5, backoff_base=0.1, backoff_max=0.15)
+    t0 = time.monotonic()
+    job, _ = await run_import(importer, sbx.id)
+    elapsed = time.monotonic() - t0
+    assert (job.status, job.counts) == ("succeeded", tally(imported=1))
+    assert 0.55 <= elapsed < 1.3, elapsed  # unbounded: 0.1 + 0.2 + 0.4 + 0.8 = 1.5 s at least
+
+
+AUTH = {
+    "bad-key": (
+        "cn_test_wrong_key",
+        "CrowNest rejected the API key (invalid_api_key): check CROWNEST_API_KEY. Invalid API key.",
+    ),
+    "no-read-scope": (
+        FORBIDDEN_API_KEY,
+        "The CrowNest API key lacks access (forbidden): it needs artifact:read. "
+        "API key lacks required scope.",
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", sorted(AUTH))
+async def test_401_403_stop_at_once_naming_the_key_problem(
+    service: ArtifactService, fake: FakeCrowNest, case: str
+) -> None:
+    key, error = AUTH[case]
+    st = fake.state
+    sbx = st.add_sandbox()
+    st.add_artifacts(sbx.id, 3)
+    job, items = await run_import(make_importer(service, fake, api_key=key), sbx.id)
+    assert (job.status, job.error, job.counts) == ("failed", error, tally())
+    assert [(r.route, r.status) for r in st.requests] == [
+        ("list", 401 if case == "bad-key" else 403)
+    ]
+    assert items == {} and await crownest_rows(service) == {}
+
+
+@pytest.mark.anyio
+async def test_401_mid_job_stops_without_touching_the_rest(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 3)
+    newest = ups[-1]  # imported first
+    st.inject(
+        "download", Fault.error(401, "invalid_api_key", "Key revoked."), artifact_id=newest.id
+    )
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+    assert (job.status, job.counts) == ("failed", tally())
+    assert job.error == (
+        "CrowNest rejected the API key (invalid_api_key): check CROWNEST_API_KEY. Key revoked."
+    )
+    assert [(r.route, r.status) for r in st.requests] == [
+        ("list", 200),
+        ("download_url", 200),
+        ("download", 401),
+    ]
+    assert items == {} and await crownest_rows(service) == {}
+
+
+@pytest.mark.anyio
+async def test_unknown_sandbox_is_a_clear_error(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    job, items = await run_import(make_importer(service, fake), "sbx_does_not_exist")
+    assert (job.status, job.counts, items) == ("failed", tally(), {})
+    assert job.error == "CrowNest has no sandbox 'sbx_does_not_exist' (not_found)."
+    assert [(r.route, r.status) for r in st.requests] == [("list", 404)]
+
+
+@pytest.mark.anyio
+async def test_size_mismatch_or_cut_body_fails_that_item_and_stores_nothing(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    body = random.Random(3).randbytes(150_000)
+    short = st.add_artifact(sbx.id, body, name="short.bin")
+    long = st.add_artifact(sbx.id, body[:1000], name="long.bin")
+    lying = st.add_artifact(sbx.id, body[:5000], name="lying.bin", size_bytes=5010)
+    fine = st.add_artifact(sbx.id, body[:7], name="fine.bin")
+    st.inject("download", Fault.short_body(missing=10), artifact_id=short.id)
+    st.inject("download", Fault.long_body(), artifact_id=long.id)
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+    assert (job.status, job.error) == ("failed", "3 item(s) failed")
+    assert job.counts == tally(imported=1, failed=3)
+    reasons = {k: (v.status, v.reason) for k, v in items.items() if k != fine.id}
+    assert reasons == {
+        short.id: ("failed", "CrowNest sent 149990 of 150000 bytes; not stored"),
+        long.id: ("failed", "CrowNest sent more than its sizeBytes (1000); not stored"),
+        lying.id: ("failed", "CrowNest sent 5000 of 5010 bytes; not stored"),
+    }
+    for up in (short, long, lying):
+        assert len(hits(st, "download", up.id)) == 1
+    await assert_imported(
+        service,
+        fine,
+        body[:7],
+        items[fine.id],
+        content_type="application/octet-stream",
+        artifact_type="other",
+    )
+    assert list(await crownest_rows(service)) == [fine.id]
+    assert blob_files(blob_dir) == {sha(body[:7])}
+    assert staging(blob_dir) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fault", ["has_more_without_cursor", "repeat_cursor", "cycle_cursor"])
+async def test_broken_pagination_stops_with_an_error(
+    service: ArtifactService, fake: FakeCrowNest, fault: str
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    st.add_artifacts(sbx.id, 9)
+    faults = {
+        "has_more_without_cursor": [Fault.has_more_without_cursor()],
+        "repeat_cursor": [Fault.passthrough(), Fault.repeat_cursor()],
+        "cycle_cursor": [Fault.passthrough(), Fault.passthrough(), Fault.cycle_cursor()],
+    }[fault]
+    st.inject("list", *faults, sandbox_id=sbx.id)
+    job, items = await run_import(make_importer(service, fake, page_size=2), sbx.id)
+    assert (job.status, job.counts, items) == ("failed", tally(), {})
+    assert job.error is not None
+    if fault == "has_more_without_cursor":
+        assert job.error == "CrowNest said more pages follow but gave no nextCursor; stopping."
+    else:
+        assert re.fullmatch(
+            r"CrowNest repeated the cursor 'cur_[\w-]+'; stopping to avoid a loop\.", job.error
+        )
+    assert len(hits(st, "list")) == len(faults)
+    assert hits(st, "download_url") == [] and await crownest_rows(service) == {}
+
+
+@pytest.mark.anyio
+async def test_foreign_download_url_or_redirect_is_refused_and_the_key_stays_home(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = {n: st.add_artifact(sbx.id, n * 10, name=f"{n}.txt") for n in "abcde"}
+    st.inject("download_url", Fault.foreign_url(), artifact_id=ups["a"].id)
+    st.inject(
+        "download_url",
+        Fault.foreign_url("{other_port}/v1/artifacts/{id}/download"),
+        artifact_id=ups["b"].id,
+    )
+    st.inject("download_url", Fault.foreign_url("http://evil.example/x"), artifact_id=ups["c"].id)
+    st.inject("download", Fault.redirect(), artifact_id=ups["d"].id)
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+    assert (job.status, job.counts) == ("failed", tally(imported=1, failed=4))
+    foreign = (fake.foreign_base_url or "http://evil.example").split("//")[1]
+    other = (fake.other_port_base_url or "http://127.0.0.1:1").split("//")[1]
+    assert {k: items[u.id].reason for k, u in ups.items() if k != "e"} == {
+        "a": f"CrowNest's download URL for {ups['a'].id} points at {foreign}, not the "
+        "configured CrowNest host; refusing to send the API key there.",
+        "b": f"CrowNest's download URL for {ups['b'].id} points at {other}, not the "
+        "configured CrowNest host; refusing to send the API key there.",
+        "c": f"CrowNest's download URL for {ups['c'].id} points at evil.example, not the "
+        "configured CrowNest host; refusing to send the API key there.",
+        "d": f"CrowNest redirected the download of {ups['d'].id} to http://{foreign}/v1/"
+        f"artifacts/{ups['d'].id}/download; refusing to follow with the key.",
+    }
+    assert st.leaks() == []
+    assert st.foreign_requests() == []
+    for k in "abcd":  # refused at once: not retried
+        assert len(hits(st, "download_url", ups[k].id)) == 1
+    assert [r.status for r in hits(st, "download", ups["d"].id)] == [302]
+    assert list(await crownest_rows(service)) == [ups["e"].id]
+    assert blob_files(blob_dir) == {sha(b"e" * 10)} and staging(blob_dir) == []
+
+
+@pytest.mark.anyio
+async def test_slow_body_still_imports(service: ArtifactService, fake: FakeCrowNest) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    body = random.Random(4).randbytes(160 * 1024)
+    up = st.add_artifact(sbx.id, body, name="slow.bin")
+    st.inject("download", Fault.slow(chunk_size=8192, delay=0.03), artifact_id=up.id)
+    t0 = time.monotonic()
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+    assert time.monotonic() - t0 >= 0.6  # 20 chunks, 0.03 s apart: it really trickled
+    assert (job.status, job.counts) == ("succeeded", tally(imported=1))
+    assert [r.fault for r in hits(st, "download", up.id)] == ["slow"]
+    await assert_imported(
+        service,
+        up,
+        body,
+        items[up.id],
+        content_type="application/octet-stream",
+        artifact_type="other",
+    )
+
+
+# -- the HTTP job --------------------------------------------------------------------------------
+
+
+def test_http_import_job_runs_reports_and_resumes(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 110, kind="mixed")  # two pages of 100
+    live = [u for u in ups if u.deleted_at is None]
+    data = {u.id: u.data for u in live}
+    doomed = live[-1]  # imported first; its download comes up 3 bytes short
+    st.inject("download", Fault.short_body(missing=3), artifact_id=doomed.id)
+    server = start_server(tmp_path / "data", database_url=database_url, env=server_env(fake))
+    try:
+        with server.client() as client:
+            body = {"sandbox_id": sbx.id, "workflow_id": WF, "phase_id": "ph", "session_id": "s"}
+            r = client.post("/imports/crownest", json=body)
+            assert r.status_code == 202, r.text
+            accepted = r.json()
+            import_id = accepted["import_id"]
+            assert accepted == {
+                "import_id": import_id,
+                "status": "queued",
+                "url": f"{server.url}/imports/{import_id}",
+            }
+            assert r.headers["location"] == accepted["url"]
+
+            state = poll(client, import_id, finished)
+            expected_options = {
+                **body,
+                "artifact_type": None,
+                "artifact_ids": [],
+                "source_path_prefix": None,
+                "dry_run": False,
+            }
+            assert state["options"] == expected_options
+            assert (state["id"], state["source"], state["status"]) == (
+                import_id,
+                "crownest",
+                "failed",
+            )
+            assert state["error"] == "1 item(s) failed"
+            assert state["counts"] == tally(imported=len(live) - 1, skipped=27, failed=1)
+            assert state["bytes"] == sum(len(d) for k, d in data.items() if k != doomed.id)
+            size = doomed.size_bytes
+            assert state["failures"] == [
+                {
+                    "upstream_id": doomed.id,
+                    "name": doomed.name,
+                    "reason": f"CrowNest sent {size - 3} of {size} bytes; not stored",
+                }
+            ]
+            assert state["finished_at"] is not None
+            assert [r.params["limit"] for r in hits(st, "list", sbx.id)] == [["100"]] * 2
+
+            # resume: only the failed item is fetched again, and now it succeeds
+            downloads = len(hits(st, "download"))
+            r = client.post(f"/imports/{import_id}/resume")
+            assert r.status_code == 202, r.text
+            assert r.json() == accepted
+            state = poll(client, import_id, finished)
+            assert (state["status"], state["error"], state["failures"]) == ("succeeded", None, [])
+            assert state["counts"] == tally(imported=len(live), skipped=27)
+            assert state["bytes"] == sum(len(d) for d in data.values())
+            assert len(hits(st, "download")) == downloads + 1
+            assert [r.status for r in hits(st, "download", doomed.id)] == [200, 200]
+
+            rows = rows_of(database_url)
+            assert sorted(rows) == sorted(data) and all(len(v) == 1 for v in rows.values())
+            for up in live:
+                (row,) = rows[up.id]
+                record = client.get(f"/artifacts/{row['id']}").json()
+                assert {
+                    k: record[k]
+                    for k in ("workflow_id", "phase_id", "session_id", "title", "filename")
+                } == {
+                    "workflow_id": WF,
+                    "phase_id": "ph",
+                    "session_id": "s",
+                    "title": up.name,
+                    "filename": up.name,
+                }
+                assert record["content_type"] == (up.content_type or "application/octet-stream")
+                assert record["created_by"] == f"crownest:{sbx.id}"
+                assert record["metadata"]["crownest"]["objectKey"] == up.object_key
+                assert record["content_hash"] == sha(data[up.id])
+                download = client.get(f"/artifacts/{row['id']}/download")
+                assert download.content == data[up.id]
+
+            # bad bodies and unknown ids; none of them makes a job
+            for bad, loc, kind in (
+                ({"sandbox_id": "s", "workflow_id": "w", "bogus": 1}, "bogus", "extra_forbidden"),
+                ({"sandbox_id": "s", "workflow_id": "w", "artifact_type": "nope"}, None, "enum"),
+                ({"workflow_id": "w"}, "sandbox_id", "missing"),
+                ({"sandbox_id": "", "workflow_id": "w"}, "sandbox_id", None),
+            ):
+                r = client.post("/imports/crownest", json=bad)
+                assert r.status_code == 422, (bad, r.text)
+                (err,) = r.json()["detail"]
+                assert err["loc"] == ["body", loc or "artifact_type"]
+                assert kind is None or err["type"] == kind
+            for method, path in (("GET", "/imports/nope"), ("POST", "/imports/nope/resume")):
+                r = client.request(method, path)
+                assert r.status_code == 404, r.text
+                assert r.json()["code"] == "import_not_found"
+        assert count_rows(database_url, "imports") == 1
+    finally:
+        server.stop()
+
+
+def test_http_import_without_a_key_is_503(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CROWNEST_API_KEY", raising=False)
+    monkeypatch.delenv("ARTIFACTS_CROWNEST_API_KEY", raising=False)
+    env = {"ARTIFACTS_CROWNEST_BASE_URL": fake.base_url}
+    server = start_server(tmp_path / "data", database_url=database_url, env=env)
+    try:
+        with server.client() as client:
+            r = client.post("/imports/crownest", json={"sandbox_id": "sbx_1", "workflow_id": WF})
+            assert r.status_code == 503, r.text
+            assert r.json() == {
+                "detail": "Imports need CROWNEST_API_KEY set on the server.",
+                "code": "crownest_not_configured",
+            }
+        assert count_rows(database_url, "imports") == 0
+        assert fake.state.requests == []
+    finally:
+        server.stop()
+
+
+def test_http_job_killed_mid_import_resumes_at_start_up(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CROWNEST_API_KEY", raising=False)
+    monkeypatch.delenv("ARTIFACTS_CROWNEST_API_KEY", raising=False)
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = [
+        st.add_artifact(sbx.id, random.Random(i).randbytes(100_000), name=f"part-{i}.bin")
+        for i in range(8)
+    ]
+    order = ups[::-1]  # the listing (and the import) goes newest first
+    slow = order[2]
+    st.inject("download", Fault.slow(chunk_size=2048, delay=0.1), artifact_id=slow.id)  # ~5 s
+    env = server_env(fake)
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir, database_url=database_url, env=env)
+    restarted: Server | None = None
+    try:
+        with server.client() as client:
+            r = client.post("/imports/crownest", json={"sandbox_id": sbx.id, "workflow_id": WF})
+            assert r.status_code == 202, r.text
+            import_id = r.json()["import_id"]
+            state = poll(
+                client,
+                import_id,
+                lambda b: b["counts"]["imported"] >= 2 and bool(hits(st, "download", slow.id)),
+            )
+            assert (state["status"], state["counts"]) == ("running", tally(imported=2))
+            r = client.post(f"/imports/{import_id}/resume")
+            assert r.status_code == 409 and r.json()["code"] == "import_running", r.text
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+        assert len(rows_of(database_url)) == 2
+
+        # without a key the job is left alone at start-up, and cannot be resumed by hand
+        keyless = {k: v for k, v in env.items() if k != "CROWNEST_API_KEY"}
+        server = start_server(data_dir, database_url=database_url, env=keyless)
+        with server.client() as client:
+            r = client.post(f"/imports/{import_id}/resume")
+            assert r.status_code == 503 and r.json()["code"] == "crownest_not_configured"
+            time.sleep(0.3)
+            state = client.get(f"/imports/{import_id}").json()
+            assert (state["status"], state["counts"]) == ("running", tally(imported=2))
+        server.stop()
+        assert len(hits(st, "download")) == 3
+
+        restarted = start_server(data_dir, database_url=database_url, env=env)
+        with restarted.client() as client:
+            state = poll(client, import_id, finished)
+            assert (state["status"], state["error"]) == ("succeeded", None)
+            assert state["counts"] == tally(imported=8)
+            assert state["bytes"] == 8 * 100_000
+        rows = rows_of(database_url)
+        assert sorted(rows) == sorted(u.id for u in ups)
+        for up in ups:
+            (row,) = rows[up.id]  # exactly once
+            assert up.data is not None
+            assert row["content_hash"] == sha(up.data)
+            blob = data_dir / "blobs" / "sha256" / sha(up.data)[:2] / sha(up.data)[2:4]
+            assert (blob / sha(up.data)).read_bytes() == up.data
+        # the two finished before the kill were not fetched again
+        for up in order[:2]:
+            assert len(hits(st, "download", up.id)) == 1
+        assert [r.fault for r in hits(st, "download", slow.id)] == ["slow", None]
+    finally:
+        server.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str], wrapper: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"{wrapper}from app.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "import", "crownest", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def cli_env(fake: FakeCrowNest, data_dir: Path, database_url: str | None) -> dict[str, str]:
+    env = clean_env(
+        CROWNEST_API_KEY=fake.api_key,
+        ARTIFACTS_CROWNEST_BASE_URL=fake.base_url,
+        ARTIFACTS_CROWNEST_BACKOFF_BASE="0.01",
+        ARTIFACTS_CROWNEST_MAX_ATTEMPTS="3",
+        ARTIFACTS_DATA_DIR=str(data_dir),
+        COLUMNS="200",
+    )
+    if database_url is not None:
+        env["ARTIFACTS_DATABASE_URL"] = database_url
+    return env
+
+
+def table_of(stdout: str) -> dict[str, list[str]]:
+    """The summary table's rows: first cell -> the other cells (failure rows under '')."""
+    rows: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 3 and cells[0] in ("imported", "unchanged", "skipped", "failed", ""):
+            if cells[0] == "" and cells[2]:
+                rows.setdefault("", []).append(cells[2])
+            elif cells[0]:
+                rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_cli_imports_and_prints_a_summary(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 12, kind="mixed")
+    live = [u for u in ups if u.deleted_at is None]
+    total = sum(u.size_bytes for u in live)
+    env = cli_env(fake, tmp_path / "data", database_url)
+    args = ["--sandbox", sbx.id, "--workflow-id", WF, "--phase-id", "p", "--artifact-type", "Text"]
+    done = run_cli(*args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"CrowNest import [0-9a-f-]{36}:\s+succeeded", done.stdout), done.stdout
+    assert table_of(done.stdout) == {
+        "imported": ["9", f"{total} bytes"],
+        "unchanged": ["0", "already here, same size"],
+        "skipped": ["3", "deleted upstream at 2026-06-09T15"],
+        "failed": ["0", ""],
+    }
+    # the progress bar (and its final "12/12 artifacts") goes to stderr, the table to stdout
+    assert "12/12 artifacts" in done.stderr and "━" in done.stderr
+    assert "artifacts ━" not in done.stdout and "CrowNest import" not in done.stderr
+    rows = rows_of(database_url)
+    assert sorted(rows) == sorted(u.id for u in live)
+    for up in live:
+        (row,) = rows[up.id]
+        assert up.data is not None
+        assert (row["artifact_type"], row["workflow_id"], row["phase_id"]) == ("text", WF, "p")
+        assert row["content_hash"] == sha(up.data)
+
+    again = run_cli(*args, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert table_of(again.stdout)["imported"] == ["0", "0 bytes"]
+    assert table_of(again.stdout)["unchanged"] == ["9", "already here, same size"]
+    assert rows_of(database_url) == rows
+
+
+def test_cli_exits_1_when_an_item_failed(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 3)
+    st.inject("download", Fault.long_body(), artifact_id=ups[1].id)
+    env = cli_env(fake, tmp_path / "data", database_url)
+    done = run_cli("--sandbox", sbx.id, "--workflow-id", WF, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    table = table_of(done.stdout)
+    assert table["imported"][0] == "2" and table["failed"] == ["1", ""]
+    assert table[""] == [
+        f"{ups[1].id} {ups[1].name}: CrowNest sent more than its sizeBytes "
+        f"({ups[1].size_bytes}); not stored"
+    ]
+    assert sorted(rows_of(database_url)) == sorted([ups[0].id, ups[2].id])
+
+
+def test_cli_exits_1_when_the_job_fails(tmp_path: Path, fake: FakeCrowNest) -> None:
+    env = cli_env(fake, tmp_path / "data", None)
+    done = run_cli("--sandbox", "sbx_nowhere", "--workflow-id", WF, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "CrowNest has no sandbox 'sbx_nowhere' (not_found)." in done.stdout
+
+
+def test_cli_exits_2_without_a_key_or_with_a_bad_type(tmp_path: Path, fake: FakeCrowNest) -> None:
+    env = cli_env(fake, tmp_path / "data", None)
+    del env["CROWNEST_API_KEY"]
+    done = run_cli("--sandbox", "sbx_1", "--workflow-id", WF, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "CROWNEST_API_KEY is not set." in done.stderr and done.stdout == ""
+    env = cli_env(fake, tmp_path / "data", None)
+    done = run_cli("--sandbox", "sbx_1", "--workflow-id", WF, "--artifact-type", "nope", env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--artifact-type" in done.stderr
+    assert fake.state.requests == []
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+
+class LazyBytes:
+    """`size` bytes made up on demand, 64 KiB blocks each stamped with its index: the fake
+    slices its body, so a 1 GiB artifact never exists in this process's memory."""
+
+    BLOCK = 64 * 1024
+
+    def __init__(self, size: int, seed: int) -> None:
+        assert size % self.BLOCK == 0
+        self.size = size
+        self.base = random.Random(seed).randbytes(self.BLOCK)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def block(self, i: int) -> bytes:
+        return i.to_bytes(8, "big") + self.base[8:]
+
+    def __getitem__(self, span: slice) -> bytes:
+        start, stop, step = span.indices(self.size)
+        assert step == 1
+        out = bytearray()
+        while start < stop:
+            i, offset = divmod(start, self.BLOCK)
+            piece = self.block(i)[offset : offset + stop - start]
+            out += piece
+            start += len(piece)
+        return bytes(out)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for i in range(self.size // self.BLOCK):
+            digest.update(self.block(i))
+        return digest.hexdigest()
+
+
+PEAK = (
+    "import atexit, resource, sys; atexit.register(lambda: sys.stderr.write("
+    "'PEAK_RSS_KIB %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
+)
+
+
+def peak_of(done: subprocess.CompletedProcess[str]) -> int:
+    match = re.search(r"PEAK_RSS_KIB (\d+)", done.stderr)
+    assert match, done.stderr
+    return int(match.group(1)) * 1024
+
+
+@pytest.mark.slow
+def test_cli_import_of_1_gib_keeps_memory_flat(tmp_path: Path, fake: FakeCrowNest) -> None:
+    size = 1 << 30
+    st = fake.state
+    sbx = st.add_sandbox()
+    st.add_artifact(sbx.id, random.Random(5).randbytes(MiB), name="small.bin")
+    env = cli_env(fake, tmp_path / "small", None)
+    baseline = run_cli("--sandbox", sbx.id, "--workflow-id", WF, env=env, wrapper=PEAK)
+    assert baseline.returncode == 0, baseline.stdout + baseline.stderr
+    assert table_of(baseline.stdout)["imported"] == ["1", f"{MiB} bytes"]
+
+    big_sbx = st.add_sandbox()
+    big = st.add_artifact(big_sbx.id, b"", name="big.bin", size_bytes=size)
+    lazy = LazyBytes(size, seed=6)
+    with st._lock:
+        big.data = lazy  # type: ignore[assignment]
+    env = cli_env(fake, tmp_path / "big", None)
+    t0 = time.monotonic()
+    done = run_cli("--sandbox", big_sbx.id, "--workflow-id", WF, env=env, wrapper=PEAK)
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert table_of(done.stdout)["imported"] == ["1", f"{size} bytes"]
+    growth = peak_of(done) - peak_of(baseline)
+    assert growth < 64 * MiB, (peak_of(baseline), peak_of(done))
+    assert elapsed < 60, elapsed
+
+    digest = lazy.sha256()
+    blob = tmp_path / "big" / "blobs" / "sha256" / digest[:2] / digest[2:4] / digest
+    try:
+        assert blob.stat().st_size == size
+        on_disk = hashlib.sha256()
+        with blob.open("rb") as f:
+            while chunk := f.read(4 * MiB):
+                on_disk.update(chunk)
+        assert on_disk.hexdigest() == digest
+        assert staging(tmp_path / "big" / "blobs") == []
+    finally:
+        blob.unlink(missing_ok=True)
