@@ -96,8 +96,7 @@ def schema_ddl(url: str) -> dict[str, Any]:
                 ),
                 "foreign_keys": query(
                     url,
-                    'SELECT "from", "table", "to" FROM pragma_foreign_key_list(:t) '
-                    'ORDER BY "from"',
+                    'SELECT "from", "table", "to" FROM pragma_foreign_key_list(:t) ORDER BY "from"',
                     t=table,
                 ),
             }
