@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,9 +19,32 @@ from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
 from storage.events import Notifier
+from storage.maintenance import collect_garbage, recover_trash
+
+log = logging.getLogger("artifacts")
 
 DESCRIPTION = """Artifact store for agent workflows, wire-compatible with the Syntropic137
 Artifacts API. Every route under `/artifacts` is also served under `/api/v1/artifacts`."""
+
+
+async def periodic_gc(db: Database, blobs: FilesystemBlobStore, settings: Settings) -> None:
+    """Garbage collection every ARTIFACTS_GC_INTERVAL, safe alongside uploads."""
+    while True:
+        await asyncio.sleep(settings.gc_interval)
+        try:
+            report = await collect_garbage(
+                db,
+                blobs,
+                grace_us=int(settings.gc_grace * 1e6),
+                deleted_retention_us=int(settings.deleted_retention * 1e6),
+            )
+            log.info(
+                "gc: %d blobs (%d bytes), %d artifacts purged, %d staging files",
+                len(report.blobs_deleted), report.bytes_freed, len(report.artifacts_purged),
+                len(report.staging_removed),
+            )  # fmt: skip
+        except Exception:
+            log.exception("gc failed; will try again")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,12 +56,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.notifier = notifier = Notifier()
         blobs = FilesystemBlobStore(settings.blob_dir)
         app.state.service = service = ArtifactService(db, blobs, on_commit=notifier.notify)
+        await recover_trash(db, blobs)
         app.state.imports = runner = ImportRunner(importer_for(service, settings))
         if settings.crownest_api_key is not None:
             await runner.resume_unfinished()
+        gc_task = (
+            asyncio.create_task(periodic_gc(db, blobs, settings)) if settings.gc_interval else None
+        )
         try:
             yield
         finally:
+            if gc_task is not None:
+                gc_task.cancel()
+                await asyncio.gather(gc_task, return_exceptions=True)
             await runner.stop()
             await db.dispose()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -9,8 +11,14 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from app.settings import Settings
+from app.settings import Settings, parse_duration
+from storage.blobs import FilesystemBlobStore
+from storage.db.engine import Database
 from storage.db.migrate import upgrade
+from storage.maintenance import FsckReport, GcReport, collect_garbage
+from storage.maintenance import fsck as check
+
+DataDir = Annotated[Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR or ./var")]
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -75,3 +83,88 @@ def main() -> None:
 
     cli.add_typer(import_cli, name="import")
     cli()
+
+
+def _store(settings: Settings) -> tuple[Database, FilesystemBlobStore]:
+    _migrate(settings)
+    return Database(settings.resolved_database_url), FilesystemBlobStore(settings.blob_dir)
+
+
+@cli.command()
+def gc(
+    grace: Annotated[
+        str | None, typer.Option(help="e.g. 1h, 30m, 0 (default: ARTIFACTS_GC_GRACE)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="report what would be reclaimed")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR or ./var")
+    ] = None,
+) -> None:
+    """Reclaim unreferenced blobs past the grace period, stale staging files and soft-deleted
+    artifacts past ARTIFACTS_DELETED_RETENTION. Safe while the server runs."""
+    settings = _settings(data_dir)
+    try:
+        grace_s = parse_duration(grace) if grace is not None else settings.gc_grace
+    except ValueError as exc:
+        typer.echo(f"--grace: {exc}", err=True)
+        raise typer.Exit(2) from None
+    db, store = _store(settings)
+
+    async def run() -> GcReport:
+        try:
+            return await collect_garbage(
+                db,
+                store,
+                grace_us=int(grace_s * 1e6),
+                deleted_retention_us=int(settings.deleted_retention * 1e6),
+                dry_run=dry_run,
+            )
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    verb = "would reclaim" if dry_run else "reclaimed"
+    typer.echo(
+        f"{verb} {len(report.blobs_deleted)} blobs ({report.bytes_freed} bytes), "
+        f"{len(report.orphan_files_deleted)} orphan files, {len(report.staging_removed)} staging "
+        f"files; purged {len(report.artifacts_purged)} deleted artifacts"
+    )
+
+
+@cli.command()
+def fsck(
+    verify_data: Annotated[bool, typer.Option(help="also hash every blob")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR or ./var")
+    ] = None,
+) -> None:
+    """Check every row against its blob and every blob against its row (and, with
+    --verify-data, its name). Exit 1 when anything is wrong; leftovers GC reclaims are warnings."""
+    settings = _settings(data_dir)
+    db, store = _store(settings)
+
+    async def run() -> FsckReport:
+        try:
+            return await check(db, store, verify_data=verify_data)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        typer.echo(
+            f"checked {report.artifacts_checked} artifacts and {report.blobs_checked} blobs"
+            f"{' (data verified)' if verify_data else ''}: "
+            f"{len(report.errors)} errors, {len(report.warnings)} warnings"
+        )
+        for item in report.errors:
+            typer.echo(f"ERROR   {item.pop('problem')}: {item}")
+        for item in report.warnings:
+            typer.echo(f"warning {item.pop('problem')}: {item}")
+    raise typer.Exit(0 if report.clean else 1)

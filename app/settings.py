@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db.engine import sqlite_url
@@ -18,6 +19,25 @@ ARTIFACT_TYPES = (
 )  # fmt: skip
 
 MiB = 1 << 20
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from `90`, `90s`, `30m`, `1h` or `7d`; ValueError otherwise."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        unit = _UNITS.get(text[-1:]) if text else None
+        seconds = float(text[:-1]) * unit if unit else float(text)
+    if not 0 <= seconds < 10**10:
+        raise ValueError(f"not a duration: {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class Settings(BaseSettings):
@@ -38,6 +58,9 @@ class Settings(BaseSettings):
     max_inline_content_bytes: int = Field(16 * MiB, ge=0)
     extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
     log_level: str = "info"
+    gc_interval: Duration = Field(3600.0, description="periodic GC in the server; 0: off")
+    gc_grace: Duration = Field(3600.0, description="unreferenced blobs younger than this stay")
+    deleted_retention: Duration = Field(7 * 86400.0, description="soft-deleted rows kept this long")
     crownest_base_url: str = "https://api.crownest.dev"
     crownest_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("CROWNEST_API_KEY", "ARTIFACTS_CROWNEST_API_KEY")

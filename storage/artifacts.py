@@ -27,9 +27,11 @@ from storage.errors import (
     AmbiguousArtifactId,
     ArtifactNotFound,
     DuplicateSource,
+    StorageUnavailable,
     UnknownParent,
 )
 from storage.events import NewEvent, append
+from storage.maintenance import lock_digest
 from storage.records import (
     Artifact,
     ArtifactChanges,
@@ -412,6 +414,15 @@ class ArtifactService:
             raise DuplicateSource(source, source_ref, existing)
 
     async def _ensure_blob_row(self, conn: AsyncConnection, put: PutResult, now: int) -> None:
+        """The blob's row, inside the write transaction; serialised with garbage collection per
+        digest, and the file re-checked: GC may have reclaimed an old unreferenced blob between
+        our dedupe hit and this transaction (then the client retries; nothing is committed)."""
+        await lock_digest(conn, put.digest)
+        if not await self.blobs.exists(put.digest):
+            raise StorageUnavailable(
+                "The content was reclaimed by garbage collection while it was being stored; "
+                "retry the request."
+            )
         dialect = postgresql if self.db.dialect == "postgresql" else sqlite
         await conn.execute(
             dialect.insert(blobs)

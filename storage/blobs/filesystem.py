@@ -15,13 +15,13 @@ import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from anyio import to_thread
 
 from storage.blobs.base import PutResult
-from storage.digest import blob_relpath, is_sha256_hex
+from storage.digest import blob_relpath, digest_of_relpath, is_sha256_hex
 from storage.errors import (
     BlobNotFound,
     BlobTooLarge,
@@ -239,6 +239,68 @@ class FilesystemBlobStore:
             return True
 
         return await to_thread.run_sync(remove)
+
+    # -- maintenance (garbage collection, fsck): see storage/maintenance.py ------------------
+
+    def scan_blobs(self) -> list[tuple[str, int, float]]:
+        """(digest, size, mtime) of every blob file; names that are not blobs raise ValueError
+        via digest_of_relpath, so callers see them (blocking: run in a thread)."""
+        found = []
+        for path in (self.root / "sha256").glob("*/*/*"):
+            rel = PurePosixPath(path.relative_to(self.root).as_posix())
+            stat = path.stat()
+            found.append((digest_of_relpath(rel), stat.st_size, stat.st_mtime))
+        return found
+
+    def stray_files(self) -> list[str]:
+        """Files under sha256/ whose place is not a blob's (blocking)."""
+        strays = []
+        for path in (self.root / "sha256").rglob("*"):
+            if path.is_dir():
+                continue
+            try:
+                digest_of_relpath(PurePosixPath(path.relative_to(self.root).as_posix()))
+            except ValueError:
+                strays.append(path.relative_to(self.root).as_posix())
+        return strays
+
+    def scan_dir(self, name: str) -> list[tuple[str, int, float]]:
+        """(name, size, mtime) of the files in tmp/ or trash/ (blocking)."""
+        directory = self.root / name
+        if not directory.is_dir():
+            return []
+        return [(p.name, p.stat().st_size, p.stat().st_mtime) for p in directory.iterdir()]
+
+    def remove_staging(self, name: str) -> None:
+        (self.tmp_dir / PurePosixPath(name).name).unlink(missing_ok=True)
+
+    def to_trash(self, digest: str) -> bool:
+        """Move a blob to trash/ (step one of deleting it); False when it was already gone."""
+        trash = self.root / "trash"
+        trash.mkdir(exist_ok=True)
+        try:
+            os.replace(self.path_of(digest), trash / digest)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(trash)
+        return True
+
+    def restore_from_trash(self, digest: str) -> None:
+        final = self.path_of(digest)
+        self._make_parents(final.parent)
+        os.replace(self.root / "trash" / blob_relpath(digest).name, final)
+        _fsync_dir(final.parent)
+
+    def empty_trash(self, digest: str) -> None:
+        (self.root / "trash" / blob_relpath(digest).name).unlink(missing_ok=True)
+
+    def hash_of(self, digest: str) -> str:
+        """The sha256 of the stored file's bytes (blocking)."""
+        h = hashlib.sha256()
+        with self.path_of(digest).open("rb") as f:
+            while block := f.read(READ_CHUNK):
+                h.update(block)
+        return h.hexdigest()
 
     async def check_writable(self) -> None:
         def probe() -> None:
