@@ -35,6 +35,7 @@ STATUS: dict[type[se.StorageError], tuple[int, str]] = {
     se.InsufficientStorage: (507, "insufficient_storage"),
     se.StorageUnavailable: (503, "storage_unavailable"),
     se.BlobNotFound: (500, "blob_missing"),
+    se.BlobCorrupt: (500, "blob_corrupt"),
     se.WorkflowNotFound: (404, "workflow_not_found"),
 }
 

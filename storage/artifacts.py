@@ -9,13 +9,15 @@ unreferenced blob, never a row without its bytes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
+from anyio import to_thread
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,6 +28,7 @@ from storage.db.tables import artifacts, blobs, lineage
 from storage.errors import (
     AmbiguousArtifactId,
     ArtifactNotFound,
+    BlobCorrupt,
     DuplicateSource,
     StorageUnavailable,
     UnknownParent,
@@ -45,6 +48,7 @@ from storage.records import (
     us_to_iso,
 )
 
+log = logging.getLogger("artifacts.storage")
 FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ID_PREFIX = re.compile(r"[0-9a-f-]{8,35}")
 LIVE = artifacts.c.deleted_at.is_(None)
@@ -304,12 +308,43 @@ class ArtifactService:
             return await self._load(conn, found[0])
 
     async def read_bytes(self, artifact: Artifact) -> bytes:
-        return await self.blobs.read_bytes(artifact.content_hash)
+        """The whole content, verified against its hash before anyone sees it."""
+        data = await self.blobs.read_bytes(artifact.content_hash)
+        digest = await to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        if digest != artifact.content_hash or len(data) != artifact.size_bytes:
+            await self._corrupt(artifact.content_hash)
+        return data
 
     def stream(
         self, artifact: Artifact, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        return self.blobs.open(artifact.content_hash, start, end)
+        """Bytes [start, end). The whole content is hashed while it streams and its last chunk
+        held back until the hash matches, so a reader never sees a clean end of corrupt data;
+        a partial range cannot be verified without reading everything, and is served as is."""
+        whole = start == 0 and (end is None or end >= artifact.size_bytes)
+        if not whole:
+            return self.blobs.open(artifact.content_hash, start, end)
+        return self._verified(artifact)
+
+    async def _verified(self, artifact: Artifact) -> AsyncIterator[bytes]:
+        hasher = hashlib.sha256()
+        size = 0
+        held: bytes | None = None
+        async for chunk in self.blobs.open(artifact.content_hash):
+            await to_thread.run_sync(hasher.update, chunk)
+            size += len(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+        if hasher.hexdigest() != artifact.content_hash or size != artifact.size_bytes:
+            await self._corrupt(artifact.content_hash)
+        if held is not None:
+            yield held
+
+    async def _corrupt(self, digest: str) -> NoReturn:
+        log.error("blob %s does not match its hash: quarantined", digest)
+        await self.blobs.quarantine(digest)
+        raise BlobCorrupt(digest)
 
     async def page(self, query: ListQuery, *, limit: int, after: Cursor | None = None) -> Page:
         """Newest first; every filter applies in SQL before the limit; keyset pagination."""

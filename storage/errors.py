@@ -56,6 +56,17 @@ class BlobNotFound(StorageError):
         self.digest = digest
 
 
+class BlobCorrupt(StorageError):
+    """Stored bytes no longer hash to their name; the blob has been quarantined."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(
+            f"The stored content of blob {digest} is corrupt and was quarantined; "
+            "re-upload it or restore it from a backup."
+        )
+        self.digest = digest
+
+
 class BlobTooLarge(StorageError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"The content is larger than the limit of {limit} bytes.")

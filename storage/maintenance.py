@@ -48,10 +48,14 @@ class GcReport:
         return asdict(self)
 
 
-def _referenced() -> sa.ColumnElement[bool]:
-    """A blob row is referenced by any artifact row (live or not yet purged) or lineage edge."""
+def _referenced(ignoring: list[str] | None = None) -> sa.ColumnElement[bool]:
+    """A blob row is referenced by any artifact row (live or not yet purged) or lineage edge;
+    `ignoring`: artifacts a dry run would have purged (and their edges) do not count."""
     by_artifact = sa.exists().where(artifacts.c.content_hash == blobs.c.digest)
     by_edge = sa.exists().where(lineage.c.parent_digest == blobs.c.digest)
+    if ignoring:
+        by_artifact = by_artifact.where(artifacts.c.id.not_in(ignoring))
+        by_edge = by_edge.where(lineage.c.child_id.not_in(ignoring))
     return sa.or_(by_artifact, by_edge)
 
 
@@ -69,7 +73,8 @@ async def collect_garbage(
     async with db.read() as conn:
         rows = await conn.execute(
             sa.select(blobs.c.digest, blobs.c.size).where(
-                blobs.c.created_at < now - grace_us, sa.not_(_referenced())
+                blobs.c.created_at < now - grace_us,
+                sa.not_(_referenced(report.artifacts_purged if dry_run else None)),
             )
         )
         candidates = [(r.digest, int(r.size)) for r in rows]
@@ -259,6 +264,8 @@ async def fsck(db: Database, store: FilesystemBlobStore, *, verify_data: bool) -
         report.warnings.append({"problem": "staging_leftover", "name": name})
     for name, _, _ in await to_thread.run_sync(store.scan_dir, "trash"):
         report.warnings.append({"problem": "trash_leftover", "name": name})
+    for name, _, _ in await to_thread.run_sync(store.scan_dir, "quarantine"):
+        report.warnings.append({"problem": "quarantined_blob", "digest": name})
     return report
 
 

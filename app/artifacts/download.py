@@ -16,9 +16,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.artifacts.deps import Service
+from storage.errors import BlobNotFound
 from storage.records import Artifact
 
 router = APIRouter(tags=["artifacts"])
+# Blobs up to this size are hashed before their first byte is sent; larger ones are hashed as
+# they stream, their last chunk held back until the hash matches (see ArtifactService.stream).
+VERIFY_BEFORE_SENDING = 4 << 20
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _FILENAME_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
@@ -118,6 +122,12 @@ async def download(artifact_id: str, request: Request, service: Service) -> Resp
     headers["Content-Type"] = artifact.content_type  # exactly as stored: no charset added
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    if artifact.size_bytes <= VERIFY_BEFORE_SENDING:
+        # Small: verified whole before the first byte goes out (corrupt -> 500, no body).
+        data = await service.read_bytes(artifact)
+        return Response(data[start:end], status_code=status, headers=headers)
+    if not await service.blobs.exists(artifact.content_hash):  # a clean 500, not a cut stream
+        raise BlobNotFound(artifact.content_hash)
     return StreamingResponse(
         service.stream(artifact, start, end), status_code=status, headers=headers
     )

@@ -243,13 +243,16 @@ class FilesystemBlobStore:
     # -- maintenance (garbage collection, fsck): see storage/maintenance.py ------------------
 
     def scan_blobs(self) -> list[tuple[str, int, float]]:
-        """(digest, size, mtime) of every blob file; names that are not blobs raise ValueError
-        via digest_of_relpath, so callers see them (blocking: run in a thread)."""
+        """(digest, size, mtime) of every blob file; names that are not blobs are skipped
+        (stray_files reports them), as are files gone since listed (blocking: run in a thread)."""
         found = []
         for path in (self.root / "sha256").glob("*/*/*"):
-            rel = PurePosixPath(path.relative_to(self.root).as_posix())
-            stat = path.stat()
-            found.append((digest_of_relpath(rel), stat.st_size, stat.st_mtime))
+            try:
+                digest = digest_of_relpath(PurePosixPath(path.relative_to(self.root).as_posix()))
+                stat = path.stat()
+            except (ValueError, FileNotFoundError):
+                continue
+            found.append((digest, stat.st_size, stat.st_mtime))
         return found
 
     def stray_files(self) -> list[str]:
@@ -269,7 +272,14 @@ class FilesystemBlobStore:
         directory = self.root / name
         if not directory.is_dir():
             return []
-        return [(p.name, p.stat().st_size, p.stat().st_mtime) for p in directory.iterdir()]
+        found = []
+        for path in directory.iterdir():
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # a staging file committed or discarded meanwhile
+                continue
+            found.append((path.name, stat.st_size, stat.st_mtime))
+        return found
 
     def remove_staging(self, name: str) -> None:
         (self.tmp_dir / PurePosixPath(name).name).unlink(missing_ok=True)
@@ -293,6 +303,21 @@ class FilesystemBlobStore:
 
     def empty_trash(self, digest: str) -> None:
         (self.root / "trash" / blob_relpath(digest).name).unlink(missing_ok=True)
+
+    async def quarantine(self, digest: str) -> None:
+        """Move a corrupt blob out of the way (quarantine/<digest>) so it is never served again;
+        the same bytes uploaded again recreate it."""
+
+        def move() -> None:
+            place = self.root / "quarantine"
+            place.mkdir(exist_ok=True)
+            try:
+                os.replace(self.path_of(digest), place / digest)
+            except FileNotFoundError:
+                return
+            _fsync_dir(place)
+
+        await to_thread.run_sync(move)
 
     def hash_of(self, digest: str) -> str:
         """The sha256 of the stored file's bytes (blocking)."""
