@@ -55,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.resolved_database_url)
         app.state.notifier = notifier = Notifier()
         blobs = FilesystemBlobStore(settings.blob_dir)
-        app.state.service = service = ArtifactService(db, blobs, on_commit=notifier.notify)
+        app.state.service = service = ArtifactService(
+            db, blobs, on_commit=notifier.notify, verify_streams=settings.verify_reads
+        )
         await recover_trash(db, blobs)
         app.state.imports = runner = ImportRunner(importer_for(service, settings))
         if settings.crownest_api_key is not None:

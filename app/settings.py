@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_inline_content_bytes: int = Field(16 * MiB, ge=0)
     extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
     log_level: str = "info"
+    verify_reads: bool = Field(
+        True, description="hash large downloads while streaming (small ones always are)"
+    )
     gc_interval: Duration = Field(3600.0, description="periodic GC in the server; 0: off")
     gc_grace: Duration = Field(3600.0, description="unreferenced blobs younger than this stay")
     deleted_retention: Duration = Field(7 * 86400.0, description="soft-deleted rows kept this long")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,9 @@ class BlobStore(Protocol):
 
     async def size(self, digest: str) -> int: ...
 
-    def open(self, digest: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+    def open(
+        self, digest: str, start: int = 0, end: int | None = None, hasher: Any = None
+    ) -> AsyncIterator[bytes]: ...
 
     async def read_bytes(self, digest: str) -> bytes: ...
 

@@ -79,6 +79,13 @@ def _start_writeback() -> Callable[[int, int, int], None]:
 start_writeback = _start_writeback()
 
 
+def _read_at(fd: int, size: int, position: int, hasher: Any) -> bytes:
+    data = os.pread(fd, size, position)
+    if hasher is not None:
+        hasher.update(data)
+    return data
+
+
 class _Staging:
     """One open staging file; hashing and writing happen in the same pass."""
 
@@ -201,9 +208,10 @@ class FilesystemBlobStore:
             raise BlobNotFound(digest) from None
 
     async def open(
-        self, digest: str, start: int = 0, end: int | None = None
+        self, digest: str, start: int = 0, end: int | None = None, hasher: Any = None
     ) -> AsyncIterator[bytes]:
-        """Yield bytes [start, end) of the blob (end None: to its end) in ~1 MiB chunks."""
+        """Yield bytes [start, end) of the blob (end None: to its end) in ~1 MiB chunks;
+        `hasher.update` sees each chunk in the same worker-thread hop that reads it."""
         try:
             fd = await to_thread.run_sync(os.open, self.path_of(digest), os.O_RDONLY)
         except FileNotFoundError:
@@ -212,7 +220,7 @@ class FilesystemBlobStore:
             position = start
             while end is None or position < end:
                 want = READ_CHUNK if end is None else min(READ_CHUNK, end - position)
-                data = await to_thread.run_sync(os.pread, fd, want, position)
+                data = await to_thread.run_sync(_read_at, fd, want, position, hasher)
                 if not data:
                     break
                 position += len(data)
