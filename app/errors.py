@@ -78,6 +78,10 @@ def validation_error(
     return RequestValidationError([item])
 
 
+def invalid_cursor(value: str, loc: Sequence[str] = ("query", "cursor")) -> RequestValidationError:
+    return validation_error(loc, "cursor_invalid", "Not a cursor this service issued", value)
+
+
 def problem(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app.artifacts.deps import Service
-from app.errors import validation_error
+from app.errors import invalid_cursor
 from storage.events import Event, Notifier, read_after
 from storage.records import us_to_iso
 
@@ -58,7 +58,7 @@ def _cursor(value: str | None, loc: tuple[str, str]) -> int:
     if value is None or value == "":
         return 0
     if not (value.isascii() and value.isdigit()) or len(value) > 18:  # isdigit: also '²'
-        raise validation_error(loc, "cursor_invalid", "Not a cursor this service issued", value)
+        raise invalid_cursor(value, loc)
     return int(value)
 
 

@@ -22,7 +22,7 @@ from app.artifacts.body import (
 )
 from app.artifacts.deps import Config, Service
 from app.artifacts.multipart import FormStream, safe_filename
-from app.errors import ApiError, validation_error
+from app.errors import ApiError, invalid_cursor, validation_error
 from app.settings import Settings
 from storage.artifacts import ArtifactService
 from storage.errors import BlobTooLarge
@@ -104,9 +104,7 @@ async def list_artifacts(
         try:
             after = Cursor.decode(cursor)
         except ValueError:
-            raise validation_error(
-                ("query", "cursor"), "cursor_invalid", "Not a cursor this service issued", cursor
-            ) from None
+            raise invalid_cursor(cursor) from None
     query = ListQuery(
         workflow_id=workflow_id,
         phase_id=phase_id,
@@ -119,12 +117,17 @@ async def list_artifacts(
         derived_from=derived_from,
     )
     page = await service.page(query, limit=limit, after=after)
-    headers = {}
-    if page.next_cursor is not None:
-        token = page.next_cursor.encode()
-        next_url = request.url.include_query_params(cursor=token)
-        headers = {"Link": f'<{next_url}>; rel="next"', "X-Next-Cursor": token}
-    return JSONResponse([schemas.summary(a) for a in page.items], headers=headers)
+    token = page.next_cursor.encode() if page.next_cursor else None
+    items = [schemas.summary(a) for a in page.items]
+    return JSONResponse(items, headers=next_page_headers(request, token))
+
+
+def next_page_headers(request: Request, token: str | None) -> dict[str, str]:
+    """`Link: <this URL with cursor=token>; rel="next"` and `X-Next-Cursor`, when there is more."""
+    if token is None:
+        return {}
+    next_url = request.url.include_query_params(cursor=token)
+    return {"Link": f'<{next_url}>; rel="next"', "X-Next-Cursor": token}
 
 
 FORM_SCHEMA = schemas.CreateForm.model_json_schema()

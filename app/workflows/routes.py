@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
-from app.artifacts.routes import PageLimit, download_url, inline_text
-from app.errors import validation_error
+from app.artifacts.routes import PageLimit, download_url, inline_text, next_page_headers
+from app.errors import invalid_cursor
 from app.workflows.export import ArchiveResponse, manifest, plan, safe_segment
 from storage import workflows
 from storage.records import datetime_to_us, us_to_iso
@@ -78,9 +78,7 @@ async def list_workflows(
         try:
             after = workflows.WorkflowCursor.decode(cursor)
         except ValueError:
-            raise validation_error(
-                ("query", "cursor"), "cursor_invalid", "Not a cursor this service issued", cursor
-            ) from None
+            raise invalid_cursor(cursor) from None
     items, next_cursor = await workflows.list_workflows(
         service.db,
         limit=limit,
@@ -88,12 +86,10 @@ async def list_workflows(
         active_after=None if active_after is None else datetime_to_us(active_after),
         active_before=None if active_before is None else datetime_to_us(active_before),
     )
-    headers = {}
-    if next_cursor is not None:
-        token = next_cursor.encode()
-        next_url = request.url.include_query_params(cursor=token)
-        headers = {"Link": f'<{next_url}>; rel="next"', "X-Next-Cursor": token}
-    return JSONResponse([_summary_body(w) for w in items], headers=headers)
+    token = next_cursor.encode() if next_cursor else None
+    return JSONResponse(
+        [_summary_body(w) for w in items], headers=next_page_headers(request, token)
+    )
 
 
 @router.get("/{workflow_id}", response_model=WorkflowBody, summary="One workflow, by phase")
