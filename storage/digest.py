@@ -3,6 +3,9 @@
     <root>/
       sha256/ab/cd/abcd…   one read-only file per blob, named by the 64-hex sha256 of its bytes
       tmp/<random>         staging files, on the same filesystem so that link() is atomic
+      trash/<hex>          blobs garbage collection is deleting (restored at start-up if their
+                           row survived a crash)
+      quarantine/<hex>     blobs whose bytes no longer hash to their name (never served again)
 
 Only a validated digest ever forms a path: no client input reaches the filesystem.
 """
