@@ -275,14 +275,8 @@ class ArtifactService:
     async def find_by_source(self, source: str, source_ref: str) -> Artifact | None:
         """The live artifact imported from this upstream object, if any."""
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(artifacts.c.id).where(
-                        artifacts.c.source == source, artifacts.c.source_ref == source_ref, LIVE
-                    )
-                )
-            ).first()
-            return None if row is None else await self._load(conn, row.id)
+            found = await self._source_id(conn, source, source_ref)
+            return None if found is None else await self._load(conn, found)
 
     async def get(self, ref: str, *, allow_prefix: bool = True) -> Artifact:
         """By full id, or (allow_prefix) by a unique prefix of at least 8 characters."""
@@ -439,14 +433,18 @@ class ArtifactService:
         return [(pid, digests[pid]) for pid in parent_ids]
 
     @staticmethod
-    async def _check_source(conn: AsyncConnection, source: str, source_ref: str) -> None:
-        existing = (
+    async def _source_id(conn: AsyncConnection, source: str, source_ref: str) -> str | None:
+        """The live artifact imported from (source, source_ref), if any."""
+        return (
             await conn.execute(
                 sa.select(artifacts.c.id).where(
                     artifacts.c.source == source, artifacts.c.source_ref == source_ref, LIVE
                 )
             )
         ).scalar()
+
+    async def _check_source(self, conn: AsyncConnection, source: str, source_ref: str) -> None:
+        existing = await self._source_id(conn, source, source_ref)
         if existing is not None:
             raise DuplicateSource(source, source_ref, existing)
 

@@ -86,11 +86,6 @@ async def read_after(
     ]
 
 
-async def last_seq(db: Database) -> int:
-    async with db.read() as conn:
-        return int((await conn.execute(sa.select(sa.func.max(events.c.seq)))).scalar() or 0)
-
-
 class Notifier:
     """Wakes this process's feed readers after a commit; readers also poll, for other
     processes' writes (several replicas, the CLI)."""
