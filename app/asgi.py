@@ -19,6 +19,7 @@ from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
 from storage.events import Notifier
+from storage.idempotency import IdempotencyKeys
 from storage.maintenance import collect_garbage, recover_trash
 
 log = logging.getLogger("artifacts")
@@ -39,9 +40,9 @@ async def periodic_gc(db: Database, blobs: FilesystemBlobStore, settings: Settin
                 deleted_retention_us=int(settings.deleted_retention * 1e6),
             )
             log.info(
-                "gc: %d blobs (%d bytes), %d artifacts purged, %d staging files",
+                "gc: %d blobs (%d bytes), %d artifacts purged, %d staging files, %d keys",
                 len(report.blobs_deleted), report.bytes_freed, len(report.artifacts_purged),
-                len(report.staging_removed),
+                len(report.staging_removed), report.idempotency_keys_expired,
             )  # fmt: skip
         except Exception:
             log.exception("gc failed; will try again")
@@ -57,6 +58,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         blobs = FilesystemBlobStore(settings.blob_dir)
         app.state.service = service = ArtifactService(
             db, blobs, on_commit=notifier.notify, verify_streams=settings.verify_reads
+        )
+        app.state.idempotency = IdempotencyKeys(
+            db,
+            lease_us=max(1, int(settings.idempotency_lease * 1e6)),
+            ttl_us=int(settings.idempotency_ttl * 1e6),
         )
         await recover_trash(db, blobs)
         app.state.imports = runner = ImportRunner(importer_for(service, settings))

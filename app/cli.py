@@ -131,7 +131,8 @@ def gc(
     typer.echo(
         f"{verb} {len(report.blobs_deleted)} blobs ({report.bytes_freed} bytes), "
         f"{len(report.orphan_files_deleted)} orphan files, {len(report.staging_removed)} staging "
-        f"files; purged {len(report.artifacts_purged)} deleted artifacts"
+        f"files; purged {len(report.artifacts_purged)} deleted artifacts and "
+        f"{report.idempotency_keys_expired} expired idempotency keys"
     )
 
 

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     gc_interval: Duration = Field(3600.0, description="periodic GC in the server; 0: off")
     gc_grace: Duration = Field(3600.0, description="unreferenced blobs younger than this stay")
     deleted_retention: Duration = Field(7 * 86400.0, description="soft-deleted rows kept this long")
+    idempotency_ttl: Duration = Field(86400.0, description="how long an Idempotency-Key is kept")
+    idempotency_lease: Duration = Field(
+        30.0, description="a running keyed request's claim lapses this long after its last beat"
+    )
     crownest_base_url: str = "https://api.crownest.dev"
     crownest_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("CROWNEST_API_KEY", "ARTIFACTS_CROWNEST_API_KEY")

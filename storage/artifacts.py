@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
@@ -56,6 +56,9 @@ ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
 PRIMARY_LOCK_SPACE = 0x41525446  # 'ARTF': first key of our pg_advisory_xact_lock(int, int)
 
 Content = bytes | AsyncIterable[bytes | memoryview]
+# Runs inside a write's own transaction, just before it commits, with the artifact as written:
+# whatever it records (an idempotency key's response) commits or rolls back with the write.
+WriteHook = Callable[[AsyncConnection, Artifact], Awaitable[None]]
 
 
 def _columns(artifact: Artifact) -> dict[str, Any]:
@@ -125,6 +128,7 @@ class ArtifactService:
         *,
         max_bytes: int | None = None,
         expected_digest: str | None = None,
+        hook: WriteHook | None = None,
     ) -> Artifact:
         """Store the bytes, then the row, its lineage and (if asked) its primary flag."""
         if new.derived_from:
@@ -186,6 +190,8 @@ class ArtifactService:
             if artifact.is_primary_deliverable:
                 feed.append(_deliverable_changed(artifact, artifact.id, previous))
             await append(conn, feed, now)
+            if hook is not None:
+                await hook(conn, artifact)
         self.on_commit()
         return artifact
 
@@ -197,6 +203,7 @@ class ArtifactService:
         *,
         max_bytes: int | None = None,
         expected_digest: str | None = None,
+        hook: WriteHook | None = None,
     ) -> Artifact:
         """Upload: new bytes for an existing live artifact (checked before any byte is read)."""
         await self.get(artifact_id, allow_prefix=False)
@@ -222,10 +229,14 @@ class ArtifactService:
             after = await self._load(conn, artifact_id)
             event = _event("artifact.content_replaced", after, previous_hash=before.content_hash)
             await append(conn, [event], now)
+            if hook is not None:
+                await hook(conn, after)
         self.on_commit()
         return after
 
-    async def update(self, artifact_id: str, changes: ArtifactChanges) -> Artifact:
+    async def update(
+        self, artifact_id: str, changes: ArtifactChanges, *, hook: WriteHook | None = None
+    ) -> Artifact:
         async with self.db.write() as conn:
             current = await self._load(conn, artifact_id)
             now = self.clock()
@@ -251,11 +262,14 @@ class ArtifactService:
             after = await self._load(conn, artifact_id)
             changed = sorted(k for k in values if k != "updated_at")
             await append(conn, [_event("artifact.updated", after, changed=changed), *feed], now)
+            if hook is not None:
+                await hook(conn, after)
         self.on_commit()
         return after
 
-    async def delete(self, artifact_id: str) -> None:
-        """Soft delete: the row stays (lineage, GC grace) but reads answer 'not found'."""
+    async def delete(self, artifact_id: str, *, hook: WriteHook | None = None) -> Artifact:
+        """Soft delete: the row stays (lineage, GC grace) but reads answer 'not found'.
+        Returns the artifact as it was."""
         async with self.db.write() as conn:
             now = self.clock()
             current = await self._load(conn, artifact_id)
@@ -268,7 +282,10 @@ class ArtifactService:
             if current.is_primary_deliverable:
                 feed.append(_deliverable_changed(current, None, artifact_id))
             await append(conn, feed, now)
+            if hook is not None:
+                await hook(conn, current)
         self.on_commit()
+        return current
 
     # -- reads -------------------------------------------------------------------------------
 

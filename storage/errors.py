@@ -93,3 +93,15 @@ class InsufficientStorage(StorageError):
 
 class StorageUnavailable(StorageError):
     """The blob store or database cannot durably accept writes right now (I/O or fsync failure)."""
+
+
+class LeaseLost(StorageError):
+    """An idempotency key's claim was taken over by another request before this write committed
+    (it ran past its lease without a heartbeat); the write was rolled back."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Another request took over idempotency key {key!r} while this one was running; "
+            "nothing was written. Retry to get that request's response."
+        )
+        self.key = key

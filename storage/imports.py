@@ -5,11 +5,13 @@ an adapter (app/imports/) runs the job and records what happened here."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
 from storage.db.tables import import_items, imports
@@ -18,6 +20,7 @@ from storage.records import now_us
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "interrupted"]
 ItemStatus = Literal["imported", "unchanged", "skipped", "failed"]
+JobHook = Callable[[AsyncConnection, str], Awaitable[None]]  # (transaction, job id)
 ITEM_STATUSES: tuple[ItemStatus, ...] = ("imported", "unchanged", "skipped", "failed")
 
 
@@ -49,7 +52,10 @@ class ImportJobs:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, source: str, options: dict[str, Any]) -> str:
+    async def create(
+        self, source: str, options: dict[str, Any], *, hook: JobHook | None = None
+    ) -> str:
+        """A queued job; `hook` runs in the same transaction (an idempotency key's record)."""
         job_id, now = str(uuid.uuid4()), now_us()
         async with self.db.write() as conn:
             await conn.execute(
@@ -58,9 +64,18 @@ class ImportJobs:
                     created_at=now, updated_at=now,
                 )
             )  # fmt: skip
+            if hook is not None:
+                await hook(conn, job_id)
         return job_id
 
-    async def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+    async def set_status(
+        self,
+        job_id: str,
+        status: JobStatus,
+        error: str | None = None,
+        *,
+        hook: JobHook | None = None,
+    ) -> None:
         now = now_us()
         finished = now if status in ("succeeded", "failed") else None
         async with self.db.write() as conn:
@@ -69,6 +84,8 @@ class ImportJobs:
                 .where(imports.c.id == job_id)
                 .values(status=status, error=error, updated_at=now, finished_at=finished)
             )
+            if hook is not None:
+                await hook(conn, job_id)
 
     async def record(self, job_id: str, item: Item) -> None:
         """The outcome of one upstream object (a later outcome replaces an earlier one)."""

@@ -2,13 +2,13 @@
 
 GC reclaims blobs that no artifact row (live, or soft-deleted within its retention) and no
 lineage edge references, once older than a grace period; staging files older than the grace
-period; and soft-deleted artifacts older than ARTIFACTS_DELETED_RETENTION, except those that
-are parents of other artifacts or were primary deliverables. It is safe while uploads run: a
-blob is deleted inside a write transaction (SQLite's writer lock; PostgreSQL also takes the
-digest's advisory lock), and the upload's "blob exists, insert row" step runs inside one too and
-re-checks the file (storage/artifacts.py), so the two serialise per digest. A file goes to
-trash/ before its row is deleted; `recover_trash()` at start-up puts back trash whose row
-survived a crash and empties the rest.
+period; soft-deleted artifacts older than ARTIFACTS_DELETED_RETENTION, except those that
+are parents of other artifacts or were primary deliverables; and expired idempotency keys.
+It is safe while uploads run: a blob is deleted inside a write transaction (SQLite's writer
+lock; PostgreSQL also takes the digest's advisory lock), and the upload's "blob exists, insert
+row" step runs inside one too and re-checks the file (storage/artifacts.py), so the two serialise
+per digest. A file goes to trash/ before its row is deleted; `recover_trash()` at start-up puts
+back trash whose row survived a crash and empties the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.blobs.filesystem import FilesystemBlobStore
 from storage.db.engine import Database
 from storage.db.tables import artifacts, blobs, lineage
+from storage.idempotency import purge_expired
 from storage.records import now_us
 
 DIGEST_LOCK_SPACE = 0x424C4F42  # 'BLOB'
@@ -43,6 +44,7 @@ class GcReport:
     bytes_freed: int = 0
     orphan_files_deleted: list[str] = field(default_factory=list)
     staging_removed: list[str] = field(default_factory=list)
+    idempotency_keys_expired: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +89,8 @@ async def collect_garbage(
             report.blobs_deleted.append(digest)
             report.bytes_freed += size
     await _orphans_and_staging(db, store, now - grace_us, report)
+    if not dry_run:
+        report.idempotency_keys_expired = await purge_expired(db, now)
     return report
 
 

@@ -123,6 +123,7 @@ async def test_gc_reclaims_exactly_unreferenced_old_blobs(
         "bytes_freed": len(b"gone") + len(b"live-v1"),
         "orphan_files_deleted": [],
         "staging_removed": [],
+        "idempotency_keys_expired": 0,
     }
     for r, dry_run in ((dry, True), (report, False)):
         got = r.to_json()
@@ -469,6 +470,7 @@ def test_cli_gc_and_fsck(tmp_path: Path, database_url: str) -> None:
         "bytes_freed": 2,
         "orphan_files_deleted": [],
         "staging_removed": [],
+        "idempotency_keys_expired": 0,
     }
     assert not store.path_of(sha(b"v1")).exists()
     r = cli(data, database_url, "fsck", "--verify-data", "--json")

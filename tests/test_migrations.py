@@ -38,7 +38,9 @@ from storage.db.tables import artifacts, blobs, metadata
 from storage.records import ArtifactChanges, NewArtifact
 from tests.conftest import BACKENDS, POSTGRES_URL, _create_pg_database, _drop_pg_database
 
-SCHEMA_TABLES = {"blobs", "artifacts", "lineage", "events", "imports", "import_items"}
+SCHEMA_TABLES = {
+    "blobs", "artifacts", "lineage", "events", "imports", "import_items", "idempotency_keys",
+}  # fmt: skip
 PRIMARY_INDEX = "ux_artifacts_one_primary"
 DIGEST = "ab" * 32
 

@@ -23,6 +23,14 @@ from app.artifacts.body import (
 from app.artifacts.deps import Config, Service
 from app.artifacts.multipart import FormStream, safe_filename
 from app.errors import ApiError, invalid_cursor, validation_error
+from app.idempotency import (
+    Idempotency,
+    IdempotencyKey,
+    canonical,
+    content_sha256,
+    fingerprint,
+    idempotent,
+)
 from app.settings import Settings
 from storage.artifacts import ArtifactService
 from storage.errors import BlobTooLarge
@@ -181,30 +189,52 @@ def _new_artifact(data: schemas.CreateFields, content_type: str, **extra: Any) -
     summary="Create an artifact",
     openapi_extra=CREATE_BODY,
 )
-async def create_artifact(request: Request, service: Service, settings: Config) -> Response:
+async def create_artifact(
+    request: Request, service: Service, settings: Config, idempotency_key: IdempotencyKey = None
+) -> Response:
     """JSON: the content is stored as its UTF-8 bytes, so content_hash = sha256(content).
-    multipart/form-data: the same fields as form fields, then one `file` part with the bytes."""
+    multipart/form-data: the same fields as form fields, then one `file` part with the bytes.
+    With an `Idempotency-Key`, a retry answers the first create's response (no second artifact)."""
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if media == "multipart/form-data":
-        return await _create_from_form(request, service, settings)
-    if media != "application/json" and not media.endswith("+json"):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"POST /artifacts takes application/json or multipart/form-data, not {media!r}.",
-        )
-    body = parse_json(await read_limited(request, settings.max_json_body_bytes))
-    data = validate(schemas.CreateArtifact, body, validation_context(settings))
-    new = _new_artifact(data, data.content_type, is_text=True)
-    artifact = await service.create(new, data.content.encode("utf-8"))
-    return _created(request, settings, artifact)
+    if media != "multipart/form-data" and media != "application/json":
+        if not media.endswith("+json"):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"POST /artifacts takes application/json or multipart/form-data, not {media!r}.",
+            )
+    async with idempotent(request, idempotency_key) as idem:
+        if media == "multipart/form-data":
+            return await _create_from_form(request, service, settings, idem)
+        body = parse_json(await read_limited(request, settings.max_json_body_bytes))
+        fp = fingerprint(request, "json", canonical(body))
+        if idem.replaying:
+            return idem.replay(fp)
+        data = validate(schemas.CreateArtifact, body, validation_context(settings))
+        new = _new_artifact(data, data.content_type, is_text=True)
+
+        def render(a: Artifact) -> Response:
+            return _created(request, settings, a)
+
+        content = data.content.encode("utf-8")
+        artifact = await service.create(new, content, hook=idem.recorder(fp, render))
+        return idem.respond(artifact, render)
 
 
-async def _create_from_form(request: Request, service: Service, settings: Settings) -> Response:
+async def _create_from_form(
+    request: Request, service: Service, settings: Settings, idem: Idempotency
+) -> Response:
     limit = settings.max_upload_bytes
     _refuse_oversized(request, limit)
     form = FormStream(request, content_digest=content_digest(request))
     part = await form.open_file()
+
+    def fp(digest: str) -> str:
+        head = canonical(sorted(form.fields.items()))
+        return fingerprint(request, "form", head, part.filename, part.content_type, digest)
+
+    if idem.replaying:
+        return idem.replay(fp(await _hash_only(form.file_chunks(), limit)))
     fields = schemas.CreateForm.from_fields(form.fields)
     data = validate(schemas.CreateForm, fields, validation_context(settings))
     expected = one_digest(
@@ -215,13 +245,29 @@ async def _create_from_form(request: Request, service: Service, settings: Settin
     new = _new_artifact(
         data, content_type, filename=safe_filename(part.filename), is_text=is_textual(content_type)
     )
+
+    def render(a: Artifact) -> Response:
+        return _created(request, settings, a)
+
     try:
         artifact = await service.create(
-            new, form.file_chunks(), max_bytes=limit, expected_digest=expected
+            new,
+            form.file_chunks(),
+            max_bytes=limit,
+            expected_digest=expected,
+            hook=idem.recorder(lambda a: fp(a.content_hash), render),
         )
     except BlobTooLarge:
         raise too_large(limit, "upload") from None
-    return _created(request, settings, artifact)
+    return idem.respond(artifact, render)
+
+
+async def _hash_only(chunks: Any, limit: int) -> str:
+    """The sha256 of a retried body that will be replayed (nothing is stored)."""
+    try:
+        return await content_sha256(chunks, limit)
+    except BlobTooLarge:
+        raise too_large(limit, "upload") from None
 
 
 def _refuse_oversized(request: Request, limit: int) -> None:
@@ -285,22 +331,47 @@ UPDATE_BODY = {
     openapi_extra=UPDATE_BODY,
 )
 async def update_artifact(
-    artifact_id: str, request: Request, service: Service, settings: Config
+    artifact_id: str,
+    request: Request,
+    service: Service,
+    settings: Config,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    body = parse_json(await read_limited(request, settings.max_json_body_bytes))
-    data = validate(schemas.UpdateArtifact, body, validation_context(settings))
-    changes = ArtifactChanges(
-        title=data.title, metadata=data.metadata, is_primary_deliverable=data.is_primary_deliverable
-    )
-    artifact = await service.update(artifact_id, changes)
-    return JSONResponse({"artifact_id": artifact.id, "status": "updated"})
+    async with idempotent(request, idempotency_key) as idem:
+        body = parse_json(await read_limited(request, settings.max_json_body_bytes))
+        fp = fingerprint(request, "json", canonical(body))
+        if idem.replaying:
+            return idem.replay(fp)
+        data = validate(schemas.UpdateArtifact, body, validation_context(settings))
+        changes = ArtifactChanges(
+            title=data.title,
+            metadata=data.metadata,
+            is_primary_deliverable=data.is_primary_deliverable,
+        )
+
+        def render(a: Artifact) -> Response:
+            return JSONResponse({"artifact_id": a.id, "status": "updated"})
+
+        artifact = await service.update(artifact_id, changes, hook=idem.recorder(fp, render))
+        return idem.respond(artifact, render)
 
 
 @router.delete("/{artifact_id}", response_model=schemas.Deleted, summary="Delete an artifact")
-async def delete_artifact(artifact_id: str, service: Service) -> Response:
-    """Soft delete: afterwards GET answers 404; the bytes are reclaimed by garbage collection."""
-    await service.delete(artifact_id)
-    return JSONResponse({"artifact_id": artifact_id, "status": "deleted"})
+async def delete_artifact(
+    artifact_id: str, request: Request, service: Service, idempotency_key: IdempotencyKey = None
+) -> Response:
+    """Soft delete: afterwards GET answers 404; the bytes are reclaimed by garbage collection.
+    With an `Idempotency-Key`, a retry answers 200 again instead of 404."""
+    async with idempotent(request, idempotency_key) as idem:
+        fp = fingerprint(request)
+        if idem.replaying:
+            return idem.replay(fp)
+
+        def render(_: Artifact) -> Response:
+            return JSONResponse({"artifact_id": artifact_id, "status": "deleted"})
+
+        deleted = await service.delete(artifact_id, hook=idem.recorder(fp, render))
+        return idem.respond(deleted, render)
 
 
 UPLOAD_BODY = {
@@ -332,9 +403,11 @@ async def upload_content(
     service: Service,
     settings: Config,
     filename: str | None = Query(None, description="for a raw (non-multipart) body"),
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Multipart with one part named `file`, or a raw body (its Content-Type becomes the
-    artifact's). Streams into the blob store; 413 as soon as the body passes the limit."""
+    artifact's). Streams into the blob store; 413 as soon as the body passes the limit.
+    With an `Idempotency-Key`, a retry answers the first upload's response."""
     limit = settings.max_upload_bytes
     _refuse_oversized(request, limit)
     declared_content = content_digest(request)
@@ -342,35 +415,48 @@ async def upload_content(
         request.headers.get("x-content-sha256"), ("header", "x-content-sha256")
     )
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media == "multipart/form-data":
-        # Content-Digest covers the whole multipart body (RFC 9530): FormStream checks it.
-        form = FormStream(request, content_digest=declared_content)
-        part = await form.open_file()
-        form_digest = hex_digest(form.fields.get("sha256"), ("body", "sha256"))
-        expected = one_digest(declared_header, form_digest)
-        chunks = form.file_chunks()
-        ctype = part.content_type
-        name = safe_filename(part.filename)
-    else:
-        expected = one_digest(declared_content, declared_header)
-        ctype = request.headers.get("content-type") or "application/octet-stream"
-        name = safe_filename(filename) if filename else None
-        chunks = request.stream()
-    described = NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
+    async with idempotent(request, idempotency_key) as idem:
+        if media == "multipart/form-data":
+            # Content-Digest covers the whole multipart body (RFC 9530): FormStream checks it.
+            form = FormStream(request, content_digest=declared_content)
+            part = await form.open_file()
+            form_digest = hex_digest(form.fields.get("sha256"), ("body", "sha256"))
+            expected = one_digest(declared_header, form_digest)
+            chunks = form.file_chunks()
+            ctype = part.content_type
+            name = safe_filename(part.filename)
+            head = canonical(["form", sorted(form.fields.items()), part.filename, ctype])
+        else:
+            expected = one_digest(declared_content, declared_header)
+            ctype = request.headers.get("content-type") or "application/octet-stream"
+            name = safe_filename(filename) if filename else None
+            chunks = request.stream()
+            head = canonical(["raw", ctype])
+        if idem.replaying:
+            return idem.replay(fingerprint(request, head, await _hash_only(chunks, limit)))
+        described = NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
 
-    try:
-        artifact = await service.replace_content(
-            artifact_id, chunks, described, max_bytes=limit, expected_digest=expected
-        )
-    except BlobTooLarge:
-        raise too_large(limit, "upload") from None
-    return JSONResponse(
-        {
-            "artifact_id": artifact.id,
-            "storage_url": download_url(request, settings, artifact),
-            "status": "uploaded",
-            "content_hash": artifact.content_hash,
-            "size_bytes": artifact.size_bytes,
-            "content_type": artifact.content_type,
-        }
-    )
+        def render(a: Artifact) -> Response:
+            return JSONResponse(
+                {
+                    "artifact_id": a.id,
+                    "storage_url": download_url(request, settings, a),
+                    "status": "uploaded",
+                    "content_hash": a.content_hash,
+                    "size_bytes": a.size_bytes,
+                    "content_type": a.content_type,
+                }
+            )
+
+        try:
+            artifact = await service.replace_content(
+                artifact_id,
+                chunks,
+                described,
+                max_bytes=limit,
+                expected_digest=expected,
+                hook=idem.recorder(lambda a: fingerprint(request, head, a.content_hash), render),
+            )
+        except BlobTooLarge:
+            raise too_large(limit, "upload") from None
+        return idem.respond(artifact, render)

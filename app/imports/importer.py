@@ -23,7 +23,7 @@ from app.artifacts.multipart import safe_filename
 from app.imports.crownest import CrowNestClient, CrowNestError, UpstreamArtifact
 from storage.artifacts import ArtifactService
 from storage.errors import DuplicateSource, StorageError
-from storage.imports import ImportJobs, Item, Job
+from storage.imports import ImportJobs, Item, Job, JobHook
 from storage.records import NewArtifact, is_textual
 
 SOURCE = "crownest"
@@ -94,8 +94,8 @@ class CrowNestImporter:
     ) -> None:
         self.service, self.jobs, self.connect, self.max_bytes = service, jobs, connect, max_bytes
 
-    async def start(self, options: ImportOptions) -> str:
-        return await self.jobs.create(SOURCE, options.to_json())
+    async def start(self, options: ImportOptions, *, hook: JobHook | None = None) -> str:
+        return await self.jobs.create(SOURCE, options.to_json(), hook=hook)
 
     async def run(self, job_id: str, progress: Progress | None = None) -> Job:
         """Run (or resume) a job to its end and return its final state."""

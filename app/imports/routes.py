@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -12,9 +13,11 @@ from pydantic_core import PydanticCustomError
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
 from app.errors import ApiError, validation_error
+from app.idempotency import Idempotency, IdempotencyKey, canonical, fingerprint, idempotent
 from app.imports.importer import SOURCE, ImportOptions
 from app.imports.runner import ImportRunner
-from storage.imports import ImportJobs, Job
+from app.settings import Settings
+from storage.imports import ImportJobs, Job, JobHook
 from storage.records import us_to_iso
 
 router = APIRouter(prefix="/imports", tags=["imports"])
@@ -84,10 +87,36 @@ async def state_body(jobs: ImportJobs, job: Job) -> dict[str, Any]:
     summary="Import a CrowNest sandbox's artifacts (a background job)",
 )
 async def import_crownest(
-    body: CrowNestImportRequest, request: Request, settings: Config
-) -> JSONResponse:
+    body: CrowNestImportRequest,
+    request: Request,
+    settings: Config,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Answers 202 with the job's id at once; GET /imports/{id} follows it. The server's own
-    CROWNEST_API_KEY is used (never one sent by the client)."""
+    CROWNEST_API_KEY is used (never one sent by the client). With an `Idempotency-Key`, a
+    retry answers the first job's 202 and starts nothing."""
+    async with idempotent(request, idempotency_key) as idem:
+        fp = fingerprint(request, "json", canonical(body.model_dump(mode="json")))
+        if idem.replaying:
+            return idem.replay(fp)
+        return await _start_crownest(body, request, settings, idem.recorder(fp, _accepted(request)))
+
+
+def _accepted(request: Request) -> Callable[[str], JSONResponse]:
+    def render(job_id: str) -> JSONResponse:
+        url = str(request.url_for("get_import", import_id=job_id))
+        return JSONResponse(
+            {"import_id": job_id, "status": "queued", "url": url},
+            status_code=202,
+            headers={"Location": url},
+        )
+
+    return render
+
+
+async def _start_crownest(
+    body: CrowNestImportRequest, request: Request, settings: Settings, hook: JobHook | None
+) -> JSONResponse:
     if body.artifact_type is not None:
         try:
             body.artifact_type = schemas.check_artifact_type(
@@ -103,14 +132,9 @@ async def import_crownest(
         )
     runner = runner_of(request)
     options = ImportOptions(**body.model_dump())
-    job_id = await runner.importer.start(options)
+    job_id = await runner.importer.start(options, hook=hook)
     runner.start(job_id)
-    url = str(request.url_for("get_import", import_id=job_id))
-    return JSONResponse(
-        {"import_id": job_id, "status": "queued", "url": url},
-        status_code=202,
-        headers={"Location": url},
-    )
+    return _accepted(request)(job_id)
 
 
 @router.get("/{import_id}", response_model=ImportState, summary="An import job's state")
@@ -128,7 +152,19 @@ async def get_import(import_id: str, request: Request, service: Service) -> JSON
     response_model=ImportAccepted,
     summary="Run an interrupted or failed import again (nothing is duplicated)",
 )
-async def resume_import(import_id: str, request: Request, settings: Config) -> JSONResponse:
+async def resume_import(
+    import_id: str, request: Request, settings: Config, idempotency_key: IdempotencyKey = None
+) -> Response:
+    async with idempotent(request, idempotency_key) as idem:
+        fp = fingerprint(request)
+        if idem.replaying:
+            return idem.replay(fp)
+        return await _resume(import_id, request, settings, idem, fp)
+
+
+async def _resume(
+    import_id: str, request: Request, settings: Settings, idem: Idempotency, fp: str
+) -> Response:
     runner = runner_of(request)
     job = await runner.importer.jobs.get(import_id)
     task = runner.tasks.get(job.id)
@@ -139,7 +175,11 @@ async def resume_import(import_id: str, request: Request, settings: Config) -> J
             503, "crownest_not_configured", "Imports need CROWNEST_API_KEY set on the server."
         )
     # queued before answering, so a GET right after this 202 never shows the old final status
-    await runner.importer.jobs.set_status(import_id, "queued")
+
+    def render(job_id: str) -> Response:
+        url = str(request.url_for("get_import", import_id=job_id))
+        return JSONResponse({"import_id": job_id, "status": "queued", "url": url}, status_code=202)
+
+    await runner.importer.jobs.set_status(import_id, "queued", hook=idem.recorder(fp, render))
     runner.start(import_id)
-    url = str(request.url_for("get_import", import_id=import_id))
-    return JSONResponse({"import_id": import_id, "status": "queued", "url": url}, status_code=202)
+    return idem.respond(import_id, render)

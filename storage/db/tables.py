@@ -127,3 +127,22 @@ import_items = sa.Table(
     sa.Column("size_bytes", sa.BigInteger),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
+
+# Idempotency-Key records (storage/idempotency.py): a key is claimed with a lease before its
+# request runs, and completed with the stored response in the transaction of the write itself.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("scope", sa.String(255), primary_key=True),  # the caller (tenant or key)
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("token", sa.String(32), nullable=False),  # the current holder of the lease
+    sa.Column("status", sa.String(10), nullable=False),  # running | completed
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("response_status", sa.Integer),
+    sa.Column("response_headers", sa.JSON),
+    sa.Column("response_body", sa.LargeBinary),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("lease_expires_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_idempotency_keys_expires", "expires_at"),
+)
