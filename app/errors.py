@@ -37,6 +37,7 @@ STATUS: dict[type[se.StorageError], tuple[int, str]] = {
     se.BlobNotFound: (500, "blob_missing"),
     se.BlobCorrupt: (500, "blob_corrupt"),
     se.WorkflowNotFound: (404, "workflow_not_found"),
+    se.LeaseLost: (409, "idempotency_request_in_progress"),
 }
 
 CODE_BY_STATUS = {
@@ -124,8 +125,19 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, code, str(exc.detail), headers)
 
 
+def _disk_full(exc: Exception) -> bool:
+    """SQLite's SQLITE_FULL, or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return sqlstate == "53100" or "database or disk is full" in str(exc)
+
+
 async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     log.error("database error: %s", exc)
+    if _disk_full(exc):
+        return problem(
+            507, "insufficient_storage", "The metadata database's disk is full; nothing was stored."
+        )
     return problem(
         503, "database_unavailable", "The metadata database is unavailable; retry later."
     )

@@ -612,3 +612,55 @@ def test_directory_fsync_failure_is_503(
         r = live.http.get("/artifacts", params={"workflow_id": FIELDS["workflow_id"]})
         assert r.status_code == 200 and len(r.json()) == 4, r.text
         assert json.loads(r.text)[0]["content_hash"] == sha(shared)
+
+
+def test_sqlite_on_a_full_disk_is_507_and_keeps_what_it_had(tmp_path: Path) -> None:
+    """The whole data directory (SQLite file, WAL and blobs) on a small tmpfs: writes that no
+    longer fit answer 507 whether the blob store or SQLite runs out first, never 500, and
+    everything committed before stays readable."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    data = tmp_path / "data"
+    data.mkdir()
+    with mounted_tmpfs(data, 3 << 20):
+        from storage.db.engine import sqlite_url
+        from storage.db.migrate import upgrade
+
+        url = sqlite_url(data / "artifacts.db")
+        upgrade(url)
+        log_dir = tmp_path / "log"
+        server = start_server(
+            log_dir, env={"ARTIFACTS_GC_INTERVAL": "0", "ARTIFACTS_DATA_DIR": str(data)}
+        )
+        try:
+            with server.client() as http:
+                stored: dict[str, bytes] = {}
+                statuses: list[int] = []
+                for i in range(400):
+                    meta = {"pad": "m" * 60_000, "i": i}
+                    content = f"content {i} ".encode() * 100
+                    r = http.post(
+                        "/artifacts",
+                        json={
+                            "workflow_id": "full", "artifact_type": "text", "title": f"a{i}",
+                            "content": content.decode(), "metadata": meta,
+                        },
+                    )  # fmt: skip
+                    statuses.append(r.status_code)
+                    if r.status_code == 201:
+                        stored[r.json()["id"]] = content
+                        continue
+                    assert_error(r, 507, "insufficient_storage", f"create {i}")
+                    if statuses.count(507) >= 5:
+                        break
+                assert 507 in statuses and stored, statuses
+                assert 500 not in statuses
+                assert http.get("/healthz").status_code == 200
+                for aid, content in stored.items():
+                    got = http.get(f"/artifacts/{aid}/download")
+                    assert got.status_code == 200 and got.content == content
+                listed = http.get("/artifacts", params={"workflow_id": "full", "limit": 200})
+                assert {a["id"] for a in listed.json()} <= set(stored)
+                assert not list((data / "blobs" / "tmp").iterdir())
+        finally:
+            server.stop()
