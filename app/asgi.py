@@ -11,10 +11,12 @@ from fastapi import FastAPI
 
 from app import errors, events, health
 from app.artifacts import download, lineage, routes
+from app.auth import Authenticator, is_loopback
 from app.imports import routes as import_routes
 from app.imports.runner import ImportRunner, importer_for
 from app.settings import Settings
 from app.workflows import routes as workflow_routes
+from storage.apikeys import ApiKeys
 from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
@@ -48,6 +50,37 @@ async def periodic_gc(db: Database, blobs: FilesystemBlobStore, settings: Settin
             log.exception("gc failed; will try again")
 
 
+class OpenModeRefused(RuntimeError):
+    pass
+
+
+async def authenticator(db: Database, settings: Settings) -> Authenticator:
+    """Keys, or open mode: said out loud at start-up, and refused off loopback unless asked."""
+    keys = ApiKeys(db)
+    loopback = is_loopback(settings.host)
+    auth = Authenticator(
+        keys, open_allowed=loopback or settings.insecure_no_auth, rate=settings.rate_limit or None
+    )
+    if await keys.any_active():
+        log.info("API keys are configured: every request needs one")
+    elif loopback:
+        log.warning(
+            "OPEN MODE: no API keys exist, so anyone who can reach %s has full access; "
+            "create one with `artifacts keys create --project P --scopes ...`",
+            settings.host,
+        )
+    elif settings.insecure_no_auth:
+        log.warning(
+            "OPEN MODE on %s with --insecure-no-auth: anyone can read and write", settings.host
+        )
+    else:
+        raise OpenModeRefused(
+            f"No API keys exist and {settings.host} is not a loopback address: refusing to serve "
+            "openly. Create a key (`artifacts keys create`) or pass --insecure-no-auth."
+        )
+    return auth
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -64,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lease_us=max(1, int(settings.idempotency_lease * 1e6)),
             ttl_us=int(settings.idempotency_ttl * 1e6),
         )
+        app.state.auth = await authenticator(db, settings)
         await recover_trash(db, blobs)
         app.state.imports = runner = ImportRunner(importer_for(service, settings))
         if settings.crownest_api_key is not None:

@@ -56,16 +56,34 @@ def serve(
         Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR or ./var")
     ] = None,
     no_migrate: Annotated[bool, typer.Option(help="skip migrations at start-up")] = False,
+    insecure_no_auth: Annotated[
+        bool, typer.Option(help="serve with no API keys on a non-loopback address")
+    ] = False,
 ) -> None:
-    """Migrate, then serve the HTTP API."""
+    """Migrate, then serve the HTTP API. With no API keys it runs open, on loopback only."""
     settings = _settings(data_dir)
     if host is not None:
         settings = settings.model_copy(update={"host": host})
     if port is not None:
         settings = settings.model_copy(update={"port": port})
+    if insecure_no_auth:
+        settings = settings.model_copy(update={"insecure_no_auth": True})
     if not no_migrate:
         _migrate(settings)
-    from app.asgi import create_app
+    from app.asgi import OpenModeRefused, authenticator, create_app
+
+    async def check() -> None:
+        db = Database(settings.resolved_database_url)
+        try:
+            await authenticator(db, settings)
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(check())
+    except OpenModeRefused as exc:
+        typer.echo(f"artifacts serve: {exc}", err=True)
+        raise typer.Exit(2) from None
 
     uvicorn.run(
         create_app(settings),
@@ -80,8 +98,10 @@ def serve(
 
 def main() -> None:
     from app.imports.cli import cli as import_cli
+    from app.keys_cli import cli as keys_cli
 
     cli.add_typer(import_cli, name="import")
+    cli.add_typer(keys_cli, name="keys")
     cli()
 
 

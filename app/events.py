@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app.artifacts.deps import Service
+from app.auth import require
 from app.errors import invalid_cursor
 from storage.events import Event, Notifier, read_after
 from storage.records import us_to_iso
@@ -64,6 +65,7 @@ def _cursor(value: str | None, loc: tuple[str, str]) -> int:
 
 @router.get(
     "/events",
+    dependencies=[require("artifact:read")],
     response_model=EventPage,
     summary="The change feed (SSE, or JSON with Accept: application/json)",
     responses={200: {"content": {"text/event-stream": {}}}},
@@ -83,7 +85,9 @@ async def events(
     if after is None and last_event_id is not None:
         start = _cursor(last_event_id, ("header", "last-event-id"))
     if "application/json" in request.headers.get("accept", ""):
-        page = await read_after(service.db, start, limit=limit, workflow_id=workflow_id)
+        page = await read_after(
+            service.db, start, limit=limit, workflow_id=workflow_id, tenant=service.tenant
+        )
         next_cursor = str(page[-1].seq) if page else str(start)
         return JSONResponse({"events": [event_body(e) for e in page], "next_cursor": next_cursor})
     notifier: Notifier = request.app.state.notifier
@@ -100,7 +104,9 @@ async def _stream(
     yield b"retry: 2000\n\n"
     quiet_since = time.monotonic()
     while True:
-        batch = await read_after(service.db, cursor, limit=limit, workflow_id=workflow_id)
+        batch = await read_after(
+            service.db, cursor, limit=limit, workflow_id=workflow_id, tenant=service.tenant
+        )
         for event in batch:
             cursor = event.seq
             data = json.dumps(event_body(event), separators=(",", ":"))

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     max_inline_content_bytes: int = Field(16 * MiB, ge=0)
     extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
     log_level: str = "info"
+    # access control
+    insecure_no_auth: bool = Field(
+        False, description="allow open mode (no API keys) on a non-loopback bind"
+    )
+    rate_limit: str = Field(
+        "100/second", description="requests per API key, e.g. 100/second, 5000/minute; '': off"
+    )
     verify_reads: bool = Field(
         True, description="hash large downloads while streaming (small ones always are)"
     )

@@ -8,6 +8,7 @@ unreferenced blob, never a row without its bytes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.blobs.base import BlobStore, PutResult
 from storage.db.engine import Database
-from storage.db.tables import artifacts, blobs, lineage
+from storage.db.tables import DEFAULT_TENANT, artifacts, blobs, lineage
 from storage.errors import (
     AmbiguousArtifactId,
     ArtifactNotFound,
@@ -109,15 +110,31 @@ class ArtifactService:
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         on_commit: Callable[[], None] = lambda: None,
         verify_streams: bool = True,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         """`on_commit` runs after every committed write (the change feed's wake-up);
-        `verify_streams` hashes whole-content streams as they are served (see stream())."""
+        `verify_streams` hashes whole-content streams as they are served (see stream());
+        `tenant`: whose artifacts this service sees and writes (see scoped())."""
+        self.tenant = tenant
         self.db = db
         self.blobs = blob_store
         self.clock = clock
         self.new_id = new_id
         self.on_commit = on_commit
         self.verify_streams = verify_streams
+
+    def scoped(self, tenant: str) -> ArtifactService:
+        """The same store as one tenant sees it: every read and write of the copy names
+        `tenant`, and another tenant's artifacts answer exactly as unknown ones."""
+        if tenant == self.tenant:
+            return self
+        view = copy.copy(self)
+        view.tenant = tenant
+        return view
+
+    @property
+    def mine(self) -> sa.ColumnElement[bool]:
+        return artifacts.c.tenant == self.tenant
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -167,7 +184,9 @@ class ArtifactService:
             if new.source is not None and new.source_ref is not None:
                 await self._check_source(conn, new.source, new.source_ref)
             try:
-                await conn.execute(artifacts.insert().values(_columns(artifact)))
+                await conn.execute(
+                    artifacts.insert().values({**_columns(artifact), "tenant": self.tenant})
+                )
             except IntegrityError:
                 if new.source is None or new.source_ref is None:
                     raise
@@ -189,7 +208,7 @@ class ArtifactService:
             feed = [_event("artifact.created", artifact, derived_from=list(new.derived_from))]
             if artifact.is_primary_deliverable:
                 feed.append(_deliverable_changed(artifact, artifact.id, previous))
-            await append(conn, feed, now)
+            await append(conn, feed, now, tenant=self.tenant)
             if hook is not None:
                 await hook(conn, artifact)
         self.on_commit()
@@ -214,7 +233,7 @@ class ArtifactService:
             before = await self._load(conn, artifact_id)
             result = await conn.execute(
                 artifacts.update()
-                .where(artifacts.c.id == artifact_id, LIVE)
+                .where(artifacts.c.id == artifact_id, self.mine, LIVE)
                 .values(
                     content_hash=put.digest,
                     size_bytes=put.size,
@@ -228,7 +247,7 @@ class ArtifactService:
                 raise ArtifactNotFound(artifact_id)
             after = await self._load(conn, artifact_id)
             event = _event("artifact.content_replaced", after, previous_hash=before.content_hash)
-            await append(conn, [event], now)
+            await append(conn, [event], now, tenant=self.tenant)
             if hook is not None:
                 await hook(conn, after)
         self.on_commit()
@@ -257,11 +276,12 @@ class ArtifactService:
             elif promote is False and current.is_primary_deliverable:
                 feed.append(_deliverable_changed(current, None, artifact_id))
             await conn.execute(
-                artifacts.update().where(artifacts.c.id == artifact_id).values(values)
+                artifacts.update().where(artifacts.c.id == artifact_id, self.mine).values(values)
             )
             after = await self._load(conn, artifact_id)
             changed = sorted(k for k in values if k != "updated_at")
-            await append(conn, [_event("artifact.updated", after, changed=changed), *feed], now)
+            feed.insert(0, _event("artifact.updated", after, changed=changed))
+            await append(conn, feed, now, tenant=self.tenant)
             if hook is not None:
                 await hook(conn, after)
         self.on_commit()
@@ -275,13 +295,13 @@ class ArtifactService:
             current = await self._load(conn, artifact_id)
             await conn.execute(
                 artifacts.update()
-                .where(artifacts.c.id == artifact_id, LIVE)
+                .where(artifacts.c.id == artifact_id, self.mine, LIVE)
                 .values(deleted_at=now, updated_at=now)
             )
             feed = [_event("artifact.deleted", current)]
             if current.is_primary_deliverable:
                 feed.append(_deliverable_changed(current, None, artifact_id))
-            await append(conn, feed, now)
+            await append(conn, feed, now, tenant=self.tenant)
             if hook is not None:
                 await hook(conn, current)
         self.on_commit()
@@ -308,7 +328,7 @@ class ArtifactService:
                 (
                     await conn.execute(
                         sa.select(artifacts.c.id)
-                        .where(artifacts.c.id >= ref, artifacts.c.id < upper, LIVE)
+                        .where(artifacts.c.id >= ref, artifacts.c.id < upper, self.mine, LIVE)
                         .limit(2)
                     )
                 )
@@ -361,7 +381,7 @@ class ArtifactService:
 
     async def page(self, query: ListQuery, *, limit: int, after: Cursor | None = None) -> Page:
         """Newest first; every filter applies in SQL before the limit; keyset pagination."""
-        stmt = sa.select(artifacts).where(LIVE, *self._filters(query))
+        stmt = sa.select(artifacts).where(self.mine, LIVE, *self._filters(query))
         if after is not None:
             stmt = stmt.where(
                 sa.tuple_(artifacts.c.created_at, artifacts.c.id) < (after.created_at, after.id)
@@ -415,7 +435,9 @@ class ArtifactService:
 
     async def _load(self, conn: AsyncConnection, artifact_id: str) -> Artifact:
         row = (
-            await conn.execute(sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE))
+            await conn.execute(
+                sa.select(artifacts).where(artifacts.c.id == artifact_id, self.mine, LIVE)
+            )
         ).first()
         if row is None:
             raise ArtifactNotFound(artifact_id)
@@ -440,7 +462,7 @@ class ArtifactService:
             return []
         rows = await conn.execute(
             sa.select(artifacts.c.id, artifacts.c.content_hash).where(
-                artifacts.c.id.in_(set(parent_ids)), LIVE
+                artifacts.c.id.in_(set(parent_ids)), self.mine, LIVE
             )
         )
         digests = {row.id: row.content_hash for row in rows}
@@ -449,13 +471,15 @@ class ArtifactService:
                 raise UnknownParent(index, parent_id)
         return [(pid, digests[pid]) for pid in parent_ids]
 
-    @staticmethod
-    async def _source_id(conn: AsyncConnection, source: str, source_ref: str) -> str | None:
+    async def _source_id(self, conn: AsyncConnection, source: str, source_ref: str) -> str | None:
         """The live artifact imported from (source, source_ref), if any."""
         return (
             await conn.execute(
                 sa.select(artifacts.c.id).where(
-                    artifacts.c.source == source, artifacts.c.source_ref == source_ref, LIVE
+                    artifacts.c.source == source,
+                    artifacts.c.source_ref == source_ref,
+                    self.mine,
+                    LIVE,
                 )
             )
         ).scalar()
@@ -488,7 +512,7 @@ class ArtifactService:
         """At most one live primary deliverable per (workflow, phase): demote the current one
         and return its id (None when there was none).
 
-        The group is the one ux_artifacts_one_primary enforces: (workflow_id,
+        The group is the one ux_artifacts_one_primary enforces: (tenant, workflow_id,
         coalesce(phase_id, '')). On PostgreSQL concurrent promotions in one group are serialized
         by a transaction-level advisory lock: under READ COMMITTED, a writer that did not wait
         would not see the other's uncommitted primary, demote nothing, and then fail on the
@@ -496,12 +520,14 @@ class ArtifactService:
         """
         group = phase_id or ""
         if self.db.dialect == "postgresql":
-            digest = hashlib.blake2b(f"{workflow_id}\x00{group}".encode(), digest_size=4).digest()
+            name = f"{self.tenant}\x00{workflow_id}\x00{group}".encode()
+            digest = hashlib.blake2b(name, digest_size=4).digest()
             key = int.from_bytes(digest, "big", signed=True)
             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PRIMARY_LOCK_SPACE, key)))
         current = (
             await conn.execute(
                 sa.select(artifacts.c.id).where(
+                    self.mine,
                     artifacts.c.workflow_id == workflow_id,
                     sa.func.coalesce(artifacts.c.phase_id, "") == group,
                     artifacts.c.is_primary_deliverable.is_(True),

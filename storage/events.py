@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
-from storage.db.tables import events
+from storage.db.tables import DEFAULT_TENANT, events
 
 EVENT_TYPES = (
     "artifact.created",
@@ -49,7 +49,9 @@ class NewEvent:
     data: dict[str, Any]
 
 
-async def append(conn: AsyncConnection, new: list[NewEvent], now: int) -> None:
+async def append(
+    conn: AsyncConnection, new: list[NewEvent], now: int, *, tenant: str = DEFAULT_TENANT
+) -> None:
     """Add events inside the caller's write transaction (commit-ordered, see module doc)."""
     if not new:
         return
@@ -65,6 +67,7 @@ async def append(conn: AsyncConnection, new: list[NewEvent], now: int) -> None:
                 "phase_id": e.phase_id,
                 "created_at": now,
                 "data": e.data,
+                "tenant": tenant,
             }
             for e in new
         ],
@@ -72,9 +75,15 @@ async def append(conn: AsyncConnection, new: list[NewEvent], now: int) -> None:
 
 
 async def read_after(
-    db: Database, after: int, *, limit: int, workflow_id: str | None = None
+    db: Database,
+    after: int,
+    *,
+    limit: int,
+    workflow_id: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> list[Event]:
-    stmt = sa.select(events).where(events.c.seq > after)
+    """The tenant's events after `after` (sequence numbers are global: a tenant sees gaps)."""
+    stmt = sa.select(events).where(events.c.tenant == tenant, events.c.seq > after)
     if workflow_id is not None:
         stmt = stmt.where(events.c.workflow_id == workflow_id)
     stmt = stmt.order_by(events.c.seq).limit(limit)

@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
-from storage.db.tables import import_items, imports
+from storage.db.tables import DEFAULT_TENANT, import_items, imports
 from storage.errors import ImportNotFound
 from storage.records import now_us
 
@@ -46,6 +46,7 @@ class Job:
     finished_at: int | None
     counts: dict[str, int]
     bytes: int  # of the items imported
+    tenant: str = DEFAULT_TENANT
 
 
 class ImportJobs:
@@ -53,7 +54,12 @@ class ImportJobs:
         self.db = db
 
     async def create(
-        self, source: str, options: dict[str, Any], *, hook: JobHook | None = None
+        self,
+        source: str,
+        options: dict[str, Any],
+        *,
+        tenant: str = DEFAULT_TENANT,
+        hook: JobHook | None = None,
     ) -> str:
         """A queued job; `hook` runs in the same transaction (an idempotency key's record)."""
         job_id, now = str(uuid.uuid4()), now_us()
@@ -61,7 +67,7 @@ class ImportJobs:
             await conn.execute(
                 imports.insert().values(
                     id=job_id, source=source, options=options, status="queued",
-                    created_at=now, updated_at=now,
+                    created_at=now, updated_at=now, tenant=tenant,
                 )
             )  # fmt: skip
             if hook is not None:
@@ -111,9 +117,13 @@ class ImportJobs:
                 imports.update().where(imports.c.id == job_id).values(updated_at=now_us())
             )
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, *, tenant: str | None = None) -> Job:
+        """A job by id; with `tenant`, another tenant's job is ImportNotFound like an unknown."""
+        stmt = sa.select(imports).where(imports.c.id == job_id)
+        if tenant is not None:
+            stmt = stmt.where(imports.c.tenant == tenant)
         async with self.db.read() as conn:
-            row = (await conn.execute(sa.select(imports).where(imports.c.id == job_id))).first()
+            row = (await conn.execute(stmt)).first()
             if row is None:
                 raise ImportNotFound(job_id)
             tally = await conn.execute(
@@ -133,7 +143,7 @@ class ImportJobs:
                     imported_bytes = int(size)
         return Job(
             row.id, row.source, row.options, row.status, row.error, row.created_at,
-            row.updated_at, row.finished_at, counts, imported_bytes,
+            row.updated_at, row.finished_at, counts, imported_bytes, row.tenant,
         )  # fmt: skip
 
     async def items(self, job_id: str, status: ItemStatus | None = None) -> list[Item]:

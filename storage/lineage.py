@@ -14,7 +14,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from storage.db.engine import Database
-from storage.db.tables import ID, artifacts, lineage
+from storage.db.tables import DEFAULT_TENANT, ID, artifacts, lineage
 from storage.records import Artifact, row_to_artifact
 
 Direction = Literal["up", "down", "both"]
@@ -64,8 +64,12 @@ def _walk(root: str, depth: int, upward: bool) -> sa.CTE:
     return start.union(step)
 
 
-async def subgraph(db: Database, root: str, direction: Direction, depth: int) -> Subgraph:
-    """The ancestors (up), descendants (down) or both of `root`, up to `depth` steps away."""
+async def subgraph(
+    db: Database, root: str, direction: Direction, depth: int, *, tenant: str = DEFAULT_TENANT
+) -> Subgraph:
+    """The ancestors (up), descendants (down) or both of `root`, up to `depth` steps away.
+    Edges only ever join artifacts of one tenant (a parent must be the creator's own), and the
+    nodes are loaded for `tenant` only, so nothing of another tenant can appear."""
     depths: dict[str, int] = {root: 0}
     edges: dict[tuple[str, int], Edge] = {}
     truncated = False
@@ -93,7 +97,11 @@ async def subgraph(db: Database, root: str, direction: Direction, depth: int) ->
             if rim and not truncated:
                 beyond = await conn.execute(sa.select(near).where(near.in_(rim)).limit(1))
                 truncated = beyond.first() is not None
-        found = await conn.execute(sa.select(artifacts).where(artifacts.c.id.in_(list(depths))))
+        found = await conn.execute(
+            sa.select(artifacts).where(
+                artifacts.c.id.in_(list(depths)), artifacts.c.tenant == tenant
+            )
+        )
         rows_by_id = {row.id: row for row in found}
     nodes = [
         Node(

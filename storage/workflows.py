@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
-from storage.db.tables import artifacts, lineage
+from storage.db.tables import DEFAULT_TENANT, artifacts, lineage
 from storage.errors import WorkflowNotFound
 from storage.records import Artifact, row_to_artifact
 
@@ -76,6 +76,7 @@ async def list_workflows(
     after: WorkflowCursor | None = None,
     active_after: int | None = None,
     active_before: int | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> tuple[list[WorkflowSummary], WorkflowCursor | None]:
     """Most recently active first. `active_after`/`active_before` bound the last activity."""
     last = sa.func.max(c.updated_at)
@@ -90,7 +91,7 @@ async def list_workflows(
                 "primaries"
             ),
         )
-        .where(LIVE)
+        .where(LIVE, c.tenant == tenant)
         .group_by(c.workflow_id)
     )
     if active_after is not None:
@@ -106,8 +107,8 @@ async def list_workflows(
         rows = (await conn.execute(stmt)).all()[: limit + 1]
         page = rows[:limit]
         ids = [r.workflow_id for r in page]
-        phases = await _phases_of(conn, ids)
-        sessions = await _sessions_of(conn, ids)
+        phases = await _phases_of(conn, ids, tenant)
+        sessions = await _sessions_of(conn, ids, tenant)
     items = [
         WorkflowSummary(
             r.workflow_id,
@@ -126,13 +127,15 @@ async def list_workflows(
     return items, cursor
 
 
-async def _phases_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[str | None]]:
+async def _phases_of(
+    conn: AsyncConnection, ids: list[str], tenant: str
+) -> dict[str, list[str | None]]:
     if not ids:
         return {}
     first = sa.func.min(c.created_at)
     rows = await conn.execute(
         sa.select(c.workflow_id, c.phase_id)
-        .where(LIVE, c.workflow_id.in_(ids))
+        .where(LIVE, c.tenant == tenant, c.workflow_id.in_(ids))
         .group_by(c.workflow_id, c.phase_id)
         .order_by(c.workflow_id, first, c.phase_id.nulls_first())
     )
@@ -142,12 +145,12 @@ async def _phases_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[st
     return out
 
 
-async def _sessions_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[str]]:
+async def _sessions_of(conn: AsyncConnection, ids: list[str], tenant: str) -> dict[str, list[str]]:
     if not ids:
         return {}
     rows = await conn.execute(
         sa.select(c.workflow_id, c.session_id)
-        .where(LIVE, c.workflow_id.in_(ids), c.session_id.is_not(None))
+        .where(LIVE, c.tenant == tenant, c.workflow_id.in_(ids), c.session_id.is_not(None))
         .group_by(c.workflow_id, c.session_id)
         .order_by(c.workflow_id, sa.func.min(c.created_at), c.session_id)
     )
@@ -157,7 +160,9 @@ async def _sessions_of(conn: AsyncConnection, ids: list[str]) -> dict[str, list[
     return out
 
 
-async def phases(db: Database, workflow_id: str) -> list[PhaseView]:
+async def phases(
+    db: Database, workflow_id: str, *, tenant: str = DEFAULT_TENANT
+) -> list[PhaseView]:
     """The workflow's phases in order of first activity, each with its primary deliverable.
     Ties on first activity: the null phase first, then by phase id (on every backend)."""
     if "\x00" in workflow_id:  # never stored (creates refuse NUL); PostgreSQL can't compare it
@@ -173,7 +178,7 @@ async def phases(db: Database, workflow_id: str) -> list[PhaseView]:
                     first.label("first"),
                     sa.func.max(c.updated_at).label("last"),
                 )
-                .where(LIVE, c.workflow_id == workflow_id)
+                .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id)
                 .group_by(c.phase_id)
                 .order_by(first, c.phase_id.nulls_first())
             )
@@ -182,7 +187,9 @@ async def phases(db: Database, workflow_id: str) -> list[PhaseView]:
             raise WorkflowNotFound(workflow_id)
         session_rows = await conn.execute(
             sa.select(c.phase_id, c.session_id)
-            .where(LIVE, c.workflow_id == workflow_id, c.session_id.is_not(None))
+            .where(
+                LIVE, c.tenant == tenant, c.workflow_id == workflow_id, c.session_id.is_not(None)
+            )
             .group_by(c.phase_id, c.session_id)
             .order_by(sa.func.min(c.created_at), c.session_id)
         )
@@ -191,7 +198,10 @@ async def phases(db: Database, workflow_id: str) -> list[PhaseView]:
             sessions.setdefault(r.phase_id, []).append(r.session_id)
         primary_rows = await conn.execute(
             sa.select(artifacts).where(
-                LIVE, c.workflow_id == workflow_id, c.is_primary_deliverable.is_(True)
+                LIVE,
+                c.tenant == tenant,
+                c.workflow_id == workflow_id,
+                c.is_primary_deliverable.is_(True),
             )
         )
         primaries = {r.phase_id: row_to_artifact(r, None) for r in primary_rows}
@@ -216,7 +226,7 @@ class Parent:
 
 
 async def contents(
-    db: Database, workflow_id: str, *, deliverables_only: bool
+    db: Database, workflow_id: str, *, deliverables_only: bool, tenant: str = DEFAULT_TENANT
 ) -> list[tuple[Artifact, list[Parent]]]:
     """The workflow's live artifacts (or only its primary deliverables) in phase order (first
     activity), then creation order, each with its parents as linked."""
@@ -225,14 +235,14 @@ async def contents(
 
     first_in_phase = (
         sa.select(c.phase_id, sa.func.min(c.created_at).label("first"))
-        .where(LIVE, c.workflow_id == workflow_id)
+        .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id)
         .group_by(c.phase_id)
         .subquery()
     )
     stmt = (
         sa.select(artifacts)
         .join(first_in_phase, c.phase_id.is_not_distinct_from(first_in_phase.c.phase_id))
-        .where(LIVE, c.workflow_id == workflow_id)
+        .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id)
         .order_by(first_in_phase.c.first, c.phase_id.nulls_first(), c.created_at, c.id)
     )
     if deliverables_only:
@@ -240,7 +250,11 @@ async def contents(
     async with db.read() as conn:
         rows = (await conn.execute(stmt)).all()
         if not rows:
-            known = sa.select(c.id).where(LIVE, c.workflow_id == workflow_id).limit(1)
+            known = (
+                sa.select(c.id)
+                .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id)
+                .limit(1)
+            )
             if (await conn.execute(known)).first() is None:
                 raise WorkflowNotFound(workflow_id)
         ids = [r.id for r in rows]

@@ -40,6 +40,7 @@ from tests.conftest import BACKENDS, POSTGRES_URL, _create_pg_database, _drop_pg
 
 SCHEMA_TABLES = {
     "blobs", "artifacts", "lineage", "events", "imports", "import_items", "idempotency_keys",
+    "api_keys",
 }  # fmt: skip
 PRIMARY_INDEX = "ux_artifacts_one_primary"
 DIGEST = "ab" * 32
@@ -298,7 +299,7 @@ def test_migrations_produce_the_same_ddl_as_create_all(database_url: str, tmp_pa
         )[0]
         assert re.sub(r"\s+", " ", sql) == (
             "CREATE UNIQUE INDEX ux_artifacts_one_primary ON artifacts "
-            "(workflow_id, coalesce(phase_id, '')) "
+            "(tenant, workflow_id, coalesce(phase_id, '')) "
             "WHERE is_primary_deliverable AND deleted_at IS NULL"
         )
     else:
@@ -307,7 +308,7 @@ def test_migrations_produce_the_same_ddl_as_create_all(database_url: str, tmp_pa
         ) == [
             (
                 "CREATE UNIQUE INDEX ux_artifacts_one_primary ON public.artifacts USING btree "
-                "(workflow_id, COALESCE(phase_id, ''::text)) "
+                "(tenant, workflow_id, COALESCE(phase_id, ''::text)) "
                 "WHERE (is_primary_deliverable AND (deleted_at IS NULL))",
             )
         ]

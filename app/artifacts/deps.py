@@ -6,13 +6,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.auth import caller_of
 from app.settings import Settings
 from storage.artifacts import ArtifactService
 
 
 def get_service(request: Request) -> ArtifactService:
+    """The store as the authenticated caller's tenant sees it."""
     service: ArtifactService = request.app.state.service
-    return service
+    return service.scoped(caller_of(request).tenant)
 
 
 def get_settings(request: Request) -> Settings:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.artifacts.deps import Service
+from app.auth import require
 from storage.errors import BlobNotFound
 from storage.records import Artifact
 
@@ -77,12 +78,14 @@ BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 @router.get(
     "/{artifact_id}/download",
+    dependencies=[require("artifact:read")],
     response_class=StreamingResponse,
     summary="Download an artifact's exact bytes",
     responses=BYTES_RESPONSE,
 )
 @router.head(
     "/{artifact_id}/download",
+    dependencies=[require("artifact:read")],
     response_class=StreamingResponse,
     summary="Headers of a download, without the bytes",
     operation_id="head_download",

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from app.artifacts import schemas
 from app.artifacts.deps import Service
+from app.auth import require
 from storage.lineage import Node, subgraph
 
 router = APIRouter(tags=["lineage"])
@@ -36,6 +37,7 @@ def node_body(node: Node) -> dict[str, Any]:
 
 @router.get(
     "/{artifact_id}/lineage",
+    dependencies=[require("artifact:read")],
     response_model=LineageGraph,
     summary="Ancestors and descendants (derived_from edges) of an artifact",
 )
@@ -49,7 +51,7 @@ async def get_lineage(
     tombstones `{id, deleted: true}` so a chain never breaks silently. Each edge carries the
     parent's content hash at link time. `truncated` says more edges lie beyond `depth`."""
     root = await service.get(artifact_id)
-    graph = await subgraph(service.db, root.id, direction, depth)
+    graph = await subgraph(service.db, root.id, direction, depth, tenant=service.tenant)
     return JSONResponse(
         {
             "root": graph.root,

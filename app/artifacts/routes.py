@@ -22,6 +22,7 @@ from app.artifacts.body import (
 )
 from app.artifacts.deps import Config, Service
 from app.artifacts.multipart import FormStream, safe_filename
+from app.auth import require
 from app.errors import ApiError, invalid_cursor, validation_error
 from app.idempotency import (
     Idempotency,
@@ -81,7 +82,12 @@ async def inline_text(
         return None
 
 
-@router.get("", response_model=list[schemas.ArtifactSummary], summary="List artifacts")
+@router.get(
+    "",
+    dependencies=[require("artifact:read")],
+    response_model=list[schemas.ArtifactSummary],
+    summary="List artifacts",
+)
 async def list_artifacts(
     request: Request,
     service: Service,
@@ -184,6 +190,7 @@ def _new_artifact(data: schemas.CreateFields, content_type: str, **extra: Any) -
 
 @router.post(
     "",
+    dependencies=[require("artifact:create")],
     status_code=201,
     response_model=schemas.Created,
     summary="Create an artifact",
@@ -278,7 +285,12 @@ def _refuse_oversized(request: Request, limit: int) -> None:
         raise too_large(limit, "upload")
 
 
-@router.get("/{artifact_id}", response_model=schemas.ArtifactRecord, summary="Get an artifact")
+@router.get(
+    "/{artifact_id}",
+    dependencies=[require("artifact:read")],
+    response_model=schemas.ArtifactRecord,
+    summary="Get an artifact",
+)
 async def get_artifact(
     artifact_id: str,
     request: Request,
@@ -297,6 +309,7 @@ async def get_artifact(
 
 @router.get(
     "/{artifact_id}/content",
+    dependencies=[require("artifact:read")],
     response_model=schemas.ContentBody,
     summary="Get an artifact's content",
 )
@@ -326,6 +339,7 @@ UPDATE_BODY = {
 
 @router.put(
     "/{artifact_id}",
+    dependencies=[require("artifact:create")],
     response_model=schemas.Updated,
     summary="Update title, metadata or primary flag",
     openapi_extra=UPDATE_BODY,
@@ -356,7 +370,12 @@ async def update_artifact(
         return idem.respond(artifact, render)
 
 
-@router.delete("/{artifact_id}", response_model=schemas.Deleted, summary="Delete an artifact")
+@router.delete(
+    "/{artifact_id}",
+    dependencies=[require("artifact:delete")],
+    response_model=schemas.Deleted,
+    summary="Delete an artifact",
+)
 async def delete_artifact(
     artifact_id: str, request: Request, service: Service, idempotency_key: IdempotencyKey = None
 ) -> Response:
@@ -393,6 +412,7 @@ UPLOAD_BODY = {
 
 @router.post(
     "/{artifact_id}/upload",
+    dependencies=[require("artifact:create")],
     response_model=schemas.Uploaded,
     summary="Replace an artifact's content with uploaded bytes",
     openapi_extra=UPLOAD_BODY,

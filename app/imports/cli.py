@@ -28,6 +28,7 @@ from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
 from storage.db.migrate import upgrade
+from storage.db.tables import DEFAULT_TENANT
 from storage.imports import Item, Job
 
 cli = typer.Typer(no_args_is_help=True, help="Import artifacts from other systems.")
@@ -90,6 +91,9 @@ def crownest(
     source_path_prefix: Annotated[str | None, typer.Option("--source-path-prefix")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would happen")] = False,
     data_dir: Annotated[Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR")] = None,
+    project: Annotated[
+        str, typer.Option(help="the tenant the artifacts belong to (an API key's project)")
+    ] = DEFAULT_TENANT,
 ) -> None:
     """Import a CrowNest sandbox's artifacts (CROWNEST_API_KEY; ARTIFACTS_CROWNEST_BASE_URL).
     Exit status 0 only when nothing failed."""
@@ -117,14 +121,14 @@ def crownest(
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    job = asyncio.run(_run(settings, options))
+    job = asyncio.run(_run(settings, options, project))
     raise typer.Exit(0 if job.counts["failed"] == 0 and job.status == "succeeded" else 1)
 
 
-async def _run(settings: Settings, options: ImportOptions) -> Job:
+async def _run(settings: Settings, options: ImportOptions, project: str) -> Job:
     db = Database(settings.resolved_database_url)
     try:
-        service = ArtifactService(db, FilesystemBlobStore(settings.blob_dir))
+        service = ArtifactService(db, FilesystemBlobStore(settings.blob_dir), tenant=project)
         importer = importer_for(service, settings)
         job_id = await importer.start(options)
         columns = (

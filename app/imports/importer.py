@@ -94,13 +94,18 @@ class CrowNestImporter:
     ) -> None:
         self.service, self.jobs, self.connect, self.max_bytes = service, jobs, connect, max_bytes
 
-    async def start(self, options: ImportOptions, *, hook: JobHook | None = None) -> str:
-        return await self.jobs.create(SOURCE, options.to_json(), hook=hook)
+    async def start(
+        self, options: ImportOptions, *, tenant: str | None = None, hook: JobHook | None = None
+    ) -> str:
+        """A queued job for `tenant` (default: the service's own)."""
+        owner = self.service.tenant if tenant is None else tenant
+        return await self.jobs.create(SOURCE, options.to_json(), tenant=owner, hook=hook)
 
     async def run(self, job_id: str, progress: Progress | None = None) -> Job:
         """Run (or resume) a job to its end and return its final state."""
         progress = progress or Progress()
         job = await self.jobs.get(job_id)
+        service = self.service.scoped(job.tenant)  # the job's owner's artifacts, only
         options = ImportOptions.from_json(job.options)
         done = {i.upstream_id for i in await self.jobs.items(job_id, "imported")}
         await self.jobs.set_status(job_id, "running")
@@ -120,7 +125,7 @@ class CrowNestImporter:
                     if upstream.id in done:
                         progress.transferred(upstream.sizeBytes)
                         continue  # imported by this job before it was interrupted
-                    item = await self._one(client, options, upstream, progress)
+                    item = await self._one(service, client, options, upstream, progress)
                     await self.jobs.record(job_id, item)
                     progress.finished(item)
         except CrowNestError as exc:
@@ -163,6 +168,7 @@ class CrowNestImporter:
 
     async def _one(
         self,
+        service: ArtifactService,
         client: CrowNestClient,
         options: ImportOptions,
         upstream: UpstreamArtifact,
@@ -179,7 +185,7 @@ class CrowNestImporter:
         prefix = options.source_path_prefix
         if prefix and not (upstream.sourcePath or "").startswith(prefix):
             return item("skipped", f"filtered: source path not under {prefix}")
-        existing = await self.service.find_by_source(SOURCE, upstream.id)
+        existing = await service.find_by_source(SOURCE, upstream.id)
         if existing is not None:
             if existing.size_bytes != upstream.sizeBytes:
                 return item(
@@ -192,7 +198,7 @@ class CrowNestImporter:
         if options.dry_run:
             return item("skipped", "dry run: would import")
         try:
-            artifact_id = await self._transfer(client, options, upstream, progress)
+            artifact_id = await self._transfer(service, client, options, upstream, progress)
         except DuplicateSource as exc:  # a concurrent import of the same object won
             return item("unchanged", None, exc.artifact_id)
         except (ItemFailed, StorageError) as exc:
@@ -207,6 +213,7 @@ class CrowNestImporter:
 
     async def _transfer(
         self,
+        service: ArtifactService,
         client: CrowNestClient,
         options: ImportOptions,
         upstream: UpstreamArtifact,
@@ -217,7 +224,7 @@ class CrowNestImporter:
             with attempt:
                 async with client.open_download(upstream.id) as chunks:
                     checked = _exact_size(chunks, upstream.sizeBytes, progress)
-                    artifact = await self.service.create(new, checked, max_bytes=self.max_bytes)
+                    artifact = await service.create(new, checked, max_bytes=self.max_bytes)
                     return artifact.id
         raise AssertionError("unreachable")  # pragma: no cover
 

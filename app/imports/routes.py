@@ -12,6 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
+from app.auth import caller_of, require
 from app.errors import ApiError, validation_error
 from app.idempotency import Idempotency, IdempotencyKey, canonical, fingerprint, idempotent
 from app.imports.importer import SOURCE, ImportOptions
@@ -82,6 +83,7 @@ async def state_body(jobs: ImportJobs, job: Job) -> dict[str, Any]:
 
 @router.post(
     "/crownest",
+    dependencies=[require("import:run")],
     status_code=202,
     response_model=ImportAccepted,
     summary="Import a CrowNest sandbox's artifacts (a background job)",
@@ -132,15 +134,21 @@ async def _start_crownest(
         )
     runner = runner_of(request)
     options = ImportOptions(**body.model_dump())
-    job_id = await runner.importer.start(options, hook=hook)
+    tenant = caller_of(request).tenant
+    job_id = await runner.importer.start(options, tenant=tenant, hook=hook)
     runner.start(job_id)
     return _accepted(request)(job_id)
 
 
-@router.get("/{import_id}", response_model=ImportState, summary="An import job's state")
+@router.get(
+    "/{import_id}",
+    dependencies=[require("artifact:read")],
+    response_model=ImportState,
+    summary="An import job's state",
+)
 async def get_import(import_id: str, request: Request, service: Service) -> JSONResponse:
     jobs = runner_of(request).importer.jobs
-    job = await jobs.get(import_id)
+    job = await jobs.get(import_id, tenant=service.tenant)
     if job.source != SOURCE:
         raise ApiError(404, "import_not_found", f"Import {import_id!r} was not found.")
     return JSONResponse(await state_body(jobs, job))
@@ -148,6 +156,7 @@ async def get_import(import_id: str, request: Request, service: Service) -> JSON
 
 @router.post(
     "/{import_id}/resume",
+    dependencies=[require("import:run")],
     status_code=202,
     response_model=ImportAccepted,
     summary="Run an interrupted or failed import again (nothing is duplicated)",
@@ -166,7 +175,7 @@ async def _resume(
     import_id: str, request: Request, settings: Settings, idem: Idempotency, fp: str
 ) -> Response:
     runner = runner_of(request)
-    job = await runner.importer.jobs.get(import_id)
+    job = await runner.importer.jobs.get(import_id, tenant=caller_of(request).tenant)
     task = runner.tasks.get(job.id)
     if task is not None and not task.done():
         raise ApiError(409, "import_running", f"Import {import_id!r} is still running.")

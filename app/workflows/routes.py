@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
 from app.artifacts.routes import PageLimit, download_url, inline_text, next_page_headers
+from app.auth import require
 from app.errors import invalid_cursor
 from app.workflows.export import ArchiveResponse, manifest, plan, safe_segment
 from storage import workflows
@@ -63,7 +64,12 @@ def _summary_body(w: workflows.WorkflowSummary) -> dict[str, Any]:
     }
 
 
-@router.get("", response_model=list[WorkflowSummaryBody], summary="List workflows")
+@router.get(
+    "",
+    dependencies=[require("artifact:read")],
+    response_model=list[WorkflowSummaryBody],
+    summary="List workflows",
+)
 async def list_workflows(
     request: Request,
     service: Service,
@@ -81,6 +87,7 @@ async def list_workflows(
             raise invalid_cursor(cursor) from None
     items, next_cursor = await workflows.list_workflows(
         service.db,
+        tenant=service.tenant,
         limit=limit,
         after=after,
         active_after=None if active_after is None else datetime_to_us(active_after),
@@ -92,11 +99,16 @@ async def list_workflows(
     )
 
 
-@router.get("/{workflow_id}", response_model=WorkflowBody, summary="One workflow, by phase")
+@router.get(
+    "/{workflow_id}",
+    dependencies=[require("artifact:read")],
+    response_model=WorkflowBody,
+    summary="One workflow, by phase",
+)
 async def get_workflow(workflow_id: str, service: Service) -> Response:
     """Phases in order of first activity, each with its artifact count, sessions and primary
     deliverable (or null)."""
-    phases = await workflows.phases(service.db, workflow_id)
+    phases = await workflows.phases(service.db, workflow_id, tenant=service.tenant)
     return JSONResponse(
         {
             "workflow_id": workflow_id,
@@ -122,6 +134,7 @@ async def get_workflow(workflow_id: str, service: Service) -> Response:
 
 @router.get(
     "/{workflow_id}/deliverables",
+    dependencies=[require("artifact:read")],
     response_model=list[schemas.ArtifactRecord],
     summary="The primary deliverable of each phase",
 )
@@ -133,7 +146,7 @@ async def get_deliverables(
     include_content: bool = False,
 ) -> Response:
     """In phase order (first activity); text content inlined when `include_content=true`."""
-    phases = await workflows.phases(service.db, workflow_id)
+    phases = await workflows.phases(service.db, workflow_id, tenant=service.tenant)
     body = []
     for phase in phases:
         if phase.primary is None:
@@ -146,6 +159,7 @@ async def get_deliverables(
 
 @router.get(
     "/{workflow_id}/export",
+    dependencies=[require("artifact:read")],
     summary="The workflow as one streamed zip or tar archive with a manifest",
     responses={200: {"content": {"application/zip": {}, "application/x-tar": {}}}},
     response_class=Response,
@@ -160,7 +174,10 @@ async def export_workflow(
     `manifest.json` listing every file's id, path, sha256, size, content type, session, primary
     flag and lineage. Streamed as it is built."""
     items = await workflows.contents(
-        service.db, workflow_id, deliverables_only=scope == "deliverables"
+        service.db,
+        workflow_id,
+        deliverables_only=scope == "deliverables",
+        tenant=service.tenant,
     )
     entries = plan(items)
     filename = f"{safe_segment(workflow_id, 'workflow')}.{format}"

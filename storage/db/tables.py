@@ -12,6 +12,16 @@ import sqlalchemy as sa
 # Artifact ids compare bytewise on every backend ("C" collation on PostgreSQL), so the range
 # scan behind id-prefix lookups is exact whatever the database's locale.
 ID = sa.String(36).with_variant(sa.String(36, collation="C"), "postgresql")
+# Every artifact, event and import job belongs to one tenant (an API key's project); every query
+# names it. Open mode (no API keys) is the tenant "default".
+DEFAULT_TENANT = "default"
+
+
+def tenant_column() -> sa.Column[str]:
+    return sa.Column(
+        "tenant", sa.String(255), nullable=False, server_default=sa.text(f"'{DEFAULT_TENANT}'")
+    )
+
 
 metadata = sa.MetaData()
 
@@ -45,15 +55,19 @@ artifacts = sa.Table(
     sa.Column("deleted_at", sa.BigInteger),
     sa.Column("source", sa.Text),  # e.g. "crownest" for an imported artifact
     sa.Column("source_ref", sa.Text),  # the upstream id
-    sa.Index("ix_artifacts_order", "created_at", "id"),
-    sa.Index("ix_artifacts_workflow", "workflow_id", "created_at", "id"),
-    sa.Index("ix_artifacts_workflow_phase", "workflow_id", "phase_id", "created_at", "id"),
-    sa.Index("ix_artifacts_phase", "phase_id", "created_at", "id"),
-    sa.Index("ix_artifacts_session", "session_id", "created_at", "id"),
-    sa.Index("ix_artifacts_type", "artifact_type", "created_at", "id"),
+    tenant_column(),
+    sa.Index("ix_artifacts_order", "tenant", "created_at", "id"),
+    sa.Index("ix_artifacts_workflow", "tenant", "workflow_id", "created_at", "id"),
+    sa.Index(
+        "ix_artifacts_workflow_phase", "tenant", "workflow_id", "phase_id", "created_at", "id"
+    ),
+    sa.Index("ix_artifacts_phase", "tenant", "phase_id", "created_at", "id"),
+    sa.Index("ix_artifacts_session", "tenant", "session_id", "created_at", "id"),
+    sa.Index("ix_artifacts_type", "tenant", "artifact_type", "created_at", "id"),
     sa.Index("ix_artifacts_content_hash", "content_hash"),
     sa.Index(
         "ux_artifacts_one_primary",
+        "tenant",
         "workflow_id",
         sa.text("coalesce(phase_id, '')"),
         unique=True,
@@ -62,6 +76,7 @@ artifacts = sa.Table(
     ),
     sa.Index(
         "ux_artifacts_source",
+        "tenant",
         "source",
         "source_ref",
         unique=True,
@@ -98,7 +113,9 @@ events = sa.Table(
     sa.Column("phase_id", sa.Text),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
-    sa.Index("ix_events_workflow", "workflow_id", "seq"),
+    tenant_column(),
+    sa.Index("ix_events_workflow", "tenant", "workflow_id", "seq"),
+    sa.Index("ix_events_tenant", "tenant", "seq"),
 )
 
 # Import jobs (e.g. from CrowNest): state kept here so an interrupted job can be resumed.
@@ -113,6 +130,7 @@ imports = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("finished_at", sa.BigInteger),
+    tenant_column(),
 )
 
 import_items = sa.Table(
@@ -145,4 +163,21 @@ idempotency_keys = sa.Table(
     sa.Column("lease_expires_at", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     sa.Index("ix_idempotency_keys_expires", "expires_at"),
+)
+
+# API keys: only a sha256 of the key (keys are 256-bit random, so a fast hash is enough) and a
+# short prefix to recognise it by are stored; the key itself is shown once, at creation.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant", sa.String(255), nullable=False),
+    sa.Column("name", sa.Text),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger),
+    sa.Column("revoked_at", sa.BigInteger),
+    sa.Index("ux_api_keys_secret_hash", "secret_hash", unique=True),
 )

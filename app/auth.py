@@ -1,0 +1,182 @@
+"""Who is calling, and may they: API keys as `Authorization: Bearer <key>` or HTTP Basic with the
+key as the password (the `syn` CLI sends either), one declared scope per route.
+
+    no credentials, open mode      -> the one local user: tenant "default", every scope
+    no credentials, keys exist     -> 401 invalid_api_key, WWW-Authenticate
+    unknown, revoked, expired key  -> 401 invalid_api_key (one answer for all three)
+    key without the route's scope  -> 403 forbidden, naming the scope
+    key past its request rate      -> 429 rate_limited, Retry-After
+
+Open mode is "no active API key exists" (checked at most once a second, so the first key
+created locks a running server within a second); it is allowed only on a loopback bind unless
+the operator passes --insecure-no-auth. Every route declares its scope with `require(...)`
+(a test fails for a route that has none); `/healthz`, `/readyz` and the docs are `public`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request, Security
+from fastapi.openapi.models import HTTPBase, HTTPBearer
+from fastapi.security import SecurityScopes
+from fastapi.security.base import SecurityBase
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from app.errors import ApiError
+from storage.apikeys import SCOPES, ApiKeys
+from storage.db.tables import DEFAULT_TENANT
+
+log = logging.getLogger("artifacts.auth")
+OPEN_CHECK_SECONDS = 1.0
+CHALLENGE = 'Bearer realm="workflow-artifacts", Basic realm="workflow-artifacts"'
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: str
+    scopes: frozenset[str]
+    key_id: str | None  # None: the open-mode user
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+OPEN_CALLER = Caller(DEFAULT_TENANT, frozenset(SCOPES), None)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def invalid_key(detail: str = "A valid API key is required.") -> ApiError:
+    return ApiError(401, "invalid_api_key", detail, headers={"WWW-Authenticate": CHALLENGE})
+
+
+def secret_from(header: str | None) -> str | None:
+    """The key from `Bearer <key>` or `Basic base64(user:key)`; None when there is no header."""
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise invalid_key("The Basic credentials are not valid base64 of user:key.") from None
+        _, sep, password = decoded.partition(":")
+        if sep and password:
+            return password
+    raise invalid_key("Send the API key as 'Authorization: Bearer <key>' or as the Basic password.")
+
+
+class Authenticator:
+    """One per app: verifies keys, knows whether the service is open, limits request rates."""
+
+    def __init__(self, keys: ApiKeys, *, open_allowed: bool, rate: str | None) -> None:
+        self.keys = keys
+        self.open_allowed = open_allowed
+        self._open: bool | None = None
+        self._open_checked = 0.0
+        self.rate: RateLimitItem | None = parse(rate) if rate else None
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def is_open(self) -> bool:
+        """No active key exists (cached for a second), and open mode is allowed here."""
+        if not self.open_allowed:
+            return False
+        now = time.monotonic()
+        if self._open is None or now - self._open_checked > OPEN_CHECK_SECONDS:
+            was = self._open
+            self._open = not await self.keys.any_active()
+            self._open_checked = now
+            if was and not self._open:
+                log.warning("an API key exists now: open mode is over, every request needs a key")
+        return self._open
+
+    async def caller(self, authorization: str | None) -> Caller:
+        secret = secret_from(authorization)
+        if secret is None:
+            if await self.is_open():
+                return OPEN_CALLER
+            raise invalid_key()
+        key = await self.keys.authenticate(secret)
+        if key is None:
+            raise invalid_key("The API key is unknown, revoked or expired.")
+        self._limit(key.id)
+        return Caller(key.tenant, frozenset(key.scopes), key.id)
+
+    def _limit(self, key_id: str) -> None:
+        if self.rate is None or self._limiter.hit(self.rate, key_id):
+            return
+        reset, _ = self._limiter.get_window_stats(self.rate, key_id)
+        wait = max(1, math.ceil(reset - time.time()))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"This API key passed its limit of {self.rate}; retry in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+class _Scheme(SecurityBase):
+    """Declares an HTTP auth scheme in OpenAPI; the header is read by `authenticate`."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.scheme_name = name
+
+    async def __call__(self, request: Request) -> str | None:
+        return request.headers.get("authorization")
+
+
+bearer = _Scheme(HTTPBearer(description="an API key: `Authorization: Bearer <key>`"), "bearer")
+basic = _Scheme(
+    HTTPBase(scheme="basic", description="any user name, the API key as password"), "basic"
+)
+
+
+async def authenticate(
+    request: Request,
+    security_scopes: SecurityScopes,
+    _bearer: str | None = Security(bearer),
+    _basic: str | None = Security(basic),
+) -> Caller:
+    auth: Authenticator = request.app.state.auth
+    caller = await auth.caller(request.headers.get("authorization"))
+    for scope in security_scopes.scopes:
+        if not caller.allows(scope):
+            raise ApiError(403, "forbidden", f"This API key lacks the scope {scope!r}.")
+    request.state.caller = caller
+    request.state.tenant = caller.tenant
+    return caller
+
+
+def require(scope: str) -> Any:
+    """A route's one scope: `dependencies=[require("artifact:read")]`."""
+    assert scope in SCOPES, scope
+    return Security(authenticate, scopes=[scope])
+
+
+def caller_of(request: Request) -> Caller:
+    """The caller `require()` admitted (a route without it is a bug the route test catches)."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None:
+        raise RuntimeError(f"route {request.url.path} declares no scope")
+    return caller

@@ -1,0 +1,123 @@
+"""`artifacts keys create | list | revoke`: API keys, each bound to a project (the tenant)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.settings import Settings, parse_duration
+from storage.apikeys import SCOPES, ApiKey, ApiKeyNotFound, ApiKeys
+from storage.db.engine import Database
+from storage.db.migrate import upgrade
+from storage.records import now_us, us_to_iso
+
+cli = typer.Typer(no_args_is_help=True, help="Manage API keys (each bound to one project).")
+T = TypeVar("T")
+DataDir = Annotated[Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR or ./var")]
+
+
+def _run(data_dir: Path | None, job: Callable[[ApiKeys], Awaitable[T]]) -> T:
+    settings = Settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+
+    async def go() -> T:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await job(ApiKeys(db))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+def _as_json(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "project": key.tenant,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": list(key.scopes),
+        "created_at": us_to_iso(key.created_at),
+        "expires_at": None if key.expires_at is None else us_to_iso(key.expires_at),
+        "revoked_at": None if key.revoked_at is None else us_to_iso(key.revoked_at),
+    }
+
+
+@cli.command()
+def create(
+    project: Annotated[str, typer.Option(help="the tenant this key reads and writes")],
+    scopes: Annotated[
+        list[str], typer.Option(help=f"comma-separated or repeated: {', '.join(SCOPES)}")
+    ],
+    expires: Annotated[str | None, typer.Option(help="lifetime, e.g. 30d, 12h")] = None,
+    name: Annotated[str | None, typer.Option(help="what the key is for")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a key and print it once: only its hash and a short prefix are stored."""
+    wanted = sorted({s.strip() for item in scopes for s in item.split(",") if s.strip()})
+    expires_at = None
+    if expires is not None:
+        try:
+            expires_at = now_us() + int(parse_duration(expires) * 1e6)
+        except ValueError as exc:
+            typer.echo(f"--expires: {exc}", err=True)
+            raise typer.Exit(2) from None
+    try:
+        key, secret = _run(
+            data_dir, lambda keys: keys.create(project, wanted, name=name, expires_at=expires_at)
+        )
+    except ValueError as exc:
+        typer.echo(f"keys create: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(secret)
+    Console(stderr=True).print(
+        f"key {key.prefix}… for project {key.tenant!r} with {', '.join(key.scopes)}"
+        f"{'' if expires_at is None else ', expires ' + us_to_iso(expires_at)}. "
+        "It is shown only now: store it somewhere safe."
+    )
+
+
+@cli.command("list")
+def list_keys(
+    project: Annotated[str | None, typer.Option(help="only this project's keys")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Every key's id, prefix, project, scopes and state (never the key itself)."""
+    found = _run(data_dir, lambda keys: keys.list(tenant=project))
+    if as_json:
+        typer.echo(json.dumps([_as_json(k) for k in found], indent=2))
+        return
+    table = Table("id", "prefix", "project", "scopes", "state", "created", "name")
+    now = now_us()
+    for k in found:
+        state = "revoked" if k.revoked_at else "expired" if not k.active(now) else "active"
+        table.add_row(
+            k.id, k.prefix + "…", k.tenant, ",".join(k.scopes), state,
+            us_to_iso(k.created_at), k.name or "",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@cli.command()
+def revoke(
+    key: Annotated[str, typer.Argument(help="the key's id or its prefix (from `keys list`)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a key: requests with it answer 401 from now on."""
+    try:
+        done = _run(data_dir, lambda keys: keys.revoke(key.removesuffix("…")))
+    except ApiKeyNotFound as exc:
+        typer.echo(f"keys revoke: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {done.id} ({done.prefix}…, project {done.tenant!r})")

@@ -1,0 +1,148 @@
+"""API keys: each bound to one tenant (a project) with a set of scopes, CrowNest-style.
+
+A key is `wfa_` + 43 characters of URL-safe base64 (256 random bits). Only its sha256 and its
+first 12 characters (to recognise it in `keys list`) are stored: a fast hash is enough for a
+secret of that entropy, and it makes the lookup one indexed equality. The key itself is shown
+once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from storage.db.engine import Database
+from storage.db.tables import api_keys
+from storage.errors import StorageError
+from storage.records import now_us
+
+SCOPES = ("artifact:read", "artifact:create", "artifact:delete", "import:run", "admin")
+KEY_PREFIX = "wfa_"
+SHOWN = 12  # characters of the key kept in clear, to tell keys apart
+
+
+class ApiKeyNotFound(StorageError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"No API key matches {ref!r}.")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    tenant: str
+    name: str | None
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+    def active(self, now: int) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _row_to_key(row: sa.Row[tuple[object, ...]]) -> ApiKey:
+    m = row._mapping
+    return ApiKey(
+        m["id"], m["tenant"], m["name"], m["prefix"], tuple(m["scopes"]), m["created_at"],
+        m["expires_at"], m["revoked_at"],
+    )  # fmt: skip
+
+
+class ApiKeys:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(
+        self,
+        tenant: str,
+        scopes: list[str],
+        *,
+        name: str | None = None,
+        expires_at: int | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret (the only time the secret exists outside the caller)."""
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown or not scopes:
+            raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {unknown or []}")
+        if not tenant or len(tenant) > 255:
+            raise ValueError("a project is 1 to 255 characters")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            str(uuid.uuid4()), tenant, name, secret[:SHOWN], tuple(sorted(set(scopes))),
+            now_us(), expires_at, None,
+        )  # fmt: skip
+        async with self.db.write() as conn:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key.id, tenant=tenant, name=name, prefix=key.prefix,
+                    secret_hash=hash_key(secret), scopes=list(key.scopes),
+                    created_at=key.created_at, expires_at=expires_at,
+                )
+            )  # fmt: skip
+        return key, secret
+
+    async def list(self, *, tenant: str | None = None) -> list[ApiKey]:
+        stmt = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if tenant is not None:
+            stmt = stmt.where(api_keys.c.tenant == tenant)
+        async with self.db.read() as conn:
+            return [_row_to_key(r) for r in await conn.execute(stmt)]
+
+    async def revoke(self, ref: str) -> ApiKey:
+        """Revoke by id or by the shown prefix (which must match exactly one key)."""
+        async with self.db.write() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(api_keys).where(
+                        sa.or_(api_keys.c.id == ref, api_keys.c.prefix == ref)
+                    )
+                )
+            ).all()
+            if len(rows) != 1:
+                raise ApiKeyNotFound(ref)
+            key = _row_to_key(rows[0])
+            if key.revoked_at is None:
+                await conn.execute(
+                    api_keys.update().where(api_keys.c.id == key.id).values(revoked_at=now_us())
+                )
+        return key
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        """The active key with this secret, or None (unknown, revoked or expired alike)."""
+        if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+            return None
+        digest = hash_key(secret)
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(sa.select(api_keys).where(api_keys.c.secret_hash == digest))
+            ).first()
+        if row is None or not hmac.compare_digest(row._mapping["secret_hash"], digest):
+            return None
+        key = _row_to_key(row)
+        return key if key.active(now_us()) else None
+
+    async def any_active(self) -> bool:
+        now = now_us()
+        async with self.db.read() as conn:
+            found = await conn.execute(
+                sa.select(api_keys.c.id)
+                .where(
+                    api_keys.c.revoked_at.is_(None),
+                    sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+                )
+                .limit(1)
+            )
+            return found.first() is not None
