@@ -25,6 +25,11 @@ from storage.apikeys import SCOPES, ApiKeys
 from storage.db.engine import Database
 from storage.records import now_us
 from tests.conftest import ROOT, Server, start_server
+from tests.fake_crownest import (  # noqa: F401  (crownest_fake is a fixture)
+    FakeCrowNest,
+    Fault,
+    crownest_fake,
+)
 
 PUBLIC = {"/healthz", "/readyz", "/schema/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 # The policy, written out: a route that declares another scope (or none) fails the test below.
@@ -367,3 +372,61 @@ def test_no_secret_in_logs_or_error_bodies(keyed_server: tuple[Server, Keys]) ->
     for key in (keys.admin, wrong, keys.revoked, keys.by_scope["import:run"]):
         assert key not in log and key[12:] not in log
         assert all(key not in b for b in bodies)
+
+
+def test_the_crownest_key_never_leaves_in_clear(
+    tmp_path: Path,
+    database_url: str,
+    crownest_fake: FakeCrowNest,  # noqa: F811
+) -> None:
+    """An import job that meets failures (a 500 that stays, a short body) still writes the
+    CrowNest key to no log line, no response body and no database row."""
+    st = crownest_fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 4)
+    st.inject("download", Fault.server_error(500), Fault.server_error(500), artifact_id=ups[0].id)
+    st.inject("download", Fault.short_body(missing=2), artifact_id=ups[1].id)
+    env = {
+        "CROWNEST_API_KEY": crownest_fake.api_key,
+        "ARTIFACTS_CROWNEST_BASE_URL": crownest_fake.base_url,
+        "ARTIFACTS_CROWNEST_BACKOFF_BASE": "0.01",
+        "ARTIFACTS_CROWNEST_MAX_ATTEMPTS": "2",
+        "ARTIFACTS_LOG_LEVEL": "debug",
+    }
+    srv = start_server(tmp_path / "data", database_url=database_url, env=env)
+    bodies: list[str] = []
+    try:
+        with srv.client() as c:
+            r = c.post("/imports/crownest", json={"sandbox_id": sbx.id, "workflow_id": "w"})
+            bodies.append(r.text)
+            job = r.json()["import_id"]
+            deadline = time.monotonic() + 30
+            while (state := c.get(f"/imports/{job}")).json()["status"] not in (
+                "succeeded",
+                "failed",
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            bodies.append(state.text)
+            assert state.json()["counts"]["failed"] == 2
+            bodies.append(
+                c.get("/events", params={"after": 0}, headers={"Accept": "application/json"}).text
+            )
+            bodies.append(c.get("/artifacts").text)
+    finally:
+        srv.stop()
+    secret = crownest_fake.api_key
+    assert secret not in srv.log.read_text()
+    assert all(secret not in b for b in bodies)
+    if database_url.startswith("sqlite"):
+        dumped = b"".join(p.read_bytes() for p in Path(tmp_path).rglob("artifacts.db*"))
+    else:
+        from tests.test_migrations import query
+
+        dumped = repr(
+            [
+                query(database_url, f"SELECT * FROM {t}")
+                for t in ("imports", "import_items", "events")
+            ]
+        ).encode()
+    assert secret.encode() not in dumped
