@@ -66,6 +66,7 @@ def validation_context(settings: Settings) -> dict[str, Any]:
     return {
         "artifact_types": settings.artifact_types,
         "max_metadata_bytes": settings.max_metadata_bytes,
+        **schemas.input_limits(settings),
     }
 
 
