@@ -17,6 +17,7 @@ from app.artifacts.body import (
     one_digest,
     parse_json,
     read_limited,
+    stream_with_idle_timeout,
     too_large,
     validate,
 )
@@ -431,7 +432,7 @@ async def upload_content(
             expected = one_digest(declared_content, declared_header)
             ctype = request.headers.get("content-type") or "application/octet-stream"
             name = safe_filename(filename) if filename else None
-            chunks = request.stream()
+            chunks = stream_with_idle_timeout(request)
             head = canonical(["raw", ctype])
         if idem.replaying:
             return idem.replay(fingerprint(request, head, await _hash_only(chunks, limit)))
