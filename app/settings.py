@@ -56,6 +56,29 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(64 * MiB, ge=1024)
     max_metadata_bytes: int = Field(64 * 1024, ge=2)
     max_inline_content_bytes: int = Field(16 * MiB, ge=0)
+    # input limits: a body past one answers 413 payload_too_large (sizes) or a FastAPI-shaped
+    # 422 (fields); either way the message states the number. max_upload_bytes,
+    # max_json_body_bytes and max_metadata_bytes above are limits too.
+    max_title_chars: int = Field(1000, ge=1, description="longest title")
+    max_id_chars: int = Field(
+        255,
+        ge=36,  # an artifact id (a derived_from entry) is 36 characters
+        description="longest workflow_id, phase_id, session_id, created_by, derived_from entry",
+    )
+    max_derived_from: int = Field(100, ge=1, description="most parents one artifact may name")
+    max_form_parts: int = Field(100, ge=2, description="most parts in one multipart body")
+    max_part_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="largest header block of one multipart part; also the most a multipart body "
+        "may carry before its first or after its closing boundary",
+    )
+    max_form_fields_bytes: int = Field(
+        MiB, ge=1024, description="all non-file parts of one multipart body together"
+    )
+    body_idle_timeout: Duration = Field(
+        30.0, description="408 once no byte of a request body arrived for this long; 0: off"
+    )
     extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
     log_level: str = "info"
     # access control

@@ -7,11 +7,13 @@ errors under "body") so clients see no difference.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import math
 import re
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -19,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from app.errors import ApiError, validation_error
+from app.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,14 +37,54 @@ def declared_length(request: Request) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
+def settings_of(request: Request) -> Settings:
+    """The settings of the app serving this request (the defaults if it has none)."""
+    settings = getattr(request.app.state, "settings", None)
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+def body_timeout(seconds: float) -> ApiError:
+    """408, and the connection closes: the rest of a stalled body is not worth waiting for."""
+    return ApiError(
+        408,
+        "request_timeout",
+        f"No byte of the request body arrived for {seconds:g} seconds (the limit); "
+        "nothing was stored.",
+        headers={"Connection": "close"},
+    )
+
+
+async def stream_with_idle_timeout(
+    request: Request, seconds: float | None = None
+) -> AsyncIterator[bytes]:
+    """`request.stream()`, but 408 once no byte has arrived for `seconds` (default: the app's
+    ARTIFACTS_BODY_IDLE_TIMEOUT; 0: wait forever), so a client trickling its body (slow loris)
+    cannot hold a request open. Only waiting for the client counts, never our own work."""
+    if seconds is None:
+        seconds = settings_of(request).body_idle_timeout
+    chunks = request.stream().__aiter__()
+    while True:
+        deadline = asyncio.timeout(seconds or None)
+        try:
+            async with deadline:
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if deadline.expired():
+                raise body_timeout(seconds) from None
+            raise
+        yield chunk
+
+
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to pass `limit` bytes."""
+    """The whole body, or 413 as soon as it is known to pass `limit` bytes (408 if it stalls)."""
     length = declared_length(request)
     if length is not None and length > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in stream_with_idle_timeout(request):
         size += len(chunk)
         if size > limit:
             raise too_large(limit)

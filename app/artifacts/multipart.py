@@ -6,6 +6,11 @@ before the `file` part (every common client sends them first), so a create is va
 a single byte is stored. The parser accepts a truncated body silently, so the stream only counts
 as complete once its closing boundary (the parser's on_end) has been seen; otherwise
 `file_chunks()` raises and the blob store discards its staging file.
+
+Every part of the envelope is bounded by a setting (FormLimits): the number of parts, each
+part's header block, the non-file parts together, and what may come before the first and after
+the closing boundary; past one the answer is 413 (400 for the envelope's edges) stating the
+number. The body's reads time out (408) like every other body's.
 """
 
 from __future__ import annotations
@@ -19,18 +24,37 @@ from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.artifacts.body import settings_of, stream_with_idle_timeout
 from app.errors import ApiError, validation_error
+from app.settings import Settings
 from storage.errors import DigestMismatch, IncompleteContent
 
 FILE_FIELD = "file"
+MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1: a boundary is 1 to 70 characters
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters
 
 
 @dataclass(frozen=True)
 class FormLimits:
-    max_parts: int = 64
-    max_header_bytes: int = 16 * 1024
-    max_field_bytes: int = 1 << 20
+    """The defaults are the settings' defaults (ARTIFACTS_MAX_FORM_PARTS, …)."""
+
+    max_parts: int = 100
+    max_header_bytes: int = 16 * 1024  # one part's header block; also the preamble and epilogue
+    max_fields_bytes: int = 1 << 20  # every non-file part's data, together
+    idle_timeout: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FormLimits:
+        return cls(
+            max_parts=settings.max_form_parts,
+            max_header_bytes=settings.max_part_header_bytes,
+            max_fields_bytes=settings.max_form_fields_bytes,
+            idle_timeout=settings.body_idle_timeout,
+        )
+
+
+def _too_large(message: str) -> ApiError:
+    return ApiError(413, "payload_too_large", message)
 
 
 @dataclass
@@ -51,8 +75,15 @@ def safe_filename(raw: str) -> str | None:
 def boundary_of(content_type: str) -> bytes:
     media, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
-    if media != b"multipart/form-data" or not boundary or len(boundary) > 200:
+    if media != b"multipart/form-data" or not boundary:
         raise ApiError(400, "malformed_multipart", "A multipart body needs a boundary parameter.")
+    if len(boundary) > MAX_BOUNDARY:
+        raise ApiError(
+            400,
+            "malformed_multipart",
+            f"A multipart boundary may be at most {MAX_BOUNDARY} characters (RFC 2046), "
+            f"not {len(boundary)}.",
+        )
     return boundary
 
 
@@ -64,12 +95,13 @@ class FormStream:
         *,
         content_digest: str | None = None,
     ) -> None:
-        """`content_digest`: the hex sha256 a Content-Digest header declared for the whole body."""
+        """`limits`: by default the app's settings. `content_digest`: the hex sha256 a
+        Content-Digest header declared for the whole body."""
         self.request = request
-        self._chunks = request.stream().__aiter__()
+        self.limits = limits or FormLimits.from_settings(settings_of(request))
+        self._chunks = stream_with_idle_timeout(request, self.limits.idle_timeout)
         self._content_digest = content_digest
         self._body_hash = hashlib.sha256() if content_digest else None
-        self.limits = limits or FormLimits()
         self.fields: dict[str, str] = {}
         self.file: FilePart | None = None
         self._ended = False
@@ -80,6 +112,8 @@ class FormStream:
         self._header_bytes = 0
         self._current: str | None = None  # FILE_FIELD, a field name, or None (ignored part)
         self._field_value = bytearray()
+        self._fields_bytes = 0  # data of every non-file part so far
+        self._outside_bytes = 0  # bytes fed before the first part began or after the end
         self._out: list[bytes | memoryview] = []
         self._parser = MultipartParser(
             boundary_of(request.headers.get("content-type", "")),
@@ -93,6 +127,10 @@ class FormStream:
                 "on_part_end": self._part_end,
                 "on_end": self._end,
             },
+            # Our own header limit (a whole block, in bytes, answered 413) governs: the parser's
+            # per-line and per-count caps would only answer a vaguer 400 first.
+            max_header_count=self.limits.max_header_bytes,
+            max_header_size=1 << 62,
         )
 
     async def open_file(self) -> FilePart:
@@ -133,20 +171,31 @@ class FormStream:
     def _feed(self, chunk: bytes) -> None:
         if self._body_hash is not None:
             self._body_hash.update(chunk)
+        after_end = self._ended
         try:
             self._parser.write(chunk)
         except MultipartParseError:
             raise ApiError(400, "malformed_multipart", "The multipart body is malformed.") from None
+        if after_end or self._parts == 0:
+            # The parser skips CR/LF before the first boundary and anything after the closing
+            # one without a callback: count it here, or a body of nothing else never ends.
+            self._outside_bytes += len(chunk)
+            if self._outside_bytes > self.limits.max_header_bytes:
+                where = "after its closing" if after_end else "before its first"
+                raise ApiError(
+                    400,
+                    "malformed_multipart",
+                    f"The multipart body has more than the limit of {self.limits.max_header_bytes}"
+                    f" bytes {where} boundary.",
+                )
 
     # -- parser callbacks --------------------------------------------------------------------
 
     def _part_begin(self) -> None:
         self._parts += 1
         if self._parts > self.limits.max_parts:
-            raise ApiError(
-                413,
-                "too_many_parts",
-                f"A multipart body may have at most {self.limits.max_parts} parts.",
+            raise _too_large(
+                f"The multipart body has more parts than the limit of {self.limits.max_parts}."
             )
         self._headers = {}
         self._header_bytes = 0
@@ -164,13 +213,13 @@ class FormStream:
     def _count_header(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > self.limits.max_header_bytes:
-            raise ApiError(
-                413,
-                "part_header_too_large",
-                f"A multipart part's headers may be at most {self.limits.max_header_bytes} bytes.",
+            raise _too_large(
+                "A multipart part's headers are larger than the limit of "
+                f"{self.limits.max_header_bytes} bytes."
             )
 
     def _header_end(self) -> None:
+        self._count_header(3)  # the colon and the line's CRLF
         self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
         self._header_field.clear()
         self._header_value.clear()
@@ -209,14 +258,16 @@ class FormStream:
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current == FILE_FIELD:
             self._out.append(memoryview(data)[start:end])  # bytes are immutable: no copy
-        elif self._current is not None:
+            return
+        # A field, or a part we ignore (no name): either way bounded, never read forever.
+        self._fields_bytes += end - start
+        if self._fields_bytes > self.limits.max_fields_bytes:
+            raise _too_large(
+                "The form fields are larger than the limit of "
+                f"{self.limits.max_fields_bytes} bytes (all non-file parts together)."
+            )
+        if self._current is not None:
             self._field_value += data[start:end]
-            if len(self._field_value) > self.limits.max_field_bytes:
-                raise ApiError(
-                    413,
-                    "field_too_large",
-                    f"A form field may be at most {self.limits.max_field_bytes} bytes.",
-                )
 
     def _part_end(self) -> None:
         if self._current is not None and self._current != FILE_FIELD:

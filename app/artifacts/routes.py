@@ -17,6 +17,7 @@ from app.artifacts.body import (
     one_digest,
     parse_json,
     read_limited,
+    stream_with_idle_timeout,
     too_large,
     validate,
 )
@@ -67,6 +68,7 @@ def validation_context(settings: Settings) -> dict[str, Any]:
     return {
         "artifact_types": settings.artifact_types,
         "max_metadata_bytes": settings.max_metadata_bytes,
+        **schemas.input_limits(settings),
     }
 
 
@@ -450,7 +452,7 @@ async def upload_content(
             expected = one_digest(declared_content, declared_header)
             ctype = request.headers.get("content-type") or "application/octet-stream"
             name = safe_filename(filename) if filename else None
-            chunks = request.stream()
+            chunks = stream_with_idle_timeout(request)
             head = canonical(["raw", ctype])
         if idem.replaying:
             return idem.replay(fingerprint(request, head, await _hash_only(chunks, limit)))

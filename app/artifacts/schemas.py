@@ -1,8 +1,10 @@
 """Request and response bodies of the artifacts API.
 
-Inputs are pydantic models validated with a context (allowed artifact types, metadata limit) so
-that their 422s are exactly FastAPI's. Outputs are documented as models but built as plain dicts
-on the hot path (see `record`, `summary`): the tests pin their exact keys.
+Inputs are pydantic models validated with a context (allowed artifact types and the input limits
+of `input_limits`) so that their 422s are exactly FastAPI's: a limit set at run time fails with
+pydantic's own error (`string_too_long`, `too_long`), its number in `msg` and `ctx`. Outputs
+are documented as models but built as plain dicts on the hot path (see `record`, `summary`): the
+tests pin their exact keys.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from app.artifacts.body import parse_json
+from app.settings import Settings
 from storage.records import Artifact, us_to_iso
 
 
@@ -35,6 +38,36 @@ def no_nul(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(no_nul)]
 NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(no_nul)]
+
+_LIMITS = ("max_title_chars", "max_id_chars", "max_derived_from", "max_metadata_bytes")
+
+
+def input_limits(settings: Settings) -> dict[str, int]:
+    """The limits a create or update body is held to: part of its validation context."""
+    return {name: getattr(settings, name) for name in _LIMITS}
+
+
+def _limit(info: ValidationInfo, name: str) -> int:
+    """A limit from the validation context; the setting's default when the context has none."""
+    value = (info.context or {}).get(name)
+    return value if isinstance(value, int) else int(Settings.model_fields[name].default)
+
+
+def _at_most(name: str) -> Any:
+    """An after-validator: a string of at most the `name` limit's characters, as max_length."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        limit = _limit(info, name)
+        if len(value) > limit:
+            raise PydanticKnownError("string_too_long", {"max_length": limit})
+        return value
+
+    return AfterValidator(check)
+
+
+Title = Annotated[str, AfterValidator(no_nul), _at_most("max_title_chars")]
+Id = Annotated[str, AfterValidator(no_nul), _at_most("max_id_chars")]
+IDS = "at most ARTIFACTS_MAX_ID_CHARS (255) characters"
 
 
 def _expected(values: tuple[str, ...]) -> str:
@@ -52,7 +85,7 @@ def check_artifact_type(value: str, allowed: tuple[str, ...]) -> str:
 
 
 def _check_metadata(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-    limit = (info.context or {}).get("max_metadata_bytes", 64 * 1024)
+    limit = _limit(info, "max_metadata_bytes")
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > limit:
         raise PydanticCustomError(
@@ -68,20 +101,36 @@ class CreateFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow_id: NonEmpty
+    workflow_id: Id = Field(min_length=1, description=IDS)
     artifact_type: str = Field(description="one of the artifact types, case-insensitive")
-    title: Text
-    phase_id: Text | None = None
-    session_id: Text | None = None
+    title: Title = Field(description="at most ARTIFACTS_MAX_TITLE_CHARS (1000) characters")
+    phase_id: Id | None = Field(None, description=IDS)
+    session_id: Id | None = Field(None, description=IDS)
     is_primary_deliverable: bool = False
-    derived_from: list[Text] = Field(default_factory=list, description="ids of live parents")
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    created_by: Text | None = None
+    derived_from: list[Id] = Field(
+        default_factory=list,
+        description="ids of live parents, at most ARTIFACTS_MAX_DERIVED_FROM (100)",
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="at most ARTIFACTS_MAX_METADATA_BYTES (64 KiB) encoded as JSON",
+    )
+    created_by: Id | None = Field(None, description=IDS)
 
     @field_validator("artifact_type")
     @classmethod
     def _type(cls, value: str, info: ValidationInfo) -> str:
         return check_artifact_type(value, (info.context or {}).get("artifact_types", ()))
+
+    @field_validator("derived_from", mode="before")
+    @classmethod
+    def _parents(cls, value: Any, info: ValidationInfo) -> Any:
+        """Counted before any entry is validated, so a huge list fails at once (as max_length)."""
+        limit = _limit(info, "max_derived_from")
+        if isinstance(value, list | tuple) and len(value) > limit:
+            ctx = {"field_type": "List", "max_length": limit, "actual_length": len(value)}
+            raise PydanticKnownError("too_long", ctx)
+        return value
 
     @field_validator("metadata")
     @classmethod
@@ -121,7 +170,7 @@ class UpdateArtifact(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: Text | None = None
+    title: Title | None = None
     metadata: dict[str, Any] | None = None
     is_primary_deliverable: bool | None = None
 
