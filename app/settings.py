@@ -98,6 +98,16 @@ class Settings(BaseSettings):
     idempotency_lease: Duration = Field(
         30.0, description="a running keyed request's claim lapses this long after its last beat"
     )
+    # Signed download links (app/signing.py): the HMAC key, and how long a link lives.
+    signing_key: SecretStr | None = Field(
+        None, description="hex or base64 of >= 32 random bytes; default: <data_dir>/signing.key"
+    )
+    download_url_ttl: Duration = Field(
+        3600.0, ge=1, description="lifetime of a signed download link when none is asked for"
+    )
+    download_url_max_ttl: Duration = Field(
+        7 * 86400.0, ge=1, description="cap on any link's lifetime, checked again when verifying"
+    )
     crownest_base_url: str = "https://api.crownest.dev"
     crownest_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("CROWNEST_API_KEY", "ARTIFACTS_CROWNEST_API_KEY")
