@@ -15,6 +15,7 @@ from app.auth import Authenticator, is_loopback
 from app.imports import routes as import_routes
 from app.imports.runner import ImportRunner, importer_for
 from app.settings import Settings
+from app.signing import RedactSignatures, signer_from_settings
 from app.workflows import routes as workflow_routes
 from storage.apikeys import ApiKeys
 from storage.artifacts import ArtifactService
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ttl_us=int(settings.idempotency_ttl * 1e6),
         )
         app.state.auth = await authenticator(db, settings)
+        app.state.signer = signer_from_settings(settings)
         await recover_trash(db, blobs)
         app.state.imports = runner = ImportRunner(importer_for(service, settings))
         if settings.crownest_api_key is not None:
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    RedactSignatures.install()
     errors.install(app)
     app.include_router(health.router)
     for router in (routes.router, download.router, lineage.router):

@@ -33,6 +33,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from app.errors import ApiError
+from app.signing import EXPIRES, SIG, LinkRefused, LinkSigner
 from storage.apikeys import SCOPES, ApiKeys
 from storage.db.tables import DEFAULT_TENANT
 
@@ -168,10 +169,46 @@ async def authenticate(
     return caller
 
 
-def require(scope: str) -> Any:
-    """A route's one scope: `dependencies=[require("artifact:read")]`."""
+async def authenticate_link(
+    request: Request,
+    security_scopes: SecurityScopes,
+    _bearer: str | None = Security(bearer),
+    _basic: str | None = Security(basic),
+) -> Caller:
+    """A download: a signed link (`expires` and `sig` in the query) needs no key; anything
+    else is an ordinary API-key request. A link that fails any check is refused outright (a
+    key sent alongside does not rescue it), and one for a deleted or unknown artifact alike."""
+    query = request.query_params
+    if EXPIRES not in query and SIG not in query:
+        return await authenticate(request, security_scopes, _bearer, _basic)
+    signer: LinkSigner = request.app.state.signer
+    found = await request.app.state.service.owner_of(request.path_params.get("artifact_id", ""))
+    try:
+        if found is None:
+            raise LinkRefused("bad_signature")
+        tenant, artifact = found
+        signer.verify(
+            artifact_id=artifact.id,
+            tenant=tenant,
+            content_hash=artifact.content_hash,
+            query=query.multi_items(),
+            now=time.time(),
+        )
+    except LinkRefused as exc:
+        code = "link_expired" if exc.reason == "expired" else "invalid_link"
+        raise ApiError(403, code, str(exc)) from None
+    caller = Caller(tenant, frozenset(security_scopes.scopes), None)
+    request.state.caller = caller
+    request.state.tenant = tenant
+    request.state.link_content_hash = artifact.content_hash
+    return caller
+
+
+def require(scope: str, *, signed_links: bool = False) -> Any:
+    """A route's one scope: `dependencies=[require("artifact:read")]`; `signed_links`: a
+    signed download link (app/signing.py) stands in for a key with that scope."""
     assert scope in SCOPES, scope
-    return Security(authenticate, scopes=[scope])
+    return Security(authenticate_link if signed_links else authenticate, scopes=[scope])
 
 
 def caller_of(request: Request) -> Caller:

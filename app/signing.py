@@ -198,8 +198,8 @@ class LinkSigner:
         """Returns if `query` is a valid, unexpired link for exactly this artifact id, tenant and
         content hash at time `now` (unix seconds); raises LinkRefused otherwise, whatever the
         query holds. Pass the whole parsed query (request.query_params itself: dict() of it
-        would hide a duplicate). The order of parameters does not matter; any parameter other
-        than expires and sig, or either of them twice, is refused.
+        would hide a duplicate). A link has one spelling: `expires`, then `sig`; reordered,
+        another parameter, or either of them twice, is refused.
 
         Checked in this order: parameter set, format, signature (constant time), then expiry
         (expires <= now: expired) and cap (expires > now + max_lifetime).
@@ -217,6 +217,8 @@ class LinkSigner:
             values[name] = value
         if len(values) != len(PARAMS):
             raise LinkRefused("missing_parameter")
+        if list(values) != [EXPIRES, SIG]:  # one spelling per link: reordered is refused
+            raise LinkRefused("malformed_parameter")
         expires_text, sig = values[EXPIRES], values[SIG]
         # fullmatch on str with these ASCII-only classes: anything non-ASCII is refused here,
         # before int() or compare_digest() (which raises on non-ASCII str) can see it.
@@ -373,6 +375,28 @@ def load_signing_secret(settings: Settings) -> bytes:
         return _create_key_file(path)
 
 
+class RedactSignatures(logging.Filter):
+    """Keeps link signatures out of the access log: `sig=<mac>` is logged as `sig=REDACTED`."""
+
+    _SIG_VALUE = re.compile(r"(?<=[?&]sig=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._SIG_VALUE.sub("REDACTED", a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = self._SIG_VALUE.sub("REDACTED", record.msg)
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        for name in ("uvicorn.access", "uvicorn.error", "artifacts"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, cls) for f in logger.filters):
+                logger.addFilter(cls())
+
+
 def signer_from_settings(settings: Settings) -> LinkSigner:
     """A LinkSigner with the configured key and ARTIFACTS_DOWNLOAD_URL_MAX_TTL as its cap."""
     return LinkSigner(load_signing_secret(settings), settings.download_url_max_ttl)
@@ -383,6 +407,7 @@ __all__ = [
     "SIG",
     "LinkRefused",
     "LinkSigner",
+    "RedactSignatures",
     "RefusalReason",
     "SigningKeyError",
     "decode_signing_key",

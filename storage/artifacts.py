@@ -341,6 +341,19 @@ class ArtifactService:
                 raise AmbiguousArtifactId(ref)
             return await self._load(conn, found[0])
 
+    async def owner_of(self, artifact_id: str) -> tuple[str, Artifact] | None:
+        """(tenant, artifact) of a live artifact by its full id, whoever owns it: only for
+        credentials that name their own tenant, such as a signed link."""
+        if not FULL_ID.fullmatch(artifact_id):
+            return None
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE)
+                )
+            ).first()
+        return None if row is None else (row.tenant, row_to_artifact(row, None))
+
     async def read_bytes(self, artifact: Artifact) -> bytes:
         """The whole content, verified against its hash before anyone sees it."""
         data = await self.blobs.read_bytes(artifact.content_hash)

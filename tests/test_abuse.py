@@ -252,6 +252,33 @@ def test_id_lengths(http: httpx.Client, name: str, transport: str) -> None:
     too_long(send("i" * (limit + 1)), ["body", name], limit, "i" * (limit + 1))
 
 
+@pytest.mark.parametrize("transport", ["json", "form"])
+def test_content_type_length(http: httpx.Client, transport: str) -> None:
+    limit = int(TIGHT["ARTIFACTS_MAX_ID_CHARS"])
+
+    def send(value: str) -> httpx.Response:
+        if transport == "json":
+            body = {**CREATE_FIELDS, "content": "c", "content_type": value}
+            return http.post("/artifacts", json=body)
+        return http.post("/artifacts", content=create_form(content_type=value), headers=dict(FORM))
+
+    at_limit = "text/" + "x" * (limit - 5)
+    r = send(at_limit)
+    assert r.status_code == 201, r.text
+    too_long(send(at_limit + "y"), ["body", "content_type"], limit, at_limit + "y")
+
+
+def test_import_request_ids_are_bounded(http: httpx.Client) -> None:
+    limit = int(TIGHT["ARTIFACTS_MAX_ID_CHARS"])
+    body = {"sandbox_id": "s" * (limit + 1), "workflow_id": "w"}
+    too_long(
+        http.post("/imports/crownest", json=body), ["body", "sandbox_id"], limit, body["sandbox_id"]
+    )
+    body = {"sandbox_id": "s", "workflow_id": "w", "artifact_ids": ["a", "b" * (limit + 1)]}
+    r = http.post("/imports/crownest", json=body)
+    too_long(r, ["body", "artifact_ids", 1], limit, "b" * (limit + 1))
+
+
 def test_derived_from_entry_length(http: httpx.Client) -> None:
     limit = int(TIGHT["ARTIFACTS_MAX_ID_CHARS"])
     parent = new_artifact(http)

@@ -44,6 +44,7 @@ POLICY = {
     ("GET", "/artifacts/{artifact_id}/download"): "artifact:read",
     ("HEAD", "/artifacts/{artifact_id}/download"): "artifact:read",
     ("GET", "/artifacts/{artifact_id}/lineage"): "artifact:read",
+    ("POST", "/artifacts/{artifact_id}/download-url"): "artifact:read",
     ("GET", "/workflows"): "artifact:read",
     ("GET", "/workflows/{workflow_id}"): "artifact:read",
     ("GET", "/workflows/{workflow_id}/deliverables"): "artifact:read",
@@ -72,7 +73,7 @@ def app_routes() -> list[tuple[str, str, list[tuple[str, ...]]]]:
 
         def walk(dependant, found: list[tuple[str, ...]]) -> None:
             for sub in dependant.dependencies:
-                if getattr(sub.call, "__name__", "") == "authenticate":
+                if getattr(sub.call, "__name__", "") in ("authenticate", "authenticate_link"):
                     found.append(tuple(sub.own_oauth_scopes or ()))
                 walk(sub, found)
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
-from app.artifacts.deps import Service
-from app.auth import require
+from app.artifacts.deps import Config, Service
+from app.artifacts.routes import api_base
+from app.auth import caller_of, require
+from app.errors import ApiError
+from app.signing import LinkSigner, lifetime
 from storage.errors import BlobNotFound
-from storage.records import Artifact
+from storage.records import Artifact, us_to_iso
 
 router = APIRouter(tags=["artifacts"])
 # Blobs up to this size are hashed before their first byte is sent; larger ones are hashed as
@@ -78,14 +83,14 @@ BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 @router.get(
     "/{artifact_id}/download",
-    dependencies=[require("artifact:read")],
+    dependencies=[require("artifact:read", signed_links=True)],
     response_class=StreamingResponse,
     summary="Download an artifact's exact bytes",
     responses=BYTES_RESPONSE,
 )
 @router.head(
     "/{artifact_id}/download",
-    dependencies=[require("artifact:read")],
+    dependencies=[require("artifact:read", signed_links=True)],
     response_class=StreamingResponse,
     summary="Headers of a download, without the bytes",
     operation_id="head_download",
@@ -93,6 +98,9 @@ BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
 )
 async def download(artifact_id: str, request: Request, service: Service) -> Response:
     artifact = await service.get(artifact_id)
+    linked = getattr(request.state, "link_content_hash", None)
+    if linked is not None and linked != artifact.content_hash:  # replaced since the check
+        raise ApiError(403, "invalid_link", "The link's signature does not match.")
     size = artifact.size_bytes
     etag = f'"{artifact.content_hash}"'
     headers = {
@@ -133,4 +141,46 @@ async def download(artifact_id: str, request: Request, service: Service) -> Resp
         raise BlobNotFound(artifact.content_hash)
     return StreamingResponse(
         service.stream(artifact, start, end), status_code=status, headers=headers
+    )
+
+
+class DownloadLink(BaseModel):
+    url: str
+    method: str
+    expires_at: str
+
+
+@router.post(
+    "/{artifact_id}/download-url",
+    dependencies=[require("artifact:read")],
+    response_model=DownloadLink,
+    summary="A signed, expiring link to the artifact's bytes that needs no key",
+)
+async def download_url(
+    artifact_id: str,
+    request: Request,
+    service: Service,
+    settings: Config,
+    expires_in: int | None = Query(
+        None, ge=1, le=10**9, description="seconds; default and cap are server settings"
+    ),
+) -> JSONResponse:
+    """The link serves exactly the bytes the artifact has now, as GET or HEAD, until
+    `expires_at`: replacing or deleting the artifact, or any change to the link, voids it."""
+    artifact = await service.get(artifact_id)
+    signer: LinkSigner = request.app.state.signer
+    seconds = lifetime(
+        expires_in, int(settings.download_url_ttl), int(settings.download_url_max_ttl)
+    )
+    expires_at = int(time.time()) + seconds
+    query = signer.sign(
+        artifact_id=artifact.id,
+        tenant=caller_of(request).tenant,
+        content_hash=artifact.content_hash,
+        expires_at=expires_at,
+    )
+    url = f"{api_base(request, settings)}/artifacts/{artifact.id}/download?{urlencode(query)}"
+    return JSONResponse(
+        {"url": url, "method": "GET", "expires_at": us_to_iso(expires_at * 1_000_000)},
+        headers={"Cache-Control": "no-store"},
     )

@@ -68,6 +68,9 @@ def _at_most(name: str) -> Any:
 Title = Annotated[str, AfterValidator(no_nul), _at_most("max_title_chars")]
 Id = Annotated[str, AfterValidator(no_nul), _at_most("max_id_chars")]
 IDS = "at most ARTIFACTS_MAX_ID_CHARS (255) characters"
+# A media type with its parameters; held to the id limit (RFC 6838 names are <= 127 each).
+ContentType = Annotated[str, Field(min_length=1), AfterValidator(no_nul), _at_most("max_id_chars")]
+NonEmptyId = Annotated[str, Field(min_length=1), AfterValidator(no_nul), _at_most("max_id_chars")]
 
 
 def _expected(values: tuple[str, ...]) -> str:
@@ -142,14 +145,14 @@ class CreateArtifact(CreateFields):
     """POST /artifacts as JSON: the content is text, stored as its UTF-8 bytes."""
 
     content: str = Field(min_length=1)
-    content_type: NonEmpty = "text/markdown"
+    content_type: ContentType = "text/markdown"
 
 
 class CreateForm(CreateFields):
     """POST /artifacts as multipart/form-data: these fields, then one `file` part.
     `derived_from` and `metadata` are JSON texts; `content_type` defaults to the part's."""
 
-    content_type: NonEmpty | None = None
+    content_type: ContentType | None = None
     sha256: str | None = Field(None, description="hex sha256 the file's bytes must have")
 
     @classmethod

@@ -27,13 +27,15 @@ router = APIRouter(prefix="/imports", tags=["imports"])
 class CrowNestImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sandbox_id: schemas.NonEmpty
-    workflow_id: schemas.NonEmpty
-    phase_id: schemas.Text | None = None
-    session_id: schemas.Text | None = None
-    artifact_type: str | None = Field(None, description="default: inferred from the extension")
-    artifact_ids: list[schemas.NonEmpty] = Field(default_factory=list, max_length=1000)
-    source_path_prefix: schemas.Text | None = None
+    sandbox_id: schemas.NonEmptyId
+    workflow_id: schemas.NonEmptyId
+    phase_id: schemas.Id | None = None
+    session_id: schemas.Id | None = None
+    artifact_type: str | None = Field(
+        None, max_length=64, description="default: inferred from the extension"
+    )
+    artifact_ids: list[schemas.NonEmptyId] = Field(default_factory=list, max_length=1000)
+    source_path_prefix: schemas.Title | None = None
     dry_run: bool = False
 
 
@@ -116,9 +118,28 @@ def _accepted(request: Request) -> Callable[[str], JSONResponse]:
     return render
 
 
+def _check_id_lengths(body: CrowNestImportRequest, limit: int) -> None:
+    """ARTIFACTS_MAX_ID_CHARS when it is set below the default the schema already enforces."""
+    values: list[tuple[tuple[str | int, ...], str | None]] = [
+        (("body", name), getattr(body, name))
+        for name in ("sandbox_id", "workflow_id", "phase_id", "session_id")
+    ]
+    values += [(("body", "artifact_ids", i), v) for i, v in enumerate(body.artifact_ids)]
+    for loc, value in values:
+        if value is not None and len(value) > limit:
+            raise validation_error(
+                loc,
+                "string_too_long",
+                f"String should have at most {limit} characters",
+                value,
+                {"max_length": limit},
+            )
+
+
 async def _start_crownest(
     body: CrowNestImportRequest, request: Request, settings: Settings, hook: JobHook | None
 ) -> JSONResponse:
+    _check_id_lengths(body, settings.max_id_chars)
     if body.artifact_type is not None:
         try:
             body.artifact_type = schemas.check_artifact_type(
