@@ -40,6 +40,15 @@ def parse_duration(value: str | float) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def check_rate(value: str) -> str:
+    """A rate in the `limits` notation (`100/second`, `10 per minute`), or '' for none."""
+    from limits import parse
+
+    if value.strip():
+        parse(value)  # ValueError names what is wrong
+    return value.strip()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARTIFACTS_", extra="ignore")
 
@@ -85,7 +94,7 @@ class Settings(BaseSettings):
     insecure_no_auth: bool = Field(
         False, description="allow open mode (no API keys) on a non-loopback bind"
     )
-    rate_limit: str = Field(
+    rate_limit: Annotated[str, BeforeValidator(check_rate)] = Field(
         "100/second", description="requests per API key, e.g. 100/second, 5000/minute; '': off"
     )
     verify_reads: bool = Field(
