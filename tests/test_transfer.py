@@ -1298,7 +1298,7 @@ def assert_only_expected_files(live: Live, digests: set[str]) -> None:
             continue
         inner = rel.relative_to("data")
         if len(inner.parts) == 1:
-            assert re.fullmatch(r"server-\d+\.log", inner.name), inner
+            assert re.fullmatch(r"server-\d+\.log|signing\.key", inner.name), inner
             continue
         assert inner.parts[0] == "blobs", inner
         blob = inner.relative_to("blobs").as_posix()
