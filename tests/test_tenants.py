@@ -75,6 +75,7 @@ PROBES = [
     ("PUT", "/artifacts/{id}"),
     ("DELETE", "/artifacts/{id}"),
     ("POST", "/artifacts/{id}/upload"),
+    ("POST", "/artifacts/{id}/download-url"),
     ("GET", "/artifacts/{prefix}"),
     ("GET", "/workflows/{wf}"),
     ("GET", "/workflows/{wf}/deliverables"),
@@ -82,6 +83,22 @@ PROBES = [
     ("GET", "/imports/{job}"),
     ("POST", "/imports/{job}/resume"),
 ]
+
+
+def test_the_probes_cover_every_route_that_names_a_resource() -> None:
+    from tests.test_auth import ROUTES
+
+    names = {"{artifact_id}": "{id}", "{workflow_id}": "{wf}", "{import_id}": "{job}"}
+    served = set()
+    for method, path, _ in ROUTES:
+        bare = path.removeprefix("/api/v1")
+        if "{" not in bare:
+            continue
+        for old, new in names.items():
+            bare = bare.replace(old, new)
+        served.add((method, bare))
+    probed = {(m, t.split("?")[0]) for m, t in PROBES if "{prefix}" not in t}
+    assert served == probed
 
 
 def probe(c: httpx.Client, method: str, template: str, ids: dict[str, str]) -> httpx.Response:
