@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from app.artifacts.deps import Service
 from app.auth import require
+from app.errors import responses
 from storage.errors import BlobNotFound
 from storage.records import Artifact
 
@@ -73,6 +74,7 @@ BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
     206: {"description": "the requested byte range"},
     304: {"description": "not modified (If-None-Match)"},
     416: {"description": "range not satisfiable"},
+    **responses(404, 409),
 }
 
 

@@ -23,7 +23,7 @@ from app.artifacts.body import (
 from app.artifacts.deps import Config, Service
 from app.artifacts.multipart import FormStream, safe_filename
 from app.auth import require
-from app.errors import ApiError, invalid_cursor, validation_error
+from app.errors import ApiError, invalid_cursor, responses, validation_error
 from app.idempotency import (
     Idempotency,
     IdempotencyKey,
@@ -195,6 +195,7 @@ def _new_artifact(data: schemas.CreateFields, content_type: str, **extra: Any) -
     response_model=schemas.Created,
     summary="Create an artifact",
     openapi_extra=CREATE_BODY,
+    responses=responses(400, 409, 413, 415, write=True),
 )
 async def create_artifact(
     request: Request, service: Service, settings: Config, idempotency_key: IdempotencyKey = None
@@ -290,6 +291,7 @@ def _refuse_oversized(request: Request, limit: int) -> None:
     dependencies=[require("artifact:read")],
     response_model=schemas.ArtifactRecord,
     summary="Get an artifact",
+    responses=responses(404, 409),
 )
 async def get_artifact(
     artifact_id: str,
@@ -312,6 +314,7 @@ async def get_artifact(
     dependencies=[require("artifact:read")],
     response_model=schemas.ContentBody,
     summary="Get an artifact's content",
+    responses=responses(404, 409),
 )
 async def get_content(
     artifact_id: str, request: Request, service: Service, settings: Config
@@ -343,6 +346,7 @@ UPDATE_BODY = {
     response_model=schemas.Updated,
     summary="Update title, metadata or primary flag",
     openapi_extra=UPDATE_BODY,
+    responses=responses(404, 409, 413, write=True),
 )
 async def update_artifact(
     artifact_id: str,
@@ -375,6 +379,7 @@ async def update_artifact(
     dependencies=[require("artifact:delete")],
     response_model=schemas.Deleted,
     summary="Delete an artifact",
+    responses=responses(404, 409, write=True),
 )
 async def delete_artifact(
     artifact_id: str, request: Request, service: Service, idempotency_key: IdempotencyKey = None
@@ -416,6 +421,7 @@ UPLOAD_BODY = {
     response_model=schemas.Uploaded,
     summary="Replace an artifact's content with uploaded bytes",
     openapi_extra=UPLOAD_BODY,
+    responses=responses(400, 404, 409, 413, 415, write=True),
 )
 async def upload_content(
     artifact_id: str,

@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
 from app.auth import caller_of, require
-from app.errors import ApiError, validation_error
+from app.errors import ApiError, responses, validation_error
 from app.idempotency import Idempotency, IdempotencyKey, canonical, fingerprint, idempotent
 from app.imports.importer import SOURCE, ImportOptions
 from app.imports.runner import ImportRunner
@@ -87,6 +87,7 @@ async def state_body(jobs: ImportJobs, job: Job) -> dict[str, Any]:
     status_code=202,
     response_model=ImportAccepted,
     summary="Import a CrowNest sandbox's artifacts (a background job)",
+    responses=responses(400, 409, write=True),  # 400: a body FastAPI cannot decode
 )
 async def import_crownest(
     body: CrowNestImportRequest,
@@ -145,6 +146,7 @@ async def _start_crownest(
     dependencies=[require("artifact:read")],
     response_model=ImportState,
     summary="An import job's state",
+    responses=responses(404),
 )
 async def get_import(import_id: str, request: Request, service: Service) -> JSONResponse:
     jobs = runner_of(request).importer.jobs
@@ -160,6 +162,7 @@ async def get_import(import_id: str, request: Request, service: Service) -> JSON
     status_code=202,
     response_model=ImportAccepted,
     summary="Run an interrupted or failed import again (nothing is duplicated)",
+    responses=responses(404, 409, write=True),
 )
 async def resume_import(
     import_id: str, request: Request, settings: Config, idempotency_key: IdempotencyKey = None

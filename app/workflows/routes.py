@@ -13,7 +13,7 @@ from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
 from app.artifacts.routes import PageLimit, download_url, inline_text, next_page_headers
 from app.auth import require
-from app.errors import invalid_cursor
+from app.errors import invalid_cursor, responses
 from app.workflows.export import ArchiveResponse, manifest, plan, safe_segment
 from storage import workflows
 from storage.records import datetime_to_us, us_to_iso
@@ -104,6 +104,7 @@ async def list_workflows(
     dependencies=[require("artifact:read")],
     response_model=WorkflowBody,
     summary="One workflow, by phase",
+    responses=responses(404),
 )
 async def get_workflow(workflow_id: str, service: Service) -> Response:
     """Phases in order of first activity, each with its artifact count, sessions and primary
@@ -137,6 +138,7 @@ async def get_workflow(workflow_id: str, service: Service) -> Response:
     dependencies=[require("artifact:read")],
     response_model=list[schemas.ArtifactRecord],
     summary="The primary deliverable of each phase",
+    responses=responses(404),
 )
 async def get_deliverables(
     workflow_id: str,
@@ -161,7 +163,10 @@ async def get_deliverables(
     "/{workflow_id}/export",
     dependencies=[require("artifact:read")],
     summary="The workflow as one streamed zip or tar archive with a manifest",
-    responses={200: {"content": {"application/zip": {}, "application/x-tar": {}}}},
+    responses={
+        200: {"content": {"application/zip": {}, "application/x-tar": {}}},
+        **responses(404),
+    },
     response_class=Response,
 )
 async def export_workflow(
