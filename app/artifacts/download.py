@@ -70,8 +70,8 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "the stored bytes"},
-    206: {"description": "the requested byte range"},
+    200: {"content": {"*/*": {}}, "description": "the stored bytes, as their own Content-Type"},
+    206: {"content": {"*/*": {}}, "description": "the requested byte range"},
     304: {"description": "not modified (If-None-Match)"},
     416: {"description": "range not satisfiable"},
     **responses(404, 409),

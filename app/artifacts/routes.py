@@ -32,7 +32,7 @@ from app.idempotency import (
     fingerprint,
     idempotent,
 )
-from app.settings import Settings
+from app.settings import ARTIFACT_TYPES, Settings
 from storage.artifacts import ArtifactService
 from storage.errors import BlobTooLarge
 from storage.records import (
@@ -51,6 +51,11 @@ router = APIRouter(tags=["artifacts"])
 
 
 PageLimit = Annotated[int, Query(ge=1, le=200, description="page size")]
+
+
+# Documented as the built-in types; the server also takes any case of them, and the types a
+# deployment adds with ARTIFACTS_EXTRA_ARTIFACT_TYPES.
+TYPE_ENUM = {"enum": list(ARTIFACT_TYPES)}
 
 
 def api_base(request: Request, settings: Settings) -> str:
@@ -94,7 +99,7 @@ async def list_artifacts(
     settings: Config,
     workflow_id: schemas.Text | None = None,
     phase_id: schemas.Text | None = None,
-    artifact_type: str | None = None,
+    artifact_type: str | None = Query(None, json_schema_extra=TYPE_ENUM),
     session_id: schemas.Text | None = None,
     content_type: schemas.Text | None = None,
     is_primary_deliverable: bool | None = None,
@@ -144,15 +149,39 @@ def next_page_headers(request: Request, token: str | None) -> dict[str, str]:
     return {"Link": f'<{next_url}>; rel="next"', "X-Next-Cursor": token}
 
 
+JSON_SCHEMA = schemas.CreateArtifact.model_json_schema()
+JSON_SCHEMA["properties"]["artifact_type"].update(TYPE_ENUM)
+
+
+def _form_field(schema: dict[str, Any]) -> None:
+    """A form field is text or absent, never null: drop the `null` branch and default."""
+    branches = [b for b in schema.pop("anyOf", []) if b != {"type": "null"}]
+    if branches:
+        schema.update(branches[0])
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+
+
 FORM_SCHEMA = schemas.CreateForm.model_json_schema()
+FORM_SCHEMA["properties"]["artifact_type"].update(TYPE_ENUM)
+for _field in FORM_SCHEMA["properties"].values():
+    _form_field(_field)
+FORM_SCHEMA["properties"]["sha256"]["pattern"] = "^[0-9a-fA-F]{64}$"
 FORM_SCHEMA["properties"]["file"] = {"type": "string", "format": "binary"}
 FORM_SCHEMA["required"] = [*FORM_SCHEMA.get("required", []), "file"]
 CREATE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": schemas.CreateArtifact.model_json_schema()},
-            "multipart/form-data": {"schema": FORM_SCHEMA},
+            "application/json": {"schema": JSON_SCHEMA},
+            "multipart/form-data": {
+                "schema": FORM_SCHEMA,
+                # fields first, then the file part (fields after it are a 422 field_after_file)
+                "encoding": {
+                    "derived_from": {"contentType": "application/json"},
+                    "metadata": {"contentType": "application/json"},
+                },
+            },
         },
     }
 }
@@ -332,10 +361,19 @@ async def get_content(
     )
 
 
+UPDATE_SCHEMA = schemas.UpdateArtifact.model_json_schema()
+UPDATE_SCHEMA["anyOf"] = [  # at least one field that is not null
+    {"required": ["title"], "properties": {"title": {"type": "string"}}},
+    {"required": ["metadata"], "properties": {"metadata": {"type": "object"}}},
+    {
+        "required": ["is_primary_deliverable"],
+        "properties": {"is_primary_deliverable": {"type": "boolean"}},
+    },
+]
 UPDATE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": schemas.UpdateArtifact.model_json_schema()}},
+        "content": {"application/json": {"schema": UPDATE_SCHEMA}},
     }
 }
 
@@ -400,7 +438,7 @@ async def delete_artifact(
 
 UPLOAD_BODY = {
     "requestBody": {
-        "required": True,
+        "required": False,  # no body is a raw upload of zero bytes (an empty file)
         "content": {
             "multipart/form-data": {
                 "schema": {

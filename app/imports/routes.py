@@ -17,7 +17,7 @@ from app.errors import ApiError, responses, validation_error
 from app.idempotency import Idempotency, IdempotencyKey, canonical, fingerprint, idempotent
 from app.imports.importer import SOURCE, ImportOptions
 from app.imports.runner import ImportRunner
-from app.settings import Settings
+from app.settings import ARTIFACT_TYPES, Settings
 from storage.imports import ImportJobs, Job, JobHook
 from storage.records import us_to_iso
 
@@ -31,7 +31,11 @@ class CrowNestImportRequest(BaseModel):
     workflow_id: schemas.NonEmpty
     phase_id: schemas.Text | None = None
     session_id: schemas.Text | None = None
-    artifact_type: str | None = Field(None, description="default: inferred from the extension")
+    artifact_type: str | None = Field(
+        None,
+        description="default: inferred from the extension",
+        json_schema_extra={"enum": [*ARTIFACT_TYPES, None]},
+    )
     artifact_ids: list[schemas.NonEmpty] = Field(default_factory=list, max_length=1000)
     source_path_prefix: schemas.Text | None = None
     dry_run: bool = False
