@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
 from app.artifacts import schemas
@@ -51,6 +53,36 @@ router = APIRouter(tags=["artifacts"])
 
 
 PageLimit = Annotated[int, Query(ge=1, le=200, description="page size")]
+
+
+def _iso_only(value: Any) -> Any:
+    """A datetime filter is ISO 8601, as documented: pydantic alone would also read a number as
+    Unix time, so that `created_before=0.5` meant 1970-01-01T00:00:00.5Z."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise PydanticCustomError(
+            "datetime_parsing", "Input should be an ISO 8601 datetime, not a number"
+        )
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+# type/subtype and parameters, no control characters: a stored content type goes out as the
+# download's Content-Type header, where "0" is malformed and a CR/LF cannot be sent at all.
+MEDIA_TYPE = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+([ \t]*;[^\x00-\x1f\x7f]*)?$"
+_MEDIA_TYPE = re.compile(MEDIA_TYPE)
+
+
+def check_media_type(value: str, loc: tuple[str, ...]) -> str:
+    if _MEDIA_TYPE.fullmatch(value) is None:
+        raise validation_error(
+            loc, "media_type", "Input should be a media type such as text/markdown", value
+        )
+    return value
 
 
 # Documented as the built-in types; the server also takes any case of them, and the types a
@@ -103,8 +135,8 @@ async def list_artifacts(
     session_id: schemas.Text | None = None,
     content_type: schemas.Text | None = None,
     is_primary_deliverable: bool | None = None,
-    created_after: datetime | None = Query(None, description="exclusive, ISO 8601"),
-    created_before: datetime | None = Query(None, description="exclusive, ISO 8601"),
+    created_after: IsoDatetime | None = Query(None, description="exclusive, ISO 8601"),
+    created_before: IsoDatetime | None = Query(None, description="exclusive, ISO 8601"),
     derived_from: schemas.Text | None = Query(None, description="direct children of this id"),
     limit: PageLimit = 50,
     cursor: str | None = Query(None, description="from the previous page's X-Next-Cursor"),
@@ -151,6 +183,7 @@ def next_page_headers(request: Request, token: str | None) -> dict[str, str]:
 
 JSON_SCHEMA = schemas.CreateArtifact.model_json_schema()
 JSON_SCHEMA["properties"]["artifact_type"].update(TYPE_ENUM)
+JSON_SCHEMA["properties"]["content_type"]["pattern"] = MEDIA_TYPE
 
 
 def _form_field(schema: dict[str, Any]) -> None:
@@ -167,6 +200,7 @@ FORM_SCHEMA["properties"]["artifact_type"].update(TYPE_ENUM)
 for _field in FORM_SCHEMA["properties"].values():
     _form_field(_field)
 FORM_SCHEMA["properties"]["sha256"]["pattern"] = "^[0-9a-fA-F]{64}$"
+FORM_SCHEMA["properties"]["content_type"]["pattern"] = MEDIA_TYPE
 FORM_SCHEMA["properties"]["file"] = {"type": "string", "format": "binary"}
 FORM_SCHEMA["required"] = [*FORM_SCHEMA.get("required", []), "file"]
 CREATE_BODY = {
@@ -248,7 +282,8 @@ async def create_artifact(
         if idem.replaying:
             return idem.replay(fp)
         data = validate(schemas.CreateArtifact, body, validation_context(settings))
-        new = _new_artifact(data, data.content_type, is_text=True)
+        content_type = check_media_type(data.content_type, ("body", "content_type"))
+        new = _new_artifact(data, content_type, is_text=True)
 
         def render(a: Artifact) -> Response:
             return _created(request, settings, a)
@@ -278,7 +313,10 @@ async def _create_from_form(
         hex_digest(request.headers.get("x-content-sha256"), ("header", "x-content-sha256")),
         hex_digest(data.sha256, ("body", "sha256")),
     )
-    content_type = data.content_type or part.content_type
+    if data.content_type is not None:
+        content_type = check_media_type(data.content_type, ("body", "content_type"))
+    else:
+        content_type = check_media_type(part.content_type, ("body", "file"))
     new = _new_artifact(
         data, content_type, filename=safe_filename(part.filename), is_text=is_textual(content_type)
     )
@@ -487,12 +525,16 @@ async def upload_content(
             form_digest = hex_digest(form.fields.get("sha256"), ("body", "sha256"))
             expected = one_digest(declared_header, form_digest)
             chunks = form.file_chunks()
-            ctype = part.content_type
+            ctype = check_media_type(part.content_type, ("body", "file"))
             name = safe_filename(part.filename)
             head = canonical(["form", sorted(form.fields.items()), part.filename, ctype])
         else:
             expected = one_digest(declared_content, declared_header)
             ctype = request.headers.get("content-type") or "application/octet-stream"
+            if _MEDIA_TYPE.fullmatch(ctype) is None:
+                raise ApiError(
+                    415, "unsupported_media_type", f"{ctype!r} is not a media type (type/subtype)."
+                )
             name = safe_filename(filename) if filename else None
             chunks = request.stream()
             head = canonical(["raw", ctype])

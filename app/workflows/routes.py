@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -11,7 +10,13 @@ from pydantic import BaseModel
 
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
-from app.artifacts.routes import PageLimit, download_url, inline_text, next_page_headers
+from app.artifacts.routes import (
+    IsoDatetime,
+    PageLimit,
+    download_url,
+    inline_text,
+    next_page_headers,
+)
 from app.auth import require
 from app.errors import invalid_cursor, responses
 from app.workflows.export import ArchiveResponse, manifest, plan, safe_segment
@@ -73,8 +78,8 @@ def _summary_body(w: workflows.WorkflowSummary) -> dict[str, Any]:
 async def list_workflows(
     request: Request,
     service: Service,
-    active_after: datetime | None = Query(None, description="last activity after (exclusive)"),
-    active_before: datetime | None = Query(None, description="last activity before (exclusive)"),
+    active_after: IsoDatetime | None = Query(None, description="last activity after (exclusive)"),
+    active_before: IsoDatetime | None = Query(None, description="last activity before (exclusive)"),
     limit: PageLimit = 50,
     cursor: str | None = Query(None, description="from the previous page's X-Next-Cursor"),
 ) -> Response:
