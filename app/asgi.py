@@ -127,12 +127,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     RedactSignatures.install()
     errors.install(app)
     app.include_router(health.router)
+    secured = errors.SECURED  # every route of these routers is behind require()
     for router in (routes.router, download.router, lineage.router):
-        app.include_router(router, prefix="/artifacts")
-        app.include_router(router, prefix="/api/v1/artifacts", include_in_schema=False)
+        app.include_router(router, prefix="/artifacts", responses=secured)
+        app.include_router(
+            router, prefix="/api/v1/artifacts", include_in_schema=False, responses=secured
+        )
     for router in (workflow_routes.router, events.router, import_routes.router):
-        app.include_router(router)
-        app.include_router(router, prefix="/api/v1", include_in_schema=False)
+        app.include_router(router, responses=secured)
+        app.include_router(router, prefix="/api/v1", include_in_schema=False, responses=secured)
     return app
 
 

@@ -9,12 +9,14 @@ No exception ever reaches the client as a traceback.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -116,9 +118,40 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status, exc.code, exc.detail, exc.headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _paths(app: FastAPI) -> list[tuple[int, re.Pattern[str], str]]:
+    """(parameter count, regex, Allow) of every path in the app's OpenAPI document."""
+    table = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for template, item in app.openapi()["paths"].items():
+            parts = re.split(r"(\{[^}]+\})", template)
+            regex = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+            methods = [m for m in ("get", "head", "post", "put", "patch", "delete") if m in item]
+            allow = ", ".join(m.upper() for m in methods)
+            table.append((template.count("{"), re.compile(regex), allow))
+        table.sort(key=lambda row: row[0])  # a literal path before a template that also matches
+        app.state.allow_table = table
+    return table
+
+
+def allowed_methods(request: Request) -> str | None:
+    """The methods the OpenAPI document lists for this path (`/api/v1` mirrors the rest).
+    Starlette's own Allow names only the first matching route's, and GET, PUT and DELETE of one
+    path are three routes here."""
+    path = request.scope["path"]
+    if path.startswith("/api/v1/"):
+        path = path.removeprefix("/api/v1")
+    for _, regex, allow in _paths(request.app):
+        if regex.fullmatch(path):
+            return allow
+    return None
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers or {})
+    if exc.status_code == 405 and "app" in request.scope:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
     if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
     code = CODE_BY_STATUS.get(exc.status_code, "error")
@@ -150,6 +183,80 @@ async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     return problem(500, "internal_error", "The server failed to answer this request.")
+
+
+# -- the same answers, declared in OpenAPI ----------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every error but input validation: a sentence and a stable snake_case code."""
+
+    detail: str
+    code: str
+
+
+def _header(description: str, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": "string"}}
+
+
+RESPONSES: dict[int, dict[str, Any]] = {
+    400: {"description": "malformed or incomplete body (malformed_multipart, incomplete_body)"},
+    401: {
+        "description": "no valid API key (invalid_api_key)",
+        "headers": {"WWW-Authenticate": _header("the schemes to authenticate with")},
+    },
+    403: {"description": "the API key lacks the route's scope (forbidden)"},
+    404: {"description": "not found (artifact_not_found, workflow_not_found, import_not_found)"},
+    409: {
+        "description": "ambiguous id prefix, import running, or a request with this "
+        "Idempotency-Key still in progress (idempotency_request_in_progress, with Retry-After)",
+        "headers": {"Retry-After": _header("seconds", required=False)},
+    },
+    413: {"description": "body, form field or upload over its limit (payload_too_large, …)"},
+    415: {"description": "unsupported request media type (unsupported_media_type)"},
+    429: {
+        "description": "the API key passed its request rate (rate_limited)",
+        "headers": {"Retry-After": _header("seconds")},
+    },
+    503: {
+        "description": "a dependency is unavailable; retry later (database_unavailable, "
+        "storage_unavailable; crownest_not_configured on imports)"
+    },
+    507: {"description": "the disk is full; nothing was stored (insufficient_storage)"},
+}
+
+# Writes answer 422 in FastAPI's shape for input errors, and as ErrorBody for digest_mismatch
+# and idempotency_key_reused. (HTTPValidationError is in the components because FastAPI adds
+# it for every route that keeps its default 422; ErrorBody, because every route uses it.)
+UNPROCESSABLE_EITHER: dict[str, Any] = {
+    "description": "invalid input (FastAPI's shape), or digest_mismatch / idempotency_key_reused",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/HTTPValidationError"},
+                    {"$ref": "#/components/schemas/ErrorBody"},
+                ]
+            }
+        }
+    },
+}
+
+
+def responses(*statuses: int, write: bool = False) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the error answers it can give, each an ErrorBody; `write`
+    adds 507 and the 422 of either shape."""
+    out: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorBody, **RESPONSES[status]} for status in statuses
+    }
+    if write:
+        out[507] = {"model": ErrorBody, **RESPONSES[507]}
+        out[422] = UNPROCESSABLE_EITHER
+    return out
+
+
+# Every route behind require(): who is calling, how fast, and whether the database answers.
+SECURED = responses(401, 403, 429, 503)
 
 
 def install(app: FastAPI) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from app.artifacts.deps import Service
 from app.auth import require
@@ -24,6 +24,9 @@ from storage.events import Event, Notifier, read_after
 from storage.records import us_to_iso
 
 router = APIRouter(tags=["events"])
+# An event id: up to 18 ASCII digits ("" is the start). Documented only: anything else keeps the
+# 422 cursor_invalid of _cursor below.
+EVENT_ID = WithJsonSchema({"type": "string", "pattern": "^[0-9]{0,18}$"})
 KEEPALIVE_SECONDS = 15.0
 POLL_SECONDS = 1.0  # other processes' writes are seen within this
 
@@ -73,10 +76,14 @@ def _cursor(value: str | None, loc: tuple[str, str]) -> int:
 async def events(
     request: Request,
     service: Service,
-    after: str | None = Query(None, description="the last event id seen; omit for the start"),
+    after: Annotated[
+        str | None, Query(description="the last event id seen; omit for the start"), EVENT_ID
+    ] = None,
     workflow_id: str | None = Query(None, description="only this workflow's events"),
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="read only without `after`, which wins"), EVENT_ID
+    ] = None,
 ) -> Response:
     """`artifact.created`, `artifact.updated`, `artifact.content_replaced`, `artifact.deleted`
     and `deliverable.changed`, in commit order. As JSON: one page and its `next_cursor`. As SSE:

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.errors import ErrorBody
 
 router = APIRouter(tags=["health"])
+
+
+class Ready(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+class NotReady(ErrorBody):
+    checks: dict[str, str]
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -13,7 +25,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable, blob directory writable")
+@router.get(
+    "/readyz",
+    summary="Readiness: database reachable, blob directory writable",
+    response_model=Ready,
+    responses={503: {"model": NotReady, "description": "not ready, with the failed checks"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     service = request.app.state.service
     checks: dict[str, str] = {}

@@ -651,7 +651,9 @@ def allowed_data_files(live: Live) -> None:
     """Only the database (SQLite), the server's log and blob-store bookkeeping, never a
     staging or temporary file."""
     for name in data_files(live):
-        assert re.fullmatch(r"artifacts\.db(-wal|-shm|-journal)?|server-\d+\.log|signing\.key", name), name
+        assert re.fullmatch(
+            r"artifacts\.db(-wal|-shm|-journal)?|server-\d+\.log|signing\.key", name
+        ), name
     assert list((live.data_dir / "blobs" / "tmp").iterdir()) == []
 
 
@@ -750,7 +752,9 @@ def watching(live: Live) -> Iterator[dict[str, Any]]:
 
 def assert_nothing_staged(live: Live, seen: dict[str, Any]) -> None:
     for name in seen["data_files"]:
-        assert re.fullmatch(r"artifacts\.db(-wal|-shm|-journal)?|server-\d+\.log|signing\.key", name), name
+        assert re.fullmatch(
+            r"artifacts\.db(-wal|-shm|-journal)?|server-\d+\.log|signing\.key", name
+        ), name
     data = str(live.data_dir.resolve())
     blobs = str((live.data_dir / "blobs" / "sha256").resolve())
     for path in seen["open_files"]:

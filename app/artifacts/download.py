@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from app.artifacts.deps import Config, Service
 from app.artifacts.routes import api_base
 from app.auth import caller_of, require
-from app.errors import ApiError
+from app.errors import ApiError, responses
 from app.signing import LinkSigner, lifetime
 from storage.errors import BlobNotFound
 from storage.records import Artifact, us_to_iso
@@ -74,10 +74,11 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "the stored bytes"},
-    206: {"description": "the requested byte range"},
+    200: {"content": {"*/*": {}}, "description": "the stored bytes, as their own Content-Type"},
+    206: {"content": {"*/*": {}}, "description": "the requested byte range"},
     304: {"description": "not modified (If-None-Match)"},
     416: {"description": "range not satisfiable"},
+    **responses(404, 409),
 }
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from app.artifacts import schemas
 from app.artifacts.deps import Service
 from app.auth import require
+from app.errors import responses
 from storage.lineage import Node, subgraph
 
 router = APIRouter(tags=["lineage"])
@@ -40,6 +41,7 @@ def node_body(node: Node) -> dict[str, Any]:
     dependencies=[require("artifact:read")],
     response_model=LineageGraph,
     summary="Ancestors and descendants (derived_from edges) of an artifact",
+    responses=responses(404, 409),
 )
 async def get_lineage(
     artifact_id: str,

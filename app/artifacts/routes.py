@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
 from app.artifacts import schemas
@@ -24,7 +26,7 @@ from app.artifacts.body import (
 from app.artifacts.deps import Config, Service
 from app.artifacts.multipart import FormStream, safe_filename
 from app.auth import require
-from app.errors import ApiError, invalid_cursor, validation_error
+from app.errors import ApiError, invalid_cursor, responses, validation_error
 from app.idempotency import (
     Idempotency,
     IdempotencyKey,
@@ -33,7 +35,7 @@ from app.idempotency import (
     fingerprint,
     idempotent,
 )
-from app.settings import Settings
+from app.settings import ARTIFACT_TYPES, Settings
 from storage.artifacts import ArtifactService
 from storage.errors import BlobTooLarge
 from storage.records import (
@@ -52,6 +54,41 @@ router = APIRouter(tags=["artifacts"])
 
 
 PageLimit = Annotated[int, Query(ge=1, le=200, description="page size")]
+
+
+def _iso_only(value: Any) -> Any:
+    """A datetime filter is ISO 8601, as documented: pydantic alone would also read a number as
+    Unix time, so that `created_before=0.5` meant 1970-01-01T00:00:00.5Z."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise PydanticCustomError(
+            "datetime_parsing", "Input should be an ISO 8601 datetime, not a number"
+        )
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+# type/subtype and parameters, no control characters: a stored content type goes out as the
+# download's Content-Type header, where "0" is malformed and a CR/LF cannot be sent at all.
+MEDIA_TYPE = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+([ \t]*;[^\x00-\x1f\x7f]*)?$"
+_MEDIA_TYPE = re.compile(MEDIA_TYPE)
+
+
+def check_media_type(value: str, loc: tuple[str, ...]) -> str:
+    if _MEDIA_TYPE.fullmatch(value) is None:
+        raise validation_error(
+            loc, "media_type", "Input should be a media type such as text/markdown", value
+        )
+    return value
+
+
+# Documented as the built-in types; the server also takes any case of them, and the types a
+# deployment adds with ARTIFACTS_EXTRA_ARTIFACT_TYPES.
+TYPE_ENUM = {"enum": list(ARTIFACT_TYPES)}
 
 
 def api_base(request: Request, settings: Settings) -> str:
@@ -96,12 +133,12 @@ async def list_artifacts(
     settings: Config,
     workflow_id: schemas.Text | None = None,
     phase_id: schemas.Text | None = None,
-    artifact_type: str | None = None,
+    artifact_type: str | None = Query(None, json_schema_extra=TYPE_ENUM),
     session_id: schemas.Text | None = None,
     content_type: schemas.Text | None = None,
     is_primary_deliverable: bool | None = None,
-    created_after: datetime | None = Query(None, description="exclusive, ISO 8601"),
-    created_before: datetime | None = Query(None, description="exclusive, ISO 8601"),
+    created_after: IsoDatetime | None = Query(None, description="exclusive, ISO 8601"),
+    created_before: IsoDatetime | None = Query(None, description="exclusive, ISO 8601"),
     derived_from: schemas.Text | None = Query(None, description="direct children of this id"),
     limit: PageLimit = 50,
     cursor: str | None = Query(None, description="from the previous page's X-Next-Cursor"),
@@ -146,15 +183,41 @@ def next_page_headers(request: Request, token: str | None) -> dict[str, str]:
     return {"Link": f'<{next_url}>; rel="next"', "X-Next-Cursor": token}
 
 
+JSON_SCHEMA = schemas.CreateArtifact.model_json_schema()
+JSON_SCHEMA["properties"]["artifact_type"].update(TYPE_ENUM)
+JSON_SCHEMA["properties"]["content_type"]["pattern"] = MEDIA_TYPE
+
+
+def _form_field(schema: dict[str, Any]) -> None:
+    """A form field is text or absent, never null: drop the `null` branch and default."""
+    branches = [b for b in schema.pop("anyOf", []) if b != {"type": "null"}]
+    if branches:
+        schema.update(branches[0])
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+
+
 FORM_SCHEMA = schemas.CreateForm.model_json_schema()
+FORM_SCHEMA["properties"]["artifact_type"].update(TYPE_ENUM)
+for _field in FORM_SCHEMA["properties"].values():
+    _form_field(_field)
+FORM_SCHEMA["properties"]["sha256"]["pattern"] = "^[0-9a-fA-F]{64}$"
+FORM_SCHEMA["properties"]["content_type"]["pattern"] = MEDIA_TYPE
 FORM_SCHEMA["properties"]["file"] = {"type": "string", "format": "binary"}
 FORM_SCHEMA["required"] = [*FORM_SCHEMA.get("required", []), "file"]
 CREATE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": schemas.CreateArtifact.model_json_schema()},
-            "multipart/form-data": {"schema": FORM_SCHEMA},
+            "application/json": {"schema": JSON_SCHEMA},
+            "multipart/form-data": {
+                "schema": FORM_SCHEMA,
+                # fields first, then the file part (fields after it are a 422 field_after_file)
+                "encoding": {
+                    "derived_from": {"contentType": "application/json"},
+                    "metadata": {"contentType": "application/json"},
+                },
+            },
         },
     }
 }
@@ -197,6 +260,7 @@ def _new_artifact(data: schemas.CreateFields, content_type: str, **extra: Any) -
     response_model=schemas.Created,
     summary="Create an artifact",
     openapi_extra=CREATE_BODY,
+    responses=responses(400, 409, 413, 415, write=True),
 )
 async def create_artifact(
     request: Request, service: Service, settings: Config, idempotency_key: IdempotencyKey = None
@@ -220,7 +284,8 @@ async def create_artifact(
         if idem.replaying:
             return idem.replay(fp)
         data = validate(schemas.CreateArtifact, body, validation_context(settings))
-        new = _new_artifact(data, data.content_type, is_text=True)
+        content_type = check_media_type(data.content_type, ("body", "content_type"))
+        new = _new_artifact(data, content_type, is_text=True)
 
         def render(a: Artifact) -> Response:
             return _created(request, settings, a)
@@ -250,7 +315,10 @@ async def _create_from_form(
         hex_digest(request.headers.get("x-content-sha256"), ("header", "x-content-sha256")),
         hex_digest(data.sha256, ("body", "sha256")),
     )
-    content_type = data.content_type or part.content_type
+    if data.content_type is not None:
+        content_type = check_media_type(data.content_type, ("body", "content_type"))
+    else:
+        content_type = check_media_type(part.content_type, ("body", "file"))
     new = _new_artifact(
         data, content_type, filename=safe_filename(part.filename), is_text=is_textual(content_type)
     )
@@ -292,6 +360,7 @@ def _refuse_oversized(request: Request, limit: int) -> None:
     dependencies=[require("artifact:read")],
     response_model=schemas.ArtifactRecord,
     summary="Get an artifact",
+    responses=responses(404, 409),
 )
 async def get_artifact(
     artifact_id: str,
@@ -314,6 +383,7 @@ async def get_artifact(
     dependencies=[require("artifact:read")],
     response_model=schemas.ContentBody,
     summary="Get an artifact's content",
+    responses=responses(404, 409),
 )
 async def get_content(
     artifact_id: str, request: Request, service: Service, settings: Config
@@ -331,10 +401,19 @@ async def get_content(
     )
 
 
+UPDATE_SCHEMA = schemas.UpdateArtifact.model_json_schema()
+UPDATE_SCHEMA["anyOf"] = [  # at least one field that is not null
+    {"required": ["title"], "properties": {"title": {"type": "string"}}},
+    {"required": ["metadata"], "properties": {"metadata": {"type": "object"}}},
+    {
+        "required": ["is_primary_deliverable"],
+        "properties": {"is_primary_deliverable": {"type": "boolean"}},
+    },
+]
 UPDATE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": schemas.UpdateArtifact.model_json_schema()}},
+        "content": {"application/json": {"schema": UPDATE_SCHEMA}},
     }
 }
 
@@ -345,6 +424,7 @@ UPDATE_BODY = {
     response_model=schemas.Updated,
     summary="Update title, metadata or primary flag",
     openapi_extra=UPDATE_BODY,
+    responses=responses(404, 409, 413, write=True),
 )
 async def update_artifact(
     artifact_id: str,
@@ -377,6 +457,7 @@ async def update_artifact(
     dependencies=[require("artifact:delete")],
     response_model=schemas.Deleted,
     summary="Delete an artifact",
+    responses=responses(404, 409, write=True),
 )
 async def delete_artifact(
     artifact_id: str, request: Request, service: Service, idempotency_key: IdempotencyKey = None
@@ -397,7 +478,7 @@ async def delete_artifact(
 
 UPLOAD_BODY = {
     "requestBody": {
-        "required": True,
+        "required": False,  # no body is a raw upload of zero bytes (an empty file)
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -418,6 +499,7 @@ UPLOAD_BODY = {
     response_model=schemas.Uploaded,
     summary="Replace an artifact's content with uploaded bytes",
     openapi_extra=UPLOAD_BODY,
+    responses=responses(400, 404, 409, 413, 415, write=True),
 )
 async def upload_content(
     artifact_id: str,
@@ -445,12 +527,16 @@ async def upload_content(
             form_digest = hex_digest(form.fields.get("sha256"), ("body", "sha256"))
             expected = one_digest(declared_header, form_digest)
             chunks = form.file_chunks()
-            ctype = part.content_type
+            ctype = check_media_type(part.content_type, ("body", "file"))
             name = safe_filename(part.filename)
             head = canonical(["form", sorted(form.fields.items()), part.filename, ctype])
         else:
             expected = one_digest(declared_content, declared_header)
             ctype = request.headers.get("content-type") or "application/octet-stream"
+            if _MEDIA_TYPE.fullmatch(ctype) is None:
+                raise ApiError(
+                    415, "unsupported_media_type", f"{ctype!r} is not a media type (type/subtype)."
+                )
             name = safe_filename(filename) if filename else None
             chunks = stream_with_idle_timeout(request)
             head = canonical(["raw", ctype])

@@ -36,8 +36,9 @@ def no_nul(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(no_nul)]
-NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(no_nul)]
+NO_NUL = Field(json_schema_extra={"pattern": "^[^\\x00]*$"})  # documents no_nul (its 422 stays)
+Text = Annotated[str, AfterValidator(no_nul), NO_NUL]
+NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(no_nul), NO_NUL]
 
 _LIMITS = ("max_title_chars", "max_id_chars", "max_derived_from", "max_metadata_bytes")
 
@@ -65,12 +66,26 @@ def _at_most(name: str) -> Any:
     return AfterValidator(check)
 
 
-Title = Annotated[str, AfterValidator(no_nul), _at_most("max_title_chars")]
-Id = Annotated[str, AfterValidator(no_nul), _at_most("max_id_chars")]
+def _documented(name: str) -> Any:
+    """The default limit and the no-NUL rule, in the schema (the checks above enforce them)."""
+    default = int(Settings.model_fields[name].default)
+    return Field(json_schema_extra={"pattern": "^[^\\x00]*$", "maxLength": default})
+
+
+Title = Annotated[
+    str, AfterValidator(no_nul), _at_most("max_title_chars"), _documented("max_title_chars")
+]
+Id = Annotated[str, AfterValidator(no_nul), _at_most("max_id_chars"), _documented("max_id_chars")]
 IDS = "at most ARTIFACTS_MAX_ID_CHARS (255) characters"
 # A media type with its parameters; held to the id limit (RFC 6838 names are <= 127 each).
-ContentType = Annotated[str, Field(min_length=1), AfterValidator(no_nul), _at_most("max_id_chars")]
-NonEmptyId = Annotated[str, Field(min_length=1), AfterValidator(no_nul), _at_most("max_id_chars")]
+NonEmptyId = Annotated[
+    str,
+    Field(min_length=1),
+    AfterValidator(no_nul),
+    _at_most("max_id_chars"),
+    _documented("max_id_chars"),
+]
+ContentType = NonEmptyId
 
 
 def _expected(values: tuple[str, ...]) -> str:

@@ -13,11 +13,11 @@ from pydantic_core import PydanticCustomError
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
 from app.auth import caller_of, require
-from app.errors import ApiError, validation_error
+from app.errors import ApiError, responses, validation_error
 from app.idempotency import Idempotency, IdempotencyKey, canonical, fingerprint, idempotent
 from app.imports.importer import SOURCE, ImportOptions
 from app.imports.runner import ImportRunner
-from app.settings import Settings
+from app.settings import ARTIFACT_TYPES, Settings
 from storage.imports import ImportJobs, Job, JobHook
 from storage.records import us_to_iso
 
@@ -32,7 +32,10 @@ class CrowNestImportRequest(BaseModel):
     phase_id: schemas.Id | None = None
     session_id: schemas.Id | None = None
     artifact_type: str | None = Field(
-        None, max_length=64, description="default: inferred from the extension"
+        None,
+        max_length=64,
+        description="default: inferred from the extension",
+        json_schema_extra={"enum": [*ARTIFACT_TYPES, None]},
     )
     artifact_ids: list[schemas.NonEmptyId] = Field(default_factory=list, max_length=1000)
     source_path_prefix: schemas.Title | None = None
@@ -89,6 +92,7 @@ async def state_body(jobs: ImportJobs, job: Job) -> dict[str, Any]:
     status_code=202,
     response_model=ImportAccepted,
     summary="Import a CrowNest sandbox's artifacts (a background job)",
+    responses=responses(400, 409, write=True),  # 400: a body FastAPI cannot decode
 )
 async def import_crownest(
     body: CrowNestImportRequest,
@@ -166,6 +170,7 @@ async def _start_crownest(
     dependencies=[require("artifact:read")],
     response_model=ImportState,
     summary="An import job's state",
+    responses=responses(404),
 )
 async def get_import(import_id: str, request: Request, service: Service) -> JSONResponse:
     jobs = runner_of(request).importer.jobs
@@ -181,6 +186,7 @@ async def get_import(import_id: str, request: Request, service: Service) -> JSON
     status_code=202,
     response_model=ImportAccepted,
     summary="Run an interrupted or failed import again (nothing is duplicated)",
+    responses=responses(404, 409, write=True),
 )
 async def resume_import(
     import_id: str, request: Request, settings: Config, idempotency_key: IdempotencyKey = None

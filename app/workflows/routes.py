@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -11,9 +10,15 @@ from pydantic import BaseModel
 
 from app.artifacts import schemas
 from app.artifacts.deps import Config, Service
-from app.artifacts.routes import PageLimit, download_url, inline_text, next_page_headers
+from app.artifacts.routes import (
+    IsoDatetime,
+    PageLimit,
+    download_url,
+    inline_text,
+    next_page_headers,
+)
 from app.auth import require
-from app.errors import invalid_cursor
+from app.errors import invalid_cursor, responses
 from app.workflows.export import ArchiveResponse, manifest, plan, safe_segment
 from storage import workflows
 from storage.records import datetime_to_us, us_to_iso
@@ -73,8 +78,8 @@ def _summary_body(w: workflows.WorkflowSummary) -> dict[str, Any]:
 async def list_workflows(
     request: Request,
     service: Service,
-    active_after: datetime | None = Query(None, description="last activity after (exclusive)"),
-    active_before: datetime | None = Query(None, description="last activity before (exclusive)"),
+    active_after: IsoDatetime | None = Query(None, description="last activity after (exclusive)"),
+    active_before: IsoDatetime | None = Query(None, description="last activity before (exclusive)"),
     limit: PageLimit = 50,
     cursor: str | None = Query(None, description="from the previous page's X-Next-Cursor"),
 ) -> Response:
@@ -104,6 +109,7 @@ async def list_workflows(
     dependencies=[require("artifact:read")],
     response_model=WorkflowBody,
     summary="One workflow, by phase",
+    responses=responses(404),
 )
 async def get_workflow(workflow_id: str, service: Service) -> Response:
     """Phases in order of first activity, each with its artifact count, sessions and primary
@@ -137,6 +143,7 @@ async def get_workflow(workflow_id: str, service: Service) -> Response:
     dependencies=[require("artifact:read")],
     response_model=list[schemas.ArtifactRecord],
     summary="The primary deliverable of each phase",
+    responses=responses(404),
 )
 async def get_deliverables(
     workflow_id: str,
@@ -161,7 +168,10 @@ async def get_deliverables(
     "/{workflow_id}/export",
     dependencies=[require("artifact:read")],
     summary="The workflow as one streamed zip or tar archive with a manifest",
-    responses={200: {"content": {"application/zip": {}, "application/x-tar": {}}}},
+    responses={
+        200: {"content": {"application/zip": {}, "application/x-tar": {}}},
+        **responses(404),
+    },
     response_class=Response,
 )
 async def export_workflow(
