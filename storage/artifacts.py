@@ -348,9 +348,7 @@ class ArtifactService:
             return None
         async with self.db.read() as conn:
             row = (
-                await conn.execute(
-                    sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE)
-                )
+                await conn.execute(sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE))
             ).first()
         return None if row is None else (row.tenant, row_to_artifact(row, None))
 
