@@ -88,3 +88,11 @@ def test_date_filters_take_iso_8601_not_unix_time(
         assert r.json()["detail"][0]["type"] == "datetime_parsing"
         assert r.json()["detail"][0]["loc"] == ["query", name]
     assert client.get(path, params={name: "2026-01-01T00:00:00Z"}).status_code == 200
+
+
+def test_a_content_type_that_cannot_be_a_header_is_refused(client: httpx.Client) -> None:
+    """Found by Schemathesis: a non-ASCII parameter was stored, then the download's
+    Content-Type header could not be encoded (500)."""
+    body = {"workflow_id": "w", "artifact_type": "text", "title": "t", "content": "x"}
+    r = client.post("/artifacts", json={**body, "content_type": "text/plain; x=\u00e9\u4e2d"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "media_type"

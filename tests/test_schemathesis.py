@@ -60,7 +60,7 @@ def test_every_check_runs_on_every_operation() -> None:
     assert {"use_after_free", "ensure_resource_availability", "ignored_auth"} <= names
     off = set()
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 20
+    assert len(operations) == 21
     for operation in operations:
         for phase in PHASES:
             checks = project.checks_config_for(operation=operation, phase=phase)

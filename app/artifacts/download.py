@@ -155,6 +155,7 @@ class DownloadLink(BaseModel):
     "/{artifact_id}/download-url",
     dependencies=[require("artifact:read")],
     response_model=DownloadLink,
+    responses=responses(404, 409),
     summary="A signed, expiring link to the artifact's bytes that needs no key",
 )
 async def download_url(

@@ -74,7 +74,8 @@ IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 # type/subtype and parameters, no control characters: a stored content type goes out as the
 # download's Content-Type header, where "0" is malformed and a CR/LF cannot be sent at all.
-MEDIA_TYPE = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+([ \t]*;[^\x00-\x1f\x7f]*)?$"
+# Parameters in visible ASCII: the value goes out as a Content-Type header, which must encode.
+MEDIA_TYPE = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+([ \t]*;[\t\x20-\x7e]*)?$"
 _MEDIA_TYPE = re.compile(MEDIA_TYPE)
 
 
