@@ -784,7 +784,7 @@ def machine_settings(examples: int) -> settings:
     )
 
 
-# Each step re-reads every artifact over HTTP (~3 ms a request in process): ~1.5 s an example.
+# Each step re-reads every artifact over HTTP (~3 ms a request in process): ~2 s an example.
 SETTINGS = {"sqlite": machine_settings(15), "postgresql": machine_settings(8)}
 
 
