@@ -165,7 +165,6 @@ async def authenticate(
         if not caller.allows(scope):
             raise ApiError(403, "forbidden", f"This API key lacks the scope {scope!r}.")
     request.state.caller = caller
-    request.state.tenant = caller.tenant
     return caller
 
 
@@ -199,7 +198,6 @@ async def authenticate_link(
         raise ApiError(403, code, str(exc)) from None
     caller = Caller(tenant, frozenset(security_scopes.scopes), None)
     request.state.caller = caller
-    request.state.tenant = tenant
     request.state.link_content_hash = artifact.content_hash
     return caller
 

@@ -28,6 +28,7 @@ from anyio import CancelScope
 from fastapi import Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.auth import caller_of
 from app.errors import ApiError
 from storage.errors import BlobTooLarge
 from storage.idempotency import (
@@ -58,10 +59,8 @@ Hook = Callable[[AsyncConnection, T], Awaitable[None]]
 
 
 def caller_scope(request: Request) -> str:
-    """Whose keys these are. Until API keys exist (issue 7) every caller is the one open-mode
-    user; with keys, the scope becomes the tenant, so keys never collide across tenants."""
-    scope: str = getattr(request.state, "tenant", None) or "open"
-    return scope
+    """Whose keys these are: the caller's tenant, so keys never collide across tenants."""
+    return caller_of(request).tenant
 
 
 def canonical(value: Any) -> bytes:
@@ -97,7 +96,6 @@ class Idempotency:
     """One request's key: `async with idempotent(request) as idem:` around a write route."""
 
     def __init__(self, request: Request, key: str | None) -> None:
-        self.request = request
         self.keys: IdempotencyKeys = request.app.state.idempotency
         self.key = key
         self.scope = caller_scope(request)

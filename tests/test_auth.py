@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import subprocess
@@ -342,8 +343,6 @@ def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(tmp_path: Path) -
     assert re.fullmatch(r"wfa_[A-Za-z0-9_-]{43}", secret)
     listed = cli("keys", "list", "--json", data=data)
     assert listed.returncode == 0 and secret not in listed.stdout
-    import json
-
     (entry,) = json.loads(listed.stdout)
     assert entry["prefix"] == secret[:12] and entry["project"] == "proj"
     assert entry["scopes"] == ["artifact:create", "artifact:read"] and entry["expires_at"]
