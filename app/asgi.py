@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from app import errors, events, health
 from app.artifacts import download, lineage, routes
 from app.auth import Authenticator, is_loopback
+from app.blobstore import open_blob_store
 from app.imports import routes as import_routes
 from app.imports.runner import ImportRunner, importer_for
 from app.settings import Settings
@@ -19,8 +20,9 @@ from app.signing import RedactSignatures, signer_from_settings
 from app.workflows import routes as workflow_routes
 from storage.apikeys import ApiKeys
 from storage.artifacts import ArtifactService
-from storage.blobs import FilesystemBlobStore
+from storage.blobs import MaintainedBlobStore
 from storage.db.engine import Database
+from storage.errors import InsufficientStorage, StorageUnavailable
 from storage.events import Notifier
 from storage.idempotency import IdempotencyKeys
 from storage.maintenance import collect_garbage, recover_trash
@@ -31,10 +33,26 @@ DESCRIPTION = """Artifact store for agent workflows, wire-compatible with the Sy
 Artifacts API. Every route under `/artifacts` is also served under `/api/v1/artifacts`."""
 
 
-async def periodic_gc(db: Database, blobs: FilesystemBlobStore, settings: Settings) -> None:
+async def recover(db: Database, blobs: MaintainedBlobStore) -> bool:
+    """Trash recovery at start-up. An unreachable blob store does not stop the server from
+    starting (it answers 503 and /readyz says so until the store is back); recovery then waits
+    for the next GC run. Safe at any time: it takes each digest's GC lock."""
+    try:
+        await recover_trash(db, blobs)
+    except (StorageUnavailable, InsufficientStorage) as exc:
+        log.warning("trash recovery postponed to the next GC run: %s", exc)
+        return False
+    return True
+
+
+async def periodic_gc(
+    db: Database, blobs: MaintainedBlobStore, settings: Settings, *, recovered: bool = True
+) -> None:
     """Garbage collection every ARTIFACTS_GC_INTERVAL, safe alongside uploads."""
     while True:
         await asyncio.sleep(settings.gc_interval)
+        if not recovered:
+            recovered = await recover(db, blobs)
         try:
             report = await collect_garbage(
                 db,
@@ -82,39 +100,40 @@ async def authenticator(db: Database, settings: Settings) -> Authenticator:
     return auth
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url)
-        app.state.notifier = notifier = Notifier()
-        blobs = FilesystemBlobStore(settings.blob_dir)
-        app.state.service = service = ArtifactService(
-            db, blobs, on_commit=notifier.notify, verify_streams=settings.verify_reads
-        )
-        app.state.idempotency = IdempotencyKeys(
-            db,
-            lease_us=max(1, int(settings.idempotency_lease * 1e6)),
-            ttl_us=int(settings.idempotency_ttl * 1e6),
-        )
-        app.state.auth = await authenticator(db, settings)
-        app.state.signer = signer_from_settings(settings)
-        await recover_trash(db, blobs)
-        app.state.imports = runner = ImportRunner(importer_for(service, settings))
-        if settings.crownest_api_key is not None:
-            await runner.resume_unfinished()
-        gc_task = (
-            asyncio.create_task(periodic_gc(db, blobs, settings)) if settings.gc_interval else None
-        )
-        try:
+        async with AsyncExitStack() as stack:  # closed in reverse order, also on a failed start
+            blobs = await stack.enter_async_context(open_blob_store(settings))
+            db = Database(settings.resolved_database_url)
+            stack.push_async_callback(db.dispose)
+            app.state.notifier = notifier = Notifier()
+            app.state.service = service = ArtifactService(
+                db, blobs, on_commit=notifier.notify, verify_streams=settings.verify_reads
+            )
+            app.state.idempotency = IdempotencyKeys(
+                db,
+                lease_us=max(1, int(settings.idempotency_lease * 1e6)),
+                ttl_us=int(settings.idempotency_ttl * 1e6),
+            )
+            app.state.auth = await authenticator(db, settings)
+            app.state.signer = signer_from_settings(settings)
+            recovered = await recover(db, blobs)
+            app.state.imports = runner = ImportRunner(importer_for(service, settings))
+            stack.push_async_callback(runner.stop)
+            if settings.crownest_api_key is not None:
+                await runner.resume_unfinished()
+            if settings.gc_interval:
+                gc_task = asyncio.create_task(periodic_gc(db, blobs, settings, recovered=recovered))
+                stack.push_async_callback(_cancel, gc_task)
             yield
-        finally:
-            if gc_task is not None:
-                gc_task.cancel()
-                await asyncio.gather(gc_task, return_exceptions=True)
-            await runner.stop()
-            await db.dispose()
 
     app = FastAPI(
         title="workflow-artifacts",

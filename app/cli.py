@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
+from app.blobstore import open_blob_store
 from app.settings import Settings, parse_duration
-from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
 from storage.db.migrate import upgrade
 from storage.maintenance import FsckReport, GcReport, collect_garbage
@@ -23,8 +24,16 @@ DataDir = Annotated[Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    settings = Settings()
+def load_settings(data_dir: Path | None = None) -> Settings:
+    """The settings from the environment; a bad one ends the command with what is wrong."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = "_".join(str(part) for part in error["loc"]).upper()
+            where = f"ARTIFACTS_{field}: " if field else ""
+            typer.echo(f"artifacts: {where}{error['msg']}", err=True)
+        raise typer.Exit(2) from None
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
     return settings
@@ -43,7 +52,7 @@ def migrate(
     ] = None,
 ) -> None:
     """Bring the database schema up to date (Alembic `upgrade head`)."""
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     _migrate(settings)
     typer.echo(f"database at head: {settings.resolved_database_url}")
 
@@ -61,7 +70,7 @@ def serve(
     ] = False,
 ) -> None:
     """Migrate, then serve the HTTP API. With no API keys it runs open, on loopback only."""
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     if host is not None:
         settings = settings.model_copy(update={"host": host})
     if port is not None:
@@ -105,9 +114,9 @@ def main() -> None:
     cli()
 
 
-def _store(settings: Settings) -> tuple[Database, FilesystemBlobStore]:
+def _database(settings: Settings) -> Database:
     _migrate(settings)
-    return Database(settings.resolved_database_url), FilesystemBlobStore(settings.blob_dir)
+    return Database(settings.resolved_database_url)
 
 
 @cli.command()
@@ -123,23 +132,24 @@ def gc(
 ) -> None:
     """Reclaim unreferenced blobs past the grace period, stale staging files and soft-deleted
     artifacts past ARTIFACTS_DELETED_RETENTION. Safe while the server runs."""
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     try:
         grace_s = parse_duration(grace) if grace is not None else settings.gc_grace
     except ValueError as exc:
         typer.echo(f"--grace: {exc}", err=True)
         raise typer.Exit(2) from None
-    db, store = _store(settings)
+    db = _database(settings)
 
     async def run() -> GcReport:
         try:
-            return await collect_garbage(
-                db,
-                store,
-                grace_us=int(grace_s * 1e6),
-                deleted_retention_us=int(settings.deleted_retention * 1e6),
-                dry_run=dry_run,
-            )
+            async with open_blob_store(settings) as store:
+                return await collect_garbage(
+                    db,
+                    store,
+                    grace_us=int(grace_s * 1e6),
+                    deleted_retention_us=int(settings.deleted_retention * 1e6),
+                    dry_run=dry_run,
+                )
         finally:
             await db.dispose()
 
@@ -166,12 +176,13 @@ def fsck(
 ) -> None:
     """Check every row against its blob and every blob against its row (and, with
     --verify-data, its name). Exit 1 when anything is wrong; leftovers GC reclaims are warnings."""
-    settings = _settings(data_dir)
-    db, store = _store(settings)
+    settings = load_settings(data_dir)
+    db = _database(settings)
 
     async def run() -> FsckReport:
         try:
-            return await check(db, store, verify_data=verify_data)
+            async with open_blob_store(settings) as store:
+                return await check(db, store, verify_data=verify_data)
         finally:
             await db.dispose()
 

@@ -27,7 +27,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: database reachable, blob directory writable",
+    summary="Readiness: database reachable, blob store writable",
     response_model=Ready,
     responses={503: {"model": NotReady, "description": "not ready, with the failed checks"}},
 )

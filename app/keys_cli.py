@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.settings import Settings, parse_duration
+from app.cli import load_settings
+from app.settings import parse_duration
 from storage.apikeys import SCOPES, ApiKey, ApiKeyNotFound, ApiKeys
 from storage.db.engine import Database
 from storage.db.migrate import upgrade
@@ -24,9 +25,7 @@ DataDir = Annotated[Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR 
 
 
 def _run(data_dir: Path | None, job: Callable[[ApiKeys], Awaitable[T]]) -> T:
-    settings = Settings()
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
+    settings = load_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
 

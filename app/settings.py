@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Self
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db.engine import sqlite_url
@@ -117,6 +117,34 @@ class Settings(BaseSettings):
     download_url_max_ttl: Duration = Field(
         7 * 86400.0, ge=1, description="cap on any link's lifetime, checked again when verifying"
     )
+    # Where blobs live (app/blobstore.py): a directory (<data_dir>/blobs) or an S3-compatible
+    # bucket. S3 credentials and, unless given here, endpoint and region come from botocore's
+    # usual chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, AWS_PROFILE,
+    # AWS_ENDPOINT_URL(_S3), AWS_REGION, instance and container roles.
+    blob_backend: Literal["filesystem", "s3"] = Field(
+        "filesystem", description="filesystem (a directory) or s3 (a bucket)"
+    )
+    s3_bucket: str | None = Field(None, description="the bucket (s3 backend)")
+    s3_prefix: str = Field("", description="key prefix inside the bucket, e.g. artifacts/")
+    s3_endpoint_url: str | None = Field(
+        None, description="e.g. http://minio:9000; default: AWS, or AWS_ENDPOINT_URL"
+    )
+    s3_region: str | None = Field(None, description="default: AWS_REGION / the profile's")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="path for most MinIO and Ceph set-ups"
+    )
+    s3_part_size: int = Field(
+        8 * MiB,
+        ge=64 * 1024,
+        description="multipart part size, and the largest blob stored by one PutObject; "
+        "S3 requires >= 5 MiB",
+    )
+    s3_max_attempts: int = Field(
+        4, ge=1, le=10, description="tries per S3 request (botocore standard retries)"
+    )
+    s3_checksums: bool = Field(
+        True, description="send x-amz-checksum-sha256 so the store verifies what it stores"
+    )
     crownest_base_url: str = "https://api.crownest.dev"
     crownest_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("CROWNEST_API_KEY", "ARTIFACTS_CROWNEST_API_KEY")
@@ -124,6 +152,12 @@ class Settings(BaseSettings):
     crownest_max_attempts: int = Field(5, ge=1, le=20)
     crownest_backoff_base: float = Field(0.5, ge=0)
     crownest_retry_after_max: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> Self:
+        if self.blob_backend == "s3" and not self.s3_bucket:
+            raise ValueError("ARTIFACTS_BLOB_BACKEND=s3 needs ARTIFACTS_S3_BUCKET")
+        return self
 
     @property
     def blob_dir(self) -> Path:

@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from anyio import to_thread
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.blobs.filesystem import FilesystemBlobStore
+from storage.blobs.base import MaintainedBlobStore
 from storage.db.engine import Database
 from storage.db.tables import artifacts, blobs, lineage
+from storage.digest import is_sha256_hex
 from storage.idempotency import purge_expired
 from storage.records import now_us
 
@@ -63,7 +63,7 @@ def _referenced(ignoring: list[str] | None = None) -> sa.ColumnElement[bool]:
 
 async def collect_garbage(
     db: Database,
-    store: FilesystemBlobStore,
+    store: MaintainedBlobStore,
     *,
     grace_us: int,
     deleted_retention_us: int,
@@ -127,7 +127,7 @@ async def _purge_deleted(db: Database, before: int, report: GcReport) -> None:
         report.artifacts_purged.extend(ids)
 
 
-async def _delete_blob(db: Database, store: FilesystemBlobStore, digest: str) -> bool:
+async def _delete_blob(db: Database, store: MaintainedBlobStore, digest: str) -> bool:
     """Trash the file, delete the row, commit, then empty the trash (crash-safe order)."""
     async with db.write() as conn:
         await lock_digest(conn, digest)
@@ -136,18 +136,18 @@ async def _delete_blob(db: Database, store: FilesystemBlobStore, digest: str) ->
         )
         if still.first() is None:
             return False  # referenced again since we looked
-        await to_thread.run_sync(store.to_trash, digest)
+        await store.to_trash(digest)
         await conn.execute(blobs.delete().where(blobs.c.digest == digest))
-    await to_thread.run_sync(store.empty_trash, digest)
+    await store.empty_trash(digest)
     return True
 
 
 async def _orphans_and_staging(
-    db: Database, store: FilesystemBlobStore, before: int, report: GcReport
+    db: Database, store: MaintainedBlobStore, before: int, report: GcReport
 ) -> None:
     """Blob files with no row (a crash between put and commit) and old staging files."""
     cutoff = before / 1e6
-    files = await to_thread.run_sync(store.scan_blobs)
+    files = await store.scan_blobs()
     async with db.read() as conn:
         known = set((await conn.execute(sa.select(blobs.c.digest))).scalars().all())
     for digest, _size, mtime in files:
@@ -160,27 +160,30 @@ async def _orphans_and_staging(
             await lock_digest(conn, digest)
             row = await conn.execute(sa.select(blobs.c.digest).where(blobs.c.digest == digest))
             if row.first() is None:
-                await to_thread.run_sync(store.to_trash, digest)
+                await store.to_trash(digest)
                 report.orphan_files_deleted.append(digest)
-        await to_thread.run_sync(store.empty_trash, digest)
-    for name, _size, mtime in await to_thread.run_sync(store.scan_dir, "tmp"):
+        await store.empty_trash(digest)
+    for name, _size, mtime in await store.scan_dir("tmp"):
         if mtime < cutoff:
             if not report.dry_run:
-                await to_thread.run_sync(store.remove_staging, name)
+                await store.remove_staging(name)
             report.staging_removed.append(name)
 
 
-async def recover_trash(db: Database, store: FilesystemBlobStore) -> list[str]:
+async def recover_trash(db: Database, store: MaintainedBlobStore) -> list[str]:
     """At start-up: trash whose blob row survived goes back; the rest is deleted."""
     restored = []
-    for name, _size, _mtime in await to_thread.run_sync(store.scan_dir, "trash"):
+    for name, _size, _mtime in await store.scan_dir("trash"):
+        if not is_sha256_hex(name):
+            continue  # not ours: fsck reports it as a trash leftover
         async with db.write() as conn:
+            await lock_digest(conn, name)  # a GC of another replica may be mid-deletion
             row = await conn.execute(sa.select(blobs.c.digest).where(blobs.c.digest == name))
             if row.first() is not None:
-                await to_thread.run_sync(store.restore_from_trash, name)
+                await store.restore_from_trash(name)
                 restored.append(name)
                 continue
-        await to_thread.run_sync(store.empty_trash, name)
+        await store.empty_trash(name)
     return restored
 
 
@@ -203,9 +206,9 @@ class FsckReport:
         return {**asdict(self), "clean": self.clean}
 
 
-async def fsck(db: Database, store: FilesystemBlobStore, *, verify_data: bool) -> FsckReport:
+async def fsck(db: Database, store: MaintainedBlobStore, *, verify_data: bool) -> FsckReport:
     report = FsckReport(verified_data=verify_data)
-    files = {d: size for d, size, _ in await to_thread.run_sync(store.scan_blobs)}
+    files = {d: size for d, size, _ in await store.scan_blobs()}
     async with db.read() as conn:
         rows = (
             await conn.execute(
@@ -257,18 +260,18 @@ async def fsck(db: Database, store: FilesystemBlobStore, *, verify_data: bool) -
         if digest not in blob_rows:
             report.warnings.append({"problem": "blob_without_row", "digest": digest})
         if verify_data:
-            hashed = await to_thread.run_sync(store.hash_of, digest)
+            hashed = await store.hash_of(digest)
             if hashed != digest:
                 report.errors.append(
                     {"problem": "blob_corrupt", "digest": digest, "actual": hashed}
                 )
-    for path in await to_thread.run_sync(store.stray_files):
+    for path in await store.stray_files():
         report.errors.append({"problem": "stray_file", "path": path})
-    for name, _, _ in await to_thread.run_sync(store.scan_dir, "tmp"):
+    for name, _, _ in await store.scan_dir("tmp"):
         report.warnings.append({"problem": "staging_leftover", "name": name})
-    for name, _, _ in await to_thread.run_sync(store.scan_dir, "trash"):
+    for name, _, _ in await store.scan_dir("trash"):
         report.warnings.append({"problem": "trash_leftover", "name": name})
-    for name, _, _ in await to_thread.run_sync(store.scan_dir, "quarantine"):
+    for name, _, _ in await store.scan_dir("quarantine"):
         report.warnings.append({"problem": "quarantined_blob", "digest": name})
     return report
 

@@ -225,7 +225,7 @@ async def test_recover_trash_restores_rows_blobs_and_deletes_the_rest(
     assert isinstance(store, FilesystemBlobStore)
     a = await svc.create(new(), b"kept")
     await store.put_bytes(b"rowless")
-    assert store.to_trash(sha(b"kept")) and store.to_trash(sha(b"rowless"))
+    assert await store.to_trash(sha(b"kept")) and await store.to_trash(sha(b"rowless"))
     check = await fsck(svc.db, store, verify_data=False)
     assert sorted(check.errors, key=str) == sorted(
         [
@@ -250,7 +250,7 @@ def test_server_start_recovers_trash(tmp_path: Path, database_url: str) -> None:
             store = FilesystemBlobStore(data / "blobs")
             a = await ArtifactService(db, store).create(new(), b"survivor")
             await store.put_bytes(b"rowless")
-            assert store.to_trash(sha(b"survivor")) and store.to_trash(sha(b"rowless"))
+            assert await store.to_trash(sha(b"survivor")) and await store.to_trash(sha(b"rowless"))
             return a.id
         finally:
             await db.dispose()

@@ -634,8 +634,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert rows == self.kept_rows()
             expected = self.expected_digests()
             assert blob_rows == expected
-            assert {d for d, _, _ in store.scan_blobs()} == expected
-            assert store.scan_dir("tmp") == []
+            assert {d for d, _, _ in await store.scan_blobs()} == expected
+            assert await store.scan_dir("tmp") == []
             check = await fsck(db, store, verify_data=True)
             assert check.errors == []
             litter = [{"problem": "trash_leftover", "name": n} for n in sorted(self.trash_litter)]
@@ -695,7 +695,7 @@ class StoreMachine(RuleBasedStateMachine):
         """A crash between GC's move to trash/ and its row delete: start-up puts the blob back."""
         live = self.live()
         digest = sha(live[pick % len(live)].data)
-        assert self.store.to_trash(digest)
+        assert self.run(self.store.to_trash(digest))
         self.restart()
 
     # -- invariants -----------------------------------------------------------------------------

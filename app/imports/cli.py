@@ -20,12 +20,13 @@ from rich.progress import (
 from rich.table import Table
 
 from app.artifacts.schemas import check_artifact_type
+from app.blobstore import open_blob_store
+from app.cli import load_settings
 from app.imports.importer import ImportOptions
 from app.imports.importer import Progress as ImportProgress
 from app.imports.runner import importer_for
 from app.settings import Settings
 from storage.artifacts import ArtifactService
-from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
 from storage.db.migrate import upgrade
 from storage.db.tables import DEFAULT_TENANT
@@ -97,9 +98,7 @@ def crownest(
 ) -> None:
     """Import a CrowNest sandbox's artifacts (CROWNEST_API_KEY; ARTIFACTS_CROWNEST_BASE_URL).
     Exit status 0 only when nothing failed."""
-    settings = Settings()
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
+    settings = load_settings(data_dir)
     if settings.crownest_api_key is None:
         console.print("[red]CROWNEST_API_KEY is not set.[/red]")
         raise typer.Exit(2)
@@ -128,21 +127,22 @@ def crownest(
 async def _run(settings: Settings, options: ImportOptions, project: str) -> Job:
     db = Database(settings.resolved_database_url)
     try:
-        service = ArtifactService(db, FilesystemBlobStore(settings.blob_dir), tenant=project)
-        importer = importer_for(service, settings)
-        job_id = await importer.start(options)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=False) as bars:
-            job = await importer.run(job_id, BarProgress(bars))
-        failures = await importer.jobs.items(job_id, "failed")
-        skipped = await importer.jobs.items(job_id, "skipped")
-        Console().print(summary_table(job, failures, skipped))
-        return job
+        async with open_blob_store(settings) as blobs:
+            service = ArtifactService(db, blobs, tenant=project)
+            importer = importer_for(service, settings)
+            job_id = await importer.start(options)
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+            )
+            with Progress(*columns, console=console, transient=False) as bars:
+                job = await importer.run(job_id, BarProgress(bars))
+            failures = await importer.jobs.items(job_id, "failed")
+            skipped = await importer.jobs.items(job_id, "skipped")
+            Console().print(summary_table(job, failures, skipped))
+            return job
     finally:
         await db.dispose()

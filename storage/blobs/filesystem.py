@@ -250,7 +250,7 @@ class FilesystemBlobStore:
 
     # -- maintenance (garbage collection, fsck): see storage/maintenance.py ------------------
 
-    def scan_blobs(self) -> list[tuple[str, int, float]]:
+    def _scan_blobs(self) -> list[tuple[str, int, float]]:
         """(digest, size, mtime) of every blob file; names that are not blobs are skipped
         (stray_files reports them), as are files gone since listed (blocking: run in a thread)."""
         found = []
@@ -263,7 +263,7 @@ class FilesystemBlobStore:
             found.append((digest, stat.st_size, stat.st_mtime))
         return found
 
-    def stray_files(self) -> list[str]:
+    def _stray_files(self) -> list[str]:
         """Files under sha256/ whose place is not a blob's (blocking)."""
         strays = []
         for path in (self.root / "sha256").rglob("*"):
@@ -275,7 +275,7 @@ class FilesystemBlobStore:
                 strays.append(path.relative_to(self.root).as_posix())
         return strays
 
-    def scan_dir(self, name: str) -> list[tuple[str, int, float]]:
+    def _scan_dir(self, name: str) -> list[tuple[str, int, float]]:
         """(name, size, mtime) of the files in tmp/ or trash/ (blocking)."""
         directory = self.root / name
         if not directory.is_dir():
@@ -289,10 +289,10 @@ class FilesystemBlobStore:
             found.append((path.name, stat.st_size, stat.st_mtime))
         return found
 
-    def remove_staging(self, name: str) -> None:
+    def _remove_staging(self, name: str) -> None:
         (self.tmp_dir / PurePosixPath(name).name).unlink(missing_ok=True)
 
-    def to_trash(self, digest: str) -> bool:
+    def _to_trash(self, digest: str) -> bool:
         """Move a blob to trash/ (step one of deleting it); False when it was already gone."""
         trash = self.root / "trash"
         trash.mkdir(exist_ok=True)
@@ -303,13 +303,13 @@ class FilesystemBlobStore:
         _fsync_dir(trash)
         return True
 
-    def restore_from_trash(self, digest: str) -> None:
+    def _restore_from_trash(self, digest: str) -> None:
         final = self.path_of(digest)
         self._make_parents(final.parent)
         os.replace(self.root / "trash" / blob_relpath(digest).name, final)
         _fsync_dir(final.parent)
 
-    def empty_trash(self, digest: str) -> None:
+    def _empty_trash(self, digest: str) -> None:
         (self.root / "trash" / blob_relpath(digest).name).unlink(missing_ok=True)
 
     async def quarantine(self, digest: str) -> None:
@@ -327,13 +327,39 @@ class FilesystemBlobStore:
 
         await to_thread.run_sync(move)
 
-    def hash_of(self, digest: str) -> str:
+    def _hash_of(self, digest: str) -> str:
         """The sha256 of the stored file's bytes (blocking)."""
         h = hashlib.sha256()
         with self.path_of(digest).open("rb") as f:
             while block := f.read(READ_CHUNK):
                 h.update(block)
         return h.hexdigest()
+
+    # The maintenance contract (base.MaintainedBlobStore): the blocking work above, off the loop.
+
+    async def scan_blobs(self) -> list[tuple[str, int, float]]:
+        return await to_thread.run_sync(self._scan_blobs)
+
+    async def stray_files(self) -> list[str]:
+        return await to_thread.run_sync(self._stray_files)
+
+    async def scan_dir(self, name: str) -> list[tuple[str, int, float]]:
+        return await to_thread.run_sync(self._scan_dir, name)
+
+    async def remove_staging(self, name: str) -> None:
+        await to_thread.run_sync(self._remove_staging, name)
+
+    async def to_trash(self, digest: str) -> bool:
+        return await to_thread.run_sync(self._to_trash, digest)
+
+    async def restore_from_trash(self, digest: str) -> None:
+        await to_thread.run_sync(self._restore_from_trash, digest)
+
+    async def empty_trash(self, digest: str) -> None:
+        await to_thread.run_sync(self._empty_trash, digest)
+
+    async def hash_of(self, digest: str) -> str:
+        return await to_thread.run_sync(self._hash_of, digest)
 
     async def check_writable(self) -> None:
         def probe() -> None:
