@@ -195,6 +195,31 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 # -- upgrade / downgrade ---------------------------------------------------------------------
 
 
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES_URL, reason="ARTIFACTS_TEST_POSTGRES_URL not set")
+def test_replicas_migrating_at_once_on_postgresql(tmp_path: Path) -> None:
+    """Four processes run `artifacts migrate` on one empty database at the same moment (replicas
+    started together): all succeed, and the schema is at head once."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with fresh_database("postgresql", tmp_path) as url:
+        env = {**os.environ, "ARTIFACTS_DATABASE_URL": url, "ARTIFACTS_DATA_DIR": str(tmp_path)}
+        command = [sys.executable, "-c", "from app.cli import main; main()", "migrate"]
+        pipe, merged = subprocess.PIPE, subprocess.STDOUT
+        runs = [
+            subprocess.Popen(command, env=env, cwd=ROOT, stdout=pipe, stderr=merged)
+            for _ in range(4)
+        ]
+        outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+        assert [run.returncode for run in runs] == [0, 0, 0, 0], outputs
+        assert table_names(url) == SCHEMA_TABLES | {"alembic_version"}
+        assert query(url, "SELECT version_num FROM alembic_version") == [(head_revision(url),)]
+
+
 def test_upgrade_head_on_empty_database_creates_the_schema(empty_url: str) -> None:
     assert table_names(empty_url) == set()
     upgrade(empty_url)
