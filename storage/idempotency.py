@@ -87,18 +87,24 @@ class IdempotencyKeys:
         }
         dialect = postgresql if self.db.dialect == "postgresql" else sqlite
         async with self.db.write() as conn:
-            inserted = await conn.execute(
-                dialect.insert(keys_table)
-                .values(scope=scope, key=key, **fresh)
-                .on_conflict_do_nothing(index_elements=["scope", "key"])
-            )
-            if inserted.rowcount == 1:
-                return Claimed(token)
-            row = (
-                await conn.execute(
-                    sa.select(keys_table).where(self._where(scope, key)).with_for_update()
+            while True:
+                inserted = await conn.execute(
+                    dialect.insert(keys_table)
+                    .values(scope=scope, key=key, **fresh)
+                    .on_conflict_do_nothing(index_elements=["scope", "key"])
                 )
-            ).one()
+                if inserted.rowcount == 1:
+                    return Claimed(token)
+                row = (
+                    await conn.execute(
+                        sa.select(keys_table).where(self._where(scope, key)).with_for_update()
+                    )
+                ).first()
+                if row is not None:
+                    break
+                # PostgreSQL, READ COMMITTED: the row we collided with was deleted before we
+                # could lock it (its request failed and released the key on another replica,
+                # or GC purged it): try the insert again.
             if row.expires_at > now and row.status == "completed":
                 headers = [(str(n), str(v)) for n, v in row.response_headers]
                 stored = StoredResponse(

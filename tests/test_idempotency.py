@@ -123,6 +123,54 @@ async def test_release_frees_a_running_key_but_never_a_completed_one(db: Databas
     assert await keys.begin("open", "b") == Completed(stored())
 
 
+class _AfterFirstStatement:
+    """A connection that runs `then` right after its first statement (to force an interleaving
+    between two processes' transactions)."""
+
+    def __init__(self, conn: Any, then: Any) -> None:
+        self._conn, self._then, self._fired = conn, then, False
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._conn.execute(*args, **kwargs)
+        if not self._fired:
+            self._fired = True
+            await self._then()
+        return result
+
+
+@pytest.mark.anyio
+async def test_a_key_released_between_our_insert_and_our_lock_is_claimed(
+    database_url: str,
+) -> None:
+    """Replica B's retry collides with A's claim (INSERT .. ON CONFLICT DO NOTHING inserts
+    nothing); before B locks the row, A's first attempt fails and releases the key. B must claim
+    it, not fail (PostgreSQL's READ COMMITTED lets the row vanish between the two statements;
+    SQLite's writer lock never does)."""
+    from contextlib import asynccontextmanager
+
+    db_a, db_b = Database(database_url), Database(database_url)
+    a = IdempotencyKeys(db_a, lease_us=30 * SECOND, ttl_us=3600 * SECOND)
+    b = IdempotencyKeys(db_b, lease_us=30 * SECOND, ttl_us=3600 * SECOND)
+    try:
+        held = await a.begin("open", "k")
+        assert isinstance(held, Claimed)
+        plain_write = db_b.write
+
+        @asynccontextmanager
+        async def interleaved() -> Any:
+            async with plain_write() as conn:
+                yield _AfterFirstStatement(conn, lambda: a.release("open", "k", held.token))
+
+        if db_b.dialect == "postgresql":  # SQLite: A's release would wait for B's writer lock
+            db_b.write = interleaved  # type: ignore[method-assign]
+        else:
+            await a.release("open", "k", held.token)
+        assert isinstance(await b.begin("open", "k"), Claimed)
+    finally:
+        await db_a.dispose()
+        await db_b.dispose()
+
+
 @pytest.mark.anyio
 async def test_keys_expire_after_the_window_and_gc_purges_them(db: Database) -> None:
     clock = Clock()

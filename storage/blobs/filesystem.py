@@ -306,7 +306,10 @@ class FilesystemBlobStore:
     def _restore_from_trash(self, digest: str) -> None:
         final = self.path_of(digest)
         self._make_parents(final.parent)
-        os.replace(self.root / "trash" / blob_relpath(digest).name, final)
+        try:
+            os.replace(self.root / "trash" / blob_relpath(digest).name, final)
+        except FileNotFoundError:
+            return  # already restored or emptied
         _fsync_dir(final.parent)
 
     def _empty_trash(self, digest: str) -> None:
