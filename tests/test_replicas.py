@@ -76,7 +76,7 @@ GC_RUNNERS = 2  # `gc --grace 0` processes side by side
 GC_RUNS = 1  # each
 NAMES = ("A", "B")
 
-BLOB_BACKENDS = ["filesystem"]
+BLOB_BACKENDS = ["filesystem", "s3"]
 POSTGRES = [p for p in BACKENDS if getattr(p, "values", None) == ("postgresql",)]
 # Periodic GC on both replicas every second purges soft-deleted rows at once (retention 0);
 # with the default grace of 1 h it leaves blobs and staging files to the CLI's `--grace 0` runs.
@@ -101,6 +101,9 @@ def shared_blob_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str,
         shared = tmp_path / "shared-data"
         shared.mkdir()
         return {"ARTIFACTS_DATA_DIR": str(shared)}
+    if request.param == "s3":  # one bucket on moto's S3 server; each replica its own data dir
+        s3_env: dict[str, str] = request.getfixturevalue("s3_env")
+        return s3_env
     raise AssertionError(f"no such blob backend: {request.param}")
 
 
