@@ -317,39 +317,36 @@ class ArtifactService:
 
     async def get(self, ref: str, *, allow_prefix: bool = True) -> Artifact:
         """By full id, or (allow_prefix) by a unique prefix of at least 8 characters."""
-        ref = ref.lower()
-        async with self.db.read() as conn:
-            if FULL_ID.fullmatch(ref):
-                return await self._load(conn, ref)
-            if not allow_prefix or not ID_PREFIX.fullmatch(ref):
-                raise ArtifactNotFound(ref)
-            upper = ref[:-1] + chr(ord(ref[-1]) + 1)
-            found = (
-                (
-                    await conn.execute(
-                        sa.select(artifacts.c.id)
-                        .where(artifacts.c.id >= ref, artifacts.c.id < upper, self.mine, LIVE)
-                        .limit(2)
-                    )
-                )
-                .scalars()
-                .all()
+        return await self.db.run_read(lambda conn: self._get(conn, ref.lower(), allow_prefix))
+
+    def _get(self, conn: sa.Connection, ref: str, allow_prefix: bool) -> Artifact:
+        if FULL_ID.fullmatch(ref):
+            return self._load_sync(conn, ref)
+        if not allow_prefix or not ID_PREFIX.fullmatch(ref):
+            raise ArtifactNotFound(ref)
+        upper = ref[:-1] + chr(ord(ref[-1]) + 1)
+        found = (
+            conn.execute(
+                sa.select(artifacts.c.id)
+                .where(artifacts.c.id >= ref, artifacts.c.id < upper, self.mine, LIVE)
+                .limit(2)
             )
-            if not found:
-                raise ArtifactNotFound(ref)
-            if len(found) > 1:
-                raise AmbiguousArtifactId(ref)
-            return await self._load(conn, found[0])
+            .scalars()
+            .all()
+        )
+        if not found:
+            raise ArtifactNotFound(ref)
+        if len(found) > 1:
+            raise AmbiguousArtifactId(ref)
+        return self._load_sync(conn, found[0])
 
     async def owner_of(self, artifact_id: str) -> tuple[str, Artifact] | None:
         """(tenant, artifact) of a live artifact by its full id, whoever owns it: only for
         credentials that name their own tenant, such as a signed link."""
         if not FULL_ID.fullmatch(artifact_id):
             return None
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE))
-            ).first()
+        query = sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE)
+        row = await self.db.run_read(lambda conn: conn.execute(query).first())
         return None if row is None else (row.tenant, row_to_artifact(row, None))
 
     async def read_bytes(self, artifact: Artifact) -> bytes:
@@ -398,8 +395,7 @@ class ArtifactService:
                 sa.tuple_(artifacts.c.created_at, artifacts.c.id) < (after.created_at, after.id)
             )
         stmt = stmt.order_by(*ORDER).limit(limit + 1)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self.db.run_read(lambda conn: conn.execute(stmt).all())
         items = [row_to_artifact(row, None) for row in rows[:limit]]
         more = len(rows) > limit
         last = items[-1] if more else None
@@ -445,20 +441,19 @@ class ArtifactService:
         return await self.blobs.put(content, max_bytes=max_bytes, expected_digest=expected_digest)
 
     async def _load(self, conn: AsyncConnection, artifact_id: str) -> Artifact:
-        row = (
-            await conn.execute(
-                sa.select(artifacts).where(artifacts.c.id == artifact_id, self.mine, LIVE)
-            )
+        return await conn.run_sync(self._load_sync, artifact_id)
+
+    def _load_sync(self, conn: sa.Connection, artifact_id: str) -> Artifact:
+        row = conn.execute(
+            sa.select(artifacts).where(artifacts.c.id == artifact_id, self.mine, LIVE)
         ).first()
         if row is None:
             raise ArtifactNotFound(artifact_id)
         parents = (
-            (
-                await conn.execute(
-                    sa.select(lineage.c.parent_id)
-                    .where(lineage.c.child_id == artifact_id)
-                    .order_by(lineage.c.position)
-                )
+            conn.execute(
+                sa.select(lineage.c.parent_id)
+                .where(lineage.c.child_id == artifact_id)
+                .order_by(lineage.c.position)
             )
             .scalars()
             .all()

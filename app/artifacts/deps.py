@@ -11,13 +11,17 @@ from app.settings import Settings
 from storage.artifacts import ArtifactService
 
 
-def get_service(request: Request) -> ArtifactService:
+# `async def`, though they never await: FastAPI runs a plain `def` dependency in its thread
+# pool, a thread hop per request for a dictionary lookup.
+
+
+async def get_service(request: Request) -> ArtifactService:
     """The store as the authenticated caller's tenant sees it."""
     service: ArtifactService = request.app.state.service
     return service.scoped(caller_of(request).tenant)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
