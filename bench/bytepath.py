@@ -6,14 +6,16 @@ sha256+write MB/s. Server CPU-seconds per GB and RSS growth beside each.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import secrets
+import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,9 +181,18 @@ def measure(
     return Timing(total / elapsed / 1e6, cpu / (total / 1e9), max(peak - rss_before, 0), peak)
 
 
+@contextlib.contextmanager
+def cleaned(directory: Path) -> Iterator[None]:
+    """Removes a server's directory once it is done with (1 GiB x 8 clients adds up)."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def ours(kind: str, data: Path, clients: int, work: Path, core: int | None) -> Timing:
     server_dir = work / f"srv-{secrets.token_hex(4)}"
-    with our_server(server_dir, core, log=work / "server.log") as server:
+    with cleaned(server_dir), our_server(server_dir, core, log=work / "server.log") as server:
         prefixes = [secrets.token_bytes(16) for _ in range(clients)]  # distinct blobs per client
         ids = [create_artifact(server.port) for _ in range(clients)]
         return measure(
@@ -202,7 +213,7 @@ def reference(kind: str, data: Path, clients: int, work: Path, core: int | None)
     start = uvicorn_server(
         "bare ASGI", sys.executable, "bench.reference:app", core, ready_path="/json", env=env
     )
-    with start as server:
+    with cleaned(server_dir), start as server:
         prefixes = [secrets.token_bytes(16) for _ in range(clients)]
         return measure(
             server,
@@ -235,26 +246,20 @@ def mlflow_server(python: Path, root: Path, core: int | None, log: Path) -> Serv
     )
 
 
-def peer(
-    kinds: list[str], data: Path, clients: int, work: Path, core: int | None, python: Path
-) -> dict[str, Timing]:
-    """Upload then download on one fresh MLflow server (its start-up takes seconds)."""
-    root = work / f"mlflow-{secrets.token_hex(4)}"
+def peer(server: ServerProcess, kinds: list[str], data: Path, clients: int) -> dict[str, Timing]:
+    """Upload, then download the same files, through MLflow's artifact REST API."""
+    names = [secrets.token_hex(8) for _ in range(clients)]
+    prefixes = [secrets.token_bytes(16) for _ in range(clients)]
     out: dict[str, Timing] = {}
-    with mlflow_server(python, root, core, work / "mlflow.log") as server:
-        names = [secrets.token_hex(8) for _ in range(clients)]
-        prefixes = [secrets.token_bytes(16) for _ in range(clients)]
-        for kind in kinds:
-            out[kind] = measure(
-                server,
-                clients,
-                data.stat().st_size,
-                lambda i: put_raw(
-                    server.port, f"{MLFLOW_PREFIX}/{names[i]}", "PUT", data, prefixes[i]
-                ),
-                lambda i: download(server.port, f"{MLFLOW_PREFIX}/{names[i]}"),
-                kind,
-            )
+    for kind in kinds:
+        out[kind] = measure(
+            server,
+            clients,
+            data.stat().st_size,
+            lambda i: put_raw(server.port, f"{MLFLOW_PREFIX}/{names[i]}", "PUT", data, prefixes[i]),
+            lambda i: download(server.port, f"{MLFLOW_PREFIX}/{names[i]}"),
+            kind,
+        )
     return out
 
 
@@ -276,33 +281,19 @@ def run_bytes(
     rows: list[dict[str, Any]] = []
     limits_seen: list[dict[str, float]] = []
     for size in sizes:
-        for clients in client_counts:
-            per_rep: list[dict[str, Any]] = []
-            for _ in range(reps):
-                limits = byte_limits(work, min(size * clients, 256 * MiB))
-                limits_seen.append(limits)
-                rep: dict[str, Any] = {"limits": limits}
-                for kind in ("upload", "download"):
-                    rep[kind] = {
-                        "ours": ours(kind, files[size], clients, work, core),
-                        "reference": reference(kind, files[size], clients, work, core),
-                    }
-                if mlflow_python is not None:
-                    got = peer(
-                        ["upload", "download"], files[size], clients, work, core, mlflow_python
-                    )
-                    for kind, timing in got.items():
-                        rep[kind]["mlflow"] = timing
-                per_rep.append(rep)
-            for kind in ("upload", "download"):
-                rows.append(summarise(kind, size, clients, per_rep))
-                r = rows[-1]
-                log(
-                    f"  {kind:8} {fmt_size(size):>7} x{clients}: {r['MBps']:8.1f} MB/s  "
-                    f"x sha256+write {r['ratio']:.2f}  x bare ASGI {r['vs_reference']:.2f}  "
-                    + (f"x MLflow {r['vs_mlflow']:.2f}  " if r.get("vs_mlflow") else "")
-                    + f"cpu {r['cpu_s_per_GB']:.2f} s/GB  rss +{r['rss_growth_MiB']:.1f} MiB"
-                )
+        # MLflow takes 30-60 s to start here, so one server serves every repetition of a size
+        # (each timed transfer still follows its own warm-up)
+        mlflow: ServerProcess | None = None
+        try:
+            for clients in client_counts:
+                if mlflow_python is not None and mlflow is None:
+                    root = work / f"mlflow-{size}"
+                    mlflow = mlflow_server(mlflow_python, root, core, work / "mlflow.log")
+                rows += bytes_rows(files[size], clients, reps, work, core, mlflow, limits_seen, log)
+        finally:
+            if mlflow is not None:
+                mlflow.stop()
+                shutil.rmtree(work / f"mlflow-{size}", ignore_errors=True)
     limits_median = {k: median([lim[k] for lim in limits_seen]) for k in limits_seen[0]}
     return {
         "limits": limits_median,
@@ -310,6 +301,46 @@ def run_bytes(
         "reps": reps,
         "peer": "mlflow" if mlflow_python is not None else None,
     }
+
+
+def bytes_rows(
+    data: Path,
+    clients: int,
+    reps: int,
+    work: Path,
+    core: int | None,
+    mlflow: ServerProcess | None,
+    limits_seen: list[dict[str, float]],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Upload and download rows of one (size, clients): `reps` interleaved repetitions of the
+    limit, ours, the bare reference and (when running) MLflow."""
+    size = data.stat().st_size
+    per_rep: list[dict[str, Any]] = []
+    for _ in range(reps):
+        limits = byte_limits(work, min(size * clients, 256 * MiB))
+        limits_seen.append(limits)
+        rep: dict[str, Any] = {"limits": limits}
+        for kind in ("upload", "download"):
+            rep[kind] = {
+                "ours": ours(kind, data, clients, work, core),
+                "reference": reference(kind, data, clients, work, core),
+            }
+        if mlflow is not None:
+            for kind, timing in peer(mlflow, ["upload", "download"], data, clients).items():
+                rep[kind]["mlflow"] = timing
+        per_rep.append(rep)
+    rows = []
+    for kind in ("upload", "download"):
+        r = summarise(kind, size, clients, per_rep)
+        rows.append(r)
+        log(
+            f"  {kind:8} {fmt_size(size):>7} x{clients}: {r['MBps']:8.1f} MB/s  "
+            f"x sha256+write {r['ratio']:.2f}  x bare ASGI {r['vs_reference']:.2f}  "
+            + (f"x MLflow {r['vs_mlflow']:.2f}  " if r.get("vs_mlflow") else "")
+            + f"cpu {r['cpu_s_per_GB']:.2f} s/GB  rss +{r['rss_growth_MiB']:.1f} MiB"
+        )
+    return rows
 
 
 def summarise(kind: str, size: int, clients: int, per_rep: list[dict[str, Any]]) -> dict[str, Any]:

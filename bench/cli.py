@@ -296,28 +296,31 @@ def run_databases(
             else "nothing answers on 127.0.0.1:5432 (give --postgres)"
         )
         report["skipped"]["postgresql"] = out["postgresql"]
-        return out
-    log("== metadata: postgresql")
-    try:
-        url, drop = pg_database(admin)
-    except Exception as exc:
-        report["errors"].append(f"metadata postgresql: cannot create a database: {exc}")
-        out["postgresql"] = {"error": str(exc)}
-        return out
-    try:
-        out["postgresql"] = attempt(
-            "metadata postgresql",
-            run_metadata,
-            "postgresql",
-            url,
-            work,
-            mode.scales,
-            durations,
-            core,
-            log,
-        )
-    finally:
-        drop()
+    else:
+        log("== metadata: postgresql")
+        try:
+            url, drop = pg_database(admin)
+        except Exception as exc:
+            report["errors"].append(f"metadata postgresql: cannot create a database: {exc}")
+            out["postgresql"] = {"error": str(exc)}
+        else:
+            try:
+                out["postgresql"] = attempt(
+                    "metadata postgresql",
+                    run_metadata,
+                    "postgresql",
+                    url,
+                    work,
+                    mode.scales,
+                    durations,
+                    core,
+                    log,
+                )
+            finally:
+                drop()
+    for result in out.values():
+        for scale in result.get("scales", []) if isinstance(result, dict) else []:
+            report["errors"] += scale["problems"]
     return out
 
 

@@ -128,8 +128,10 @@ class ServerProcess:
             except OSError:
                 pass
             time.sleep(0.05)
+        exited = self.proc.poll()
         self.stop()
-        raise RuntimeError(f"{name} did not start within {timeout:.0f} s{self._log_tail()}")
+        why = f"exited with {exited}" if exited is not None else f"did not start in {timeout:.0f} s"
+        raise RuntimeError(f"{name} {why}{self._log_tail()}")
 
     def _log_tail(self) -> str:
         if self.log is None or not self.log.exists():

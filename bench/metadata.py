@@ -228,7 +228,13 @@ def run_scale(
             reads.append(
                 ("list_deep", case.name, [{"method": "GET", "path": list_path(case, True)}])
             )
-    out: dict[str, Any] = {"rows": rows, "load": loaded, "plan_seconds": planned, "results": []}
+    out: dict[str, Any] = {
+        "rows": rows,
+        "load": loaded,
+        "plan_seconds": planned,
+        "results": [],
+        "problems": [],
+    }
     d = durations
     with our_server(
         data_dir, core, database_url=url, log=data_dir.parent / f"{db_name}-server.log"
@@ -273,6 +279,13 @@ def run_scale(
                 }
             out["results"].append(row)
             bad = {s: n for s, n in hi["statuses"].items() if not s.startswith("2")}
+            for res in (hi, lo) if lo is not None else (hi,):
+                wrong = {s: n for s, n in res["statuses"].items() if not s.startswith("2")}
+                if wrong or res["errors"] or not res["requests"]:
+                    out["problems"].append(
+                        f"{db_name} {rows:,} {res['name']}: statuses {res['statuses']}, "
+                        f"errors {res['errors'][:2]}"
+                    )
             log(
                 f"    {kind:10} {filt or '':24} c{row['concurrency']:<2} {row['rps']:8.0f}/s "
                 f"p50 {row.get('c1_p50_ms', row['p50_ms']):6.2f} ms "
