@@ -280,20 +280,20 @@ def run_bytes(
                 f.write(os.urandom(min(size, MiB)))
     rows: list[dict[str, Any]] = []
     limits_seen: list[dict[str, float]] = []
-    for size in sizes:
-        # MLflow takes 30-60 s to start here, so one server serves every repetition of a size
-        # (each timed transfer still follows its own warm-up)
-        mlflow: ServerProcess | None = None
-        try:
+    # MLflow takes 30-60 s to start here, so one server serves the whole run (each timed
+    # transfer still follows its own warm-up; what it stored is removed after each scenario)
+    mlflow: ServerProcess | None = None
+    root = work / "mlflow"
+    try:
+        if mlflow_python is not None:
+            mlflow = mlflow_server(mlflow_python, root, core, work / "mlflow.log")
+        for size in sizes:
             for clients in client_counts:
-                if mlflow_python is not None and mlflow is None:
-                    root = work / f"mlflow-{size}"
-                    mlflow = mlflow_server(mlflow_python, root, core, work / "mlflow.log")
                 rows += bytes_rows(files[size], clients, reps, work, core, mlflow, limits_seen, log)
-        finally:
-            if mlflow is not None:
-                mlflow.stop()
-                shutil.rmtree(work / f"mlflow-{size}", ignore_errors=True)
+                shutil.rmtree(root / "bench", ignore_errors=True)
+    finally:
+        if mlflow is not None:
+            mlflow.stop()
     limits_median = {k: median([lim[k] for lim in limits_seen]) for k in limits_seen[0]}
     return {
         "limits": limits_median,

@@ -50,7 +50,7 @@ class Mode:
 MODES = {
     "smoke": Mode("smoke", [MiB], [1], 1, [1000], 0.2, 0.3, 0.3, 0.3, 0.5, 0.5, peer=False),
     "quick": Mode(
-        "quick", [MiB, 64 * MiB], [1, 8], 1, [10_000], 0.5, 2.0, 1.0, 2.0, 2.0, 2.0, peer=True
+        "quick", [MiB, 64 * MiB], [1, 8], 1, [10_000], 0.3, 1.5, 0.75, 1.5, 2.0, 2.0, peer=True
     ),
     "full": Mode(
         "full",

@@ -200,9 +200,10 @@ def markdown(report: dict[str, Any]) -> str:
     peer_rows = [r for r in rows if "vs_mlflow" in r]
     if peer_rows:
         lines += [
-            "`mlflow server --artifacts-only --workers 1`, pinned like ours, fresh per "
-            "(size, clients, repetition); the same files through PUT/GET "
-            "`/api/2.0/mlflow-artifacts/artifacts/…`.",
+            "`mlflow server --artifacts-only --workers 1` (its job runner off), pinned like ours; "
+            "one server for the run, as it takes 30-60 s to start here, with a warm-up before "
+            "each timed transfer; the same files through PUT/GET "
+            "`/api/2.0/mlflow-artifacts/artifacts/…`. Its CPU and RSS cover all its processes.",
             "",
             "| scenario | size | clients | ours MB/s | MLflow MB/s | ours / MLflow | ahead | "
             "MLflow CPU s/GB | MLflow peak RSS |",
