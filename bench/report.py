@@ -25,6 +25,10 @@ def num(x: Any, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def times(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}x"
+
+
 def read_reference(report: dict[str, Any]) -> tuple[str, float | None]:
     """(name, req/s) of the small-request reference: Litestar when it ran, else bare ASGI."""
     refs = report.get("limits", {}).get("requests", {})
@@ -87,7 +91,7 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
                     add(
                         f"metadata {db}",
                         f"create c16 @{n} >= {CREATE_TARGET}x durable loop",
-                        num(ratio, 2) + "x",
+                        times(ratio),
                         None if ratio is None else ratio >= CREATE_TARGET,
                     )
                 elif r["scenario"] in ("get", "list_first"):
@@ -98,7 +102,7 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
                     add(
                         f"metadata {db}",
                         f"{what} @{n} >= {READ_TARGET}x {ref_name}",
-                        num(ratio, 2) + "x",
+                        times(ratio),
                         None if ratio is None else ratio >= READ_TARGET,
                     )
         if len(scales) >= 2:
