@@ -1,9 +1,11 @@
-"""The reference for scripts/bench: a bare ASGI app doing the least a durable upload/download
-server must do, on the same uvicorn, so the bench can show what our stack adds to it.
+"""References for the bench: a bare ASGI app doing the least a durable upload/download server
+must do, on the same uvicorn, so the bench can show what our stack adds to it; and the least any
+small-request server does.
 
 POST /upload: hash and write the raw body (1 MiB batches in a worker thread), fsync, answer the
-sha256. GET /download?size=N: N bytes of one file read in 1 MiB steps in a worker thread.
-Run as `uvicorn scripts.bench_reference:app` with BENCH_REFERENCE_DIR set.
+sha256. GET /download: the file `ref-download` read in 1 MiB steps in a worker thread.
+GET /json: a fixed small JSON document (the requests/s ceiling of the server it runs on).
+Run as `uvicorn bench.reference:app` (or granian) with BENCH_REFERENCE_DIR set.
 """
 
 from __future__ import annotations
@@ -18,10 +20,26 @@ from anyio import to_thread
 
 ROOT = Path(os.environ.get("BENCH_REFERENCE_DIR", "/tmp"))
 STEP = 1 << 20
+FIXED = b'{"id":"0b7e6a52-5f0e-4c3e-9d2a-6f1d2c3b4a59","status":"ok","size_bytes":1024}'
+FIXED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(FIXED)).encode()),
+]
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rsplit(".", 1)[-1]
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/json":
+        await send({"type": "http.response.start", "status": 200, "headers": FIXED_HEADERS})
+        await send({"type": "http.response.body", "body": FIXED})
         return
     if scope["method"] == "POST":
         body = await _upload(receive)
