@@ -10,7 +10,6 @@ from app.auth import caller_of
 from app.settings import Settings
 from storage.artifacts import ArtifactService
 
-
 # `async def`, though they never await: FastAPI runs a plain `def` dependency in its thread
 # pool, a thread hop per request for a dictionary lookup.
 
