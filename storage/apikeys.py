@@ -125,10 +125,8 @@ class ApiKeys:
         if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
             return None
         digest = hash_key(secret)
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(sa.select(api_keys).where(api_keys.c.secret_hash == digest))
-            ).first()
+        query = sa.select(api_keys).where(api_keys.c.secret_hash == digest)
+        row = await self.db.run_read(lambda conn: conn.execute(query).first())
         if row is None or not hmac.compare_digest(row._mapping["secret_hash"], digest):
             return None
         key = _row_to_key(row)
@@ -136,13 +134,12 @@ class ApiKeys:
 
     async def any_active(self) -> bool:
         now = now_us()
-        async with self.db.read() as conn:
-            found = await conn.execute(
-                sa.select(api_keys.c.id)
-                .where(
-                    api_keys.c.revoked_at.is_(None),
-                    sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
-                )
-                .limit(1)
+        query = (
+            sa.select(api_keys.c.id)
+            .where(
+                api_keys.c.revoked_at.is_(None),
+                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
             )
-            return found.first() is not None
+            .limit(1)
+        )
+        return await self.db.run_read(lambda conn: conn.execute(query).first() is not None)

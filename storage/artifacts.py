@@ -9,6 +9,7 @@ unreferenced blob, never a row without its bytes.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 import re
@@ -100,6 +101,11 @@ def _deliverable_changed(a: Artifact, primary: str | None, previous: str | None)
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _tenant_clause(tenant: str) -> sa.ColumnElement[bool]:
+    return artifacts.c.tenant == tenant
+
+
 class ArtifactService:
     def __init__(
         self,
@@ -134,7 +140,8 @@ class ArtifactService:
 
     @property
     def mine(self) -> sa.ColumnElement[bool]:
-        return artifacts.c.tenant == self.tenant
+        """`tenant = <ours>`, built once per tenant (it is in every statement)."""
+        return _tenant_clause(self.tenant)
 
     # -- writes ------------------------------------------------------------------------------
 

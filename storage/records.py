@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,16 @@ def now_us() -> int:
 
 
 def us_to_iso(us: int) -> str:
-    """Microseconds -> `2026-11-22T05:06:15.123456Z` (always six fraction digits: sorts as text)."""
-    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Microseconds -> `2026-11-22T05:06:15.123456Z` (always six fraction digits: sorts as text).
+    On every listed row twice, so the second is formatted once and cached (strftime per call
+    was a tenth of a list page's CPU)."""
+    seconds, micro = divmod(us, 1_000_000)
+    return f"{_second_iso(seconds)}.{micro:06d}Z"
+
+
+@functools.lru_cache(maxsize=65536)
+def _second_iso(seconds: int) -> str:
+    return (EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def datetime_to_us(moment: datetime) -> int:
