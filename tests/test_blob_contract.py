@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,24 +38,11 @@ from storage.errors import (
 )
 from storage.maintenance import collect_garbage, fsck, recover_trash
 from tests.conftest import S3_TEST_PART_SIZE, MotoServer, free_port
+from tests.test_blobstore import rand_bytes, sha, stream
 
 pytestmark = pytest.mark.anyio
 PART = S3_TEST_PART_SIZE
 KiB = 1024
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def rand_bytes(n: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-async def stream(chunks: Iterable[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
-    for chunk in chunks:
-        await anyio.lowlevel.checkpoint()
-        yield chunk
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:

@@ -309,7 +309,8 @@ class S3BlobStore:
     async def open(
         self, digest: str, start: int = 0, end: int | None = None, hasher: Any = None
     ) -> AsyncIterator[bytes]:
-        """Yield bytes [start, end) of the blob (end None: to its end) in ~1 MiB chunks."""
+        """Yield bytes [start, end) of the blob (end None: to its end) as the object store sends
+        them, in chunks of at most 1 MiB; `hasher.update` sees each one."""
         if end is not None and end <= start:
             if not await self.exists(digest):
                 raise BlobNotFound(digest)
@@ -320,21 +321,13 @@ class S3BlobStore:
         response = await self._get(self.key_of(digest), byte_range)
         body = response["Body"]
         try:
-            pending = bytearray()
             async for data in body.iter_chunks(READ_CHUNK):
-                pending += data
-                if len(pending) < READ_CHUNK:
-                    continue
-                out = bytes(pending)
-                pending.clear()
                 if hasher is not None:
-                    await to_thread.run_sync(hasher.update, out)
-                yield out
-            if pending:
-                out = bytes(pending)
-                if hasher is not None:
-                    await to_thread.run_sync(hasher.update, out)
-                yield out
+                    if len(data) >= HASH_IN_THREAD:
+                        await to_thread.run_sync(hasher.update, data)
+                    else:
+                        hasher.update(data)
+                yield data
         except (ClientError, BotoCoreError, OSError) as exc:
             raise _translate(exc) from exc
         finally:
