@@ -20,13 +20,13 @@ import asyncio
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Callable
 from types import TracebackType
 from typing import Annotated, Any, TypeVar
 
+import sqlalchemy as sa
 from anyio import CancelScope
 from fastapi import Header, Request, Response
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth import caller_of
 from app.errors import ApiError
@@ -55,7 +55,7 @@ REPLAYED = "Idempotent-Replayed"
 KEPT_HEADERS = ("content-type", "location", "etag")  # the rest a server sets afresh each time
 
 T = TypeVar("T")
-Hook = Callable[[AsyncConnection, T], Awaitable[None]]
+Hook = Callable[[sa.Connection, T], None]  # runs inside the write's transaction
 
 
 def caller_scope(request: Request) -> str:
@@ -176,7 +176,7 @@ class Idempotency:
             return None
         key, token = self.key, self._token
 
-        async def record(conn: AsyncConnection, result: T) -> None:
+        def record(conn: sa.Connection, result: T) -> None:
             response = render(result)
             fp = request_fingerprint
             if callable(fp):
@@ -187,7 +187,7 @@ class Idempotency:
                 if n.decode("latin-1").lower() in KEPT_HEADERS
             ]
             stored = StoredResponse(response.status_code, headers, bytes(response.body), fp)
-            await self.keys.complete(conn, self.scope, key, token, stored)
+            self.keys.complete(conn, self.scope, key, token, stored)
             self.response = response
 
         return record

@@ -89,7 +89,7 @@ COLUMNS = (
     "source_ref",
     "tenant",
 )
-LINEAGE_COLUMNS = ("child_id", "position", "parent_id", "parent_digest")
+LINEAGE_COLUMNS = ("child_id", "position", "parent_id", "parent_digest", "child_created_at")
 
 
 def _identity(seed: int, i: int) -> tuple[str, int]:
@@ -202,7 +202,7 @@ class Generator:
                         parents.append(p)
             for position, p in enumerate(parents):
                 pid, pblob = self.identity(p)
-                links.append((aid, position, pid, self.digests[pblob][0]))
+                links.append((aid, position, pid, self.digests[pblob][0], created))
         return rows, links
 
     def chunks(self, start: int, end: int) -> Iterator[tuple[list[Any], list[Any]]]:
@@ -306,7 +306,7 @@ class Loader:
             db.execute("PRAGMA synchronous=OFF")  # a bulk load: durable at the checkpoint below
             db.execute("PRAGMA cache_size=-262144")
             insert = f"INSERT INTO artifacts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: E501
-            link = "INSERT INTO lineage VALUES (?, ?, ?, ?)"
+            link = f"INSERT INTO lineage ({', '.join(LINEAGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
             # secondary indexes are rebuilt once after a large load: much faster than keeping
             # them up to date row by row (the migration's own DDL, read back from the schema)
             indexes: list[tuple[str, str]] = []

@@ -9,12 +9,13 @@ unreferenced blob, never a row without its bytes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
@@ -22,10 +23,10 @@ import sqlalchemy as sa
 from anyio import to_thread
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.blobs.base import BlobStore, PutResult
-from storage.db.engine import Database
+from storage.blobs.filesystem import FilesystemBlobStore
+from storage.db.engine import Database, off_loop, run_async
 from storage.db.tables import DEFAULT_TENANT, artifacts, blobs, lineage
 from storage.errors import (
     AmbiguousArtifactId,
@@ -36,8 +37,9 @@ from storage.errors import (
     UnknownParent,
 )
 from storage.events import NewEvent, append
-from storage.maintenance import lock_digest
+from storage.maintenance import digest_lock
 from storage.records import (
+    SUMMARY_FIELDS,
     Artifact,
     ArtifactChanges,
     Cursor,
@@ -45,6 +47,7 @@ from storage.records import (
     NewArtifact,
     NewContent,
     Page,
+    Summary,
     now_us,
     row_to_artifact,
     us_to_iso,
@@ -55,12 +58,29 @@ FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 ID_PREFIX = re.compile(r"[0-9a-f-]{8,35}")
 LIVE = artifacts.c.deleted_at.is_(None)
 ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
+# Hashing this much (~50 us at ~1.4 GB/s) costs less than a thread hop and back (55-67 us):
+# below it the event loop hashes a small read itself.
+INLINE_HASH_BYTES = 64 * 1024
 PRIMARY_LOCK_SPACE = 0x41525446  # 'ARTF': first key of our pg_advisory_xact_lock(int, int)
+
+# The statements of a load by id, built once: building a select and its cache key anew each
+# time was a tenth of a get's CPU.
+BY_ID = sa.select(artifacts).where(
+    artifacts.c.id == sa.bindparam("id"), artifacts.c.tenant == sa.bindparam("tenant"), LIVE
+)
+PARENTS_OF = (
+    sa.select(lineage.c.parent_id)
+    .where(lineage.c.child_id == sa.bindparam("id"))
+    .order_by(lineage.c.position)
+)
+
+SUMMARY_COLUMNS = tuple(artifacts.c[name] for name in SUMMARY_FIELDS)
 
 Content = bytes | AsyncIterable[bytes | memoryview]
 # Runs inside a write's own transaction, just before it commits, with the artifact as written:
 # whatever it records (an idempotency key's response) commits or rolls back with the write.
-WriteHook = Callable[[AsyncConnection, Artifact], Awaitable[None]]
+# It runs where the transaction runs (a worker thread on SQLite, see Database.run_write).
+WriteHook = Callable[[sa.Connection, Artifact], None]
 
 
 def _columns(artifact: Artifact) -> dict[str, Any]:
@@ -155,18 +175,18 @@ class ArtifactService:
         hook: WriteHook | None = None,
     ) -> Artifact:
         """Store the bytes, then the row, its lineage and (if asked) its primary flag."""
-        if new.derived_from:
-            async with self.db.read() as conn:  # fail before any byte is stored
-                await self._live_parents(conn, new.derived_from)
+        if new.derived_from:  # fail before any byte is stored
+            await self.db.run_read(lambda conn: self._live_parents(conn, new.derived_from))
         put = await self._put(content, max_bytes, expected_digest)
         artifact_id = self.new_id()
-        async with self.db.write() as conn:
-            parents = await self._live_parents(conn, new.derived_from)
+
+        def write(conn: sa.Connection) -> Artifact:
+            parents = self._live_parents(conn, new.derived_from)
             now = self.clock()
-            await self._ensure_blob_row(conn, put, now)
+            self._ensure_blob_row(conn, put, now)
             previous = None
             if new.is_primary_deliverable:
-                previous = await self._demote_primary(conn, new.workflow_id, new.phase_id, now)
+                previous = self._demote_primary(conn, new.workflow_id, new.phase_id, now)
             artifact = Artifact(
                 id=artifact_id,
                 workflow_id=new.workflow_id,
@@ -189,18 +209,16 @@ class ArtifactService:
                 source_ref=new.source_ref,
             )
             if new.source is not None and new.source_ref is not None:
-                await self._check_source(conn, new.source, new.source_ref)
+                self._check_source(conn, new.source, new.source_ref)
             try:
-                await conn.execute(
-                    artifacts.insert().values({**_columns(artifact), "tenant": self.tenant})
-                )
+                conn.execute(artifacts.insert(), {**_columns(artifact), "tenant": self.tenant})
             except IntegrityError:
                 if new.source is None or new.source_ref is None:
                     raise
                 # a concurrent import of the same upstream object won (PostgreSQL)
                 raise DuplicateSource(new.source, new.source_ref, None) from None
             if parents:
-                await conn.execute(
+                conn.execute(
                     lineage.insert(),
                     [
                         {
@@ -208,6 +226,7 @@ class ArtifactService:
                             "position": i,
                             "parent_id": pid,
                             "parent_digest": d,
+                            "child_created_at": now,
                         }
                         for i, (pid, d) in enumerate(parents)
                     ],
@@ -215,9 +234,12 @@ class ArtifactService:
             feed = [_event("artifact.created", artifact, derived_from=list(new.derived_from))]
             if artifact.is_primary_deliverable:
                 feed.append(_deliverable_changed(artifact, artifact.id, previous))
-            await append(conn, feed, now, tenant=self.tenant)
+            append(conn, feed, now, tenant=self.tenant)
             if hook is not None:
-                await hook(conn, artifact)
+                hook(conn, artifact)
+            return artifact
+
+        artifact = await self.db.run_write(write)
         self.on_commit()
         return artifact
 
@@ -234,11 +256,12 @@ class ArtifactService:
         """Upload: new bytes for an existing live artifact (checked before any byte is read)."""
         await self.get(artifact_id, allow_prefix=False)
         put = await self._put(content, max_bytes, expected_digest)
-        async with self.db.write() as conn:
+
+        def write(conn: sa.Connection) -> Artifact:
             now = self.clock()
-            await self._ensure_blob_row(conn, put, now)
-            before = await self._load(conn, artifact_id)
-            result = await conn.execute(
+            self._ensure_blob_row(conn, put, now)
+            before = self._load_sync(conn, artifact_id)
+            result = conn.execute(
                 artifacts.update()
                 .where(artifacts.c.id == artifact_id, self.mine, LIVE)
                 .values(
@@ -252,19 +275,22 @@ class ArtifactService:
             )
             if result.rowcount == 0:
                 raise ArtifactNotFound(artifact_id)
-            after = await self._load(conn, artifact_id)
+            after = self._load_sync(conn, artifact_id)
             event = _event("artifact.content_replaced", after, previous_hash=before.content_hash)
-            await append(conn, [event], now, tenant=self.tenant)
+            append(conn, [event], now, tenant=self.tenant)
             if hook is not None:
-                await hook(conn, after)
+                hook(conn, after)
+            return after
+
+        after = await self.db.run_write(write)
         self.on_commit()
         return after
 
     async def update(
         self, artifact_id: str, changes: ArtifactChanges, *, hook: WriteHook | None = None
     ) -> Artifact:
-        async with self.db.write() as conn:
-            current = await self._load(conn, artifact_id)
+        def write(conn: sa.Connection) -> Artifact:
+            current = self._load_sync(conn, artifact_id)
             now = self.clock()
             values: dict[str, Any] = {"updated_at": now}
             if changes.title is not None:
@@ -276,31 +302,33 @@ class ArtifactService:
             if promote is not None:
                 values["is_primary_deliverable"] = promote
             if promote and not current.is_primary_deliverable:
-                previous = await self._demote_primary(
-                    conn, current.workflow_id, current.phase_id, now
-                )
+                previous = self._demote_primary(conn, current.workflow_id, current.phase_id, now)
                 feed.append(_deliverable_changed(current, artifact_id, previous))
             elif promote is False and current.is_primary_deliverable:
                 feed.append(_deliverable_changed(current, None, artifact_id))
-            await conn.execute(
+            conn.execute(
                 artifacts.update().where(artifacts.c.id == artifact_id, self.mine).values(values)
             )
-            after = await self._load(conn, artifact_id)
+            after = self._load_sync(conn, artifact_id)
             changed = sorted(k for k in values if k != "updated_at")
             feed.insert(0, _event("artifact.updated", after, changed=changed))
-            await append(conn, feed, now, tenant=self.tenant)
+            append(conn, feed, now, tenant=self.tenant)
             if hook is not None:
-                await hook(conn, after)
+                hook(conn, after)
+            return after
+
+        after = await self.db.run_write(write)
         self.on_commit()
         return after
 
     async def delete(self, artifact_id: str, *, hook: WriteHook | None = None) -> Artifact:
         """Soft delete: the row stays (lineage, GC grace) but reads answer 'not found'.
         Returns the artifact as it was."""
-        async with self.db.write() as conn:
+
+        def write(conn: sa.Connection) -> Artifact:
             now = self.clock()
-            current = await self._load(conn, artifact_id)
-            await conn.execute(
+            current = self._load_sync(conn, artifact_id)
+            conn.execute(
                 artifacts.update()
                 .where(artifacts.c.id == artifact_id, self.mine, LIVE)
                 .values(deleted_at=now, updated_at=now)
@@ -308,9 +336,12 @@ class ArtifactService:
             feed = [_event("artifact.deleted", current)]
             if current.is_primary_deliverable:
                 feed.append(_deliverable_changed(current, None, artifact_id))
-            await append(conn, feed, now, tenant=self.tenant)
+            append(conn, feed, now, tenant=self.tenant)
             if hook is not None:
-                await hook(conn, current)
+                hook(conn, current)
+            return current
+
+        current = await self.db.run_write(write)
         self.on_commit()
         return current
 
@@ -318,9 +349,12 @@ class ArtifactService:
 
     async def find_by_source(self, source: str, source_ref: str) -> Artifact | None:
         """The live artifact imported from this upstream object, if any."""
-        async with self.db.read() as conn:
-            found = await self._source_id(conn, source, source_ref)
-            return None if found is None else await self._load(conn, found)
+
+        def find(conn: sa.Connection) -> Artifact | None:
+            found = self._source_id(conn, source, source_ref)
+            return None if found is None else self._load_sync(conn, found)
+
+        return await self.db.run_read(find)
 
     async def get(self, ref: str, *, allow_prefix: bool = True) -> Artifact:
         """By full id, or (allow_prefix) by a unique prefix of at least 8 characters."""
@@ -359,7 +393,10 @@ class ArtifactService:
     async def read_bytes(self, artifact: Artifact) -> bytes:
         """The whole content, verified against its hash before anyone sees it."""
         data = await self.blobs.read_bytes(artifact.content_hash)
-        digest = await to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        if len(data) <= INLINE_HASH_BYTES:
+            digest = hashlib.sha256(data).hexdigest()
+        else:
+            digest = await to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
         if digest != artifact.content_hash or len(data) != artifact.size_bytes:
             await self._corrupt(artifact.content_hash)
         return data
@@ -396,19 +433,46 @@ class ArtifactService:
 
     async def page(self, query: ListQuery, *, limit: int, after: Cursor | None = None) -> Page:
         """Newest first; every filter applies in SQL before the limit; keyset pagination."""
-        stmt = sa.select(artifacts).where(self.mine, LIVE, *self._filters(query))
-        if after is not None:
-            stmt = stmt.where(
-                sa.tuple_(artifacts.c.created_at, artifacts.c.id) < (after.created_at, after.id)
-            )
-        stmt = stmt.order_by(*ORDER).limit(limit + 1)
+        if query.derived_from is not None:
+            stmt = self._children(query, query.derived_from, after)
+        else:
+            stmt = sa.select(*SUMMARY_COLUMNS).where(self.mine, LIVE, *self._filters(query))
+            if after is not None:
+                stmt = stmt.where(
+                    sa.tuple_(artifacts.c.created_at, artifacts.c.id) < (after.created_at, after.id)
+                )
+            stmt = stmt.order_by(*ORDER)
+        stmt = stmt.limit(limit + 1)
         rows = await self.db.run_read(lambda conn: conn.execute(stmt).all())
-        items = [row_to_artifact(row, None) for row in rows[:limit]]
+        items = [Summary(*row) for row in rows[:limit]]
         more = len(rows) > limit
         last = items[-1] if more else None
         return Page(items, Cursor(last.created_at, last.id) if last else None)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _children(self, query: ListQuery, parent_id: str, after: Cursor | None) -> sa.Select[Any]:
+        """A derived_from list walks the parent's lineage rows in list order
+        (ix_lineage_parent_order: child_created_at is the child's created_at) and joins each
+        child by its key, so a page costs its own rows whatever the size of the store. A child
+        that names the same parent twice has two lineage rows: only its first counts."""
+        edge, twin = lineage, lineage.alias("twin")
+        first_edge = ~sa.exists().where(
+            twin.c.child_id == edge.c.child_id,
+            twin.c.parent_id == edge.c.parent_id,
+            twin.c.position < edge.c.position,
+        )
+        others = self._filters(dataclasses.replace(query, derived_from=None))
+        stmt = (
+            sa.select(*SUMMARY_COLUMNS)
+            .select_from(edge.join(artifacts, artifacts.c.id == edge.c.child_id))
+            .where(edge.c.parent_id == parent_id, first_edge, self.mine, LIVE, *others)
+        )
+        if after is not None:
+            stmt = stmt.where(
+                sa.tuple_(edge.c.child_created_at, edge.c.child_id) < (after.created_at, after.id)
+            )
+        return stmt.order_by(edge.c.child_created_at.desc(), edge.c.child_id.desc())
 
     @staticmethod
     def _filters(query: ListQuery) -> list[sa.ColumnElement[bool]]:
@@ -447,33 +511,20 @@ class ArtifactService:
             content = once()
         return await self.blobs.put(content, max_bytes=max_bytes, expected_digest=expected_digest)
 
-    async def _load(self, conn: AsyncConnection, artifact_id: str) -> Artifact:
-        return await conn.run_sync(self._load_sync, artifact_id)
-
     def _load_sync(self, conn: sa.Connection, artifact_id: str) -> Artifact:
-        row = conn.execute(
-            sa.select(artifacts).where(artifacts.c.id == artifact_id, self.mine, LIVE)
-        ).first()
+        row = conn.execute(BY_ID, {"id": artifact_id, "tenant": self.tenant}).first()
         if row is None:
             raise ArtifactNotFound(artifact_id)
-        parents = (
-            conn.execute(
-                sa.select(lineage.c.parent_id)
-                .where(lineage.c.child_id == artifact_id)
-                .order_by(lineage.c.position)
-            )
-            .scalars()
-            .all()
-        )
+        parents = conn.execute(PARENTS_OF, {"id": artifact_id}).scalars().all()
         return row_to_artifact(row, tuple(parents))
 
-    async def _live_parents(
-        self, conn: AsyncConnection, parent_ids: Sequence[str]
+    def _live_parents(
+        self, conn: sa.Connection, parent_ids: Sequence[str]
     ) -> list[tuple[str, str]]:
         """(id, content_hash) of each parent, in order; UnknownParent names the first bad one."""
         if not parent_ids:
             return []
-        rows = await conn.execute(
+        rows = conn.execute(
             sa.select(artifacts.c.id, artifacts.c.content_hash).where(
                 artifacts.c.id.in_(set(parent_ids)), self.mine, LIVE
             )
@@ -484,10 +535,10 @@ class ArtifactService:
                 raise UnknownParent(index, parent_id)
         return [(pid, digests[pid]) for pid in parent_ids]
 
-    async def _source_id(self, conn: AsyncConnection, source: str, source_ref: str) -> str | None:
+    def _source_id(self, conn: sa.Connection, source: str, source_ref: str) -> str | None:
         """The live artifact imported from (source, source_ref), if any."""
         return (
-            await conn.execute(
+            conn.execute(
                 sa.select(artifacts.c.id).where(
                     artifacts.c.source == source,
                     artifacts.c.source_ref == source_ref,
@@ -497,30 +548,38 @@ class ArtifactService:
             )
         ).scalar()
 
-    async def _check_source(self, conn: AsyncConnection, source: str, source_ref: str) -> None:
-        existing = await self._source_id(conn, source, source_ref)
+    def _check_source(self, conn: sa.Connection, source: str, source_ref: str) -> None:
+        existing = self._source_id(conn, source, source_ref)
         if existing is not None:
             raise DuplicateSource(source, source_ref, existing)
 
-    async def _ensure_blob_row(self, conn: AsyncConnection, put: PutResult, now: int) -> None:
+    def _ensure_blob_row(self, conn: sa.Connection, put: PutResult, now: int) -> None:
         """The blob's row, inside the write transaction; serialised with garbage collection per
         digest, and the file re-checked: GC may have reclaimed an old unreferenced blob between
         our dedupe hit and this transaction (then the client retries; nothing is committed)."""
-        await lock_digest(conn, put.digest)
-        if not await self.blobs.exists(put.digest):
+        if self.db.dialect == "postgresql":
+            conn.execute(digest_lock(put.digest))
+        if not self._blob_exists(put.digest):
             raise StorageUnavailable(
                 "The content was reclaimed by garbage collection while it was being stored; "
                 "retry the request."
             )
-        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
-        await conn.execute(
-            dialect.insert(blobs)
-            .values(digest=put.digest, size=put.size, created_at=now)
-            .on_conflict_do_nothing(index_elements=["digest"])
-        )
+        conn.execute(self._blob_insert, {"digest": put.digest, "size": put.size, "created_at": now})
 
-    async def _demote_primary(
-        self, conn: AsyncConnection, workflow_id: str, phase_id: str | None, now: int
+    def _blob_exists(self, digest: str) -> bool:
+        """From inside a write: a local store answers in this worker thread, any other on the
+        event loop."""
+        if off_loop() and isinstance(self.blobs, FilesystemBlobStore):
+            return self.blobs.path_of(digest).is_file()
+        return run_async(self.blobs.exists, digest)
+
+    @functools.cached_property
+    def _blob_insert(self) -> sa.Insert:
+        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        return dialect.insert(blobs).on_conflict_do_nothing(index_elements=["digest"])
+
+    def _demote_primary(
+        self, conn: sa.Connection, workflow_id: str, phase_id: str | None, now: int
     ) -> str | None:
         """At most one live primary deliverable per (workflow, phase): demote the current one
         and return its id (None when there was none).
@@ -536,9 +595,9 @@ class ArtifactService:
             name = f"{self.tenant}\x00{workflow_id}\x00{group}".encode()
             digest = hashlib.blake2b(name, digest_size=4).digest()
             key = int.from_bytes(digest, "big", signed=True)
-            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PRIMARY_LOCK_SPACE, key)))
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PRIMARY_LOCK_SPACE, key)))
         current = (
-            await conn.execute(
+            conn.execute(
                 sa.select(artifacts.c.id).where(
                     self.mine,
                     artifacts.c.workflow_id == workflow_id,
@@ -549,7 +608,7 @@ class ArtifactService:
             )
         ).scalar()
         if current is not None:
-            await conn.execute(
+            conn.execute(
                 artifacts.update()
                 .where(artifacts.c.id == current)
                 .values(is_primary_deliverable=False, updated_at=now)

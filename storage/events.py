@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
 from storage.db.tables import DEFAULT_TENANT, events
@@ -49,15 +48,15 @@ class NewEvent:
     data: dict[str, Any]
 
 
-async def append(
-    conn: AsyncConnection, new: list[NewEvent], now: int, *, tenant: str = DEFAULT_TENANT
+def append(
+    conn: sa.Connection, new: list[NewEvent], now: int, *, tenant: str = DEFAULT_TENANT
 ) -> None:
     """Add events inside the caller's write transaction (commit-ordered, see module doc)."""
     if not new:
         return
     if conn.dialect.name == "postgresql":
-        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(*EVENTS_LOCK)))
-    await conn.execute(
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(*EVENTS_LOCK)))
+    conn.execute(
         events.insert(),
         [
             {

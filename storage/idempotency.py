@@ -25,7 +25,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
 from storage.db.tables import idempotency_keys as keys_table
@@ -127,12 +126,13 @@ class IdempotencyKeys:
             )
             return result.rowcount == 1
 
-    async def complete(
-        self, conn: AsyncConnection, scope: str, key: str, token: str, response: StoredResponse
+    def complete(
+        self, conn: sa.Connection, scope: str, key: str, token: str, response: StoredResponse
     ) -> None:
-        """Record the response in the caller's (the write's) transaction."""
+        """Record the response in the caller's (the write's) transaction (a synchronous
+        connection: writes run as one piece, see Database.run_write)."""
         now = self.clock()
-        result = await conn.execute(
+        result = conn.execute(
             keys_table.update()
             .where(self._where(scope, key), keys_table.c.token == token)
             .where(keys_table.c.status == "running")

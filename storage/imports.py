@@ -5,13 +5,12 @@ an adapter (app/imports/) runs the job and records what happened here."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
 from storage.db.tables import DEFAULT_TENANT, import_items, imports
@@ -20,7 +19,7 @@ from storage.records import now_us
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "interrupted"]
 ItemStatus = Literal["imported", "unchanged", "skipped", "failed"]
-JobHook = Callable[[AsyncConnection, str], Awaitable[None]]  # (transaction, job id)
+JobHook = Callable[[sa.Connection, str], None]  # (transaction, job id)
 ITEM_STATUSES: tuple[ItemStatus, ...] = ("imported", "unchanged", "skipped", "failed")
 
 
@@ -71,7 +70,7 @@ class ImportJobs:
                 )
             )  # fmt: skip
             if hook is not None:
-                await hook(conn, job_id)
+                await conn.run_sync(hook, job_id)
         return job_id
 
     async def set_status(
@@ -91,7 +90,7 @@ class ImportJobs:
                 .values(status=status, error=error, updated_at=now, finished_at=finished)
             )
             if hook is not None:
-                await hook(conn, job_id)
+                await conn.run_sync(hook, job_id)
 
     async def record(self, job_id: str, item: Item) -> None:
         """The outcome of one upstream object (a later outcome replaces an earlier one)."""

@@ -29,11 +29,16 @@ from storage.records import now_us
 DIGEST_LOCK_SPACE = 0x424C4F42  # 'BLOB'
 
 
+def digest_lock(digest: str) -> sa.Select[Any]:
+    """PostgreSQL's transaction lock that serialises GC and uploads per digest."""
+    key = int.from_bytes(bytes.fromhex(digest[:8]), "big", signed=True)
+    return sa.select(sa.func.pg_advisory_xact_lock(DIGEST_LOCK_SPACE, key))
+
+
 async def lock_digest(conn: AsyncConnection, digest: str) -> None:
     """Serialise GC and uploads per digest on PostgreSQL (SQLite's writer lock already does)."""
     if conn.dialect.name == "postgresql":
-        key = int.from_bytes(bytes.fromhex(digest[:8]), "big", signed=True)
-        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(DIGEST_LOCK_SPACE, key)))
+        await conn.execute(digest_lock(digest))
 
 
 @dataclass

@@ -69,8 +69,7 @@ async def test_claim_in_progress_complete_replay(db: Database) -> None:
     clock.now += 10 * SECOND
     busy = await keys.begin("open", "k")
     assert busy == InProgress(20 * SECOND)
-    async with db.write() as conn:
-        await keys.complete(conn, "open", "k", first.token, stored())
+    await db.run_write(lambda conn: keys.complete(conn, "open", "k", first.token, stored()))
     clock.now += 3000 * SECOND  # past the lease; completion outlives it
     assert await keys.begin("open", "k") == Completed(stored())
 
@@ -88,10 +87,10 @@ async def test_a_lapsed_lease_is_taken_over_and_the_old_holder_cannot_complete(
     assert isinstance(new, Claimed) and new.token != old.token
     assert not await keys.heartbeat("open", "k", old.token)
     with pytest.raises(LeaseLost):
-        async with db.write() as conn:
-            await keys.complete(conn, "open", "k", old.token, stored("0" * 64))
-    async with db.write() as conn:
-        await keys.complete(conn, "open", "k", new.token, stored("1" * 64))
+        await db.run_write(
+            lambda conn: keys.complete(conn, "open", "k", old.token, stored("0" * 64))
+        )
+    await db.run_write(lambda conn: keys.complete(conn, "open", "k", new.token, stored("1" * 64)))
     done = await keys.begin("open", "k")
     assert isinstance(done, Completed) and done.response.fingerprint == "1" * 64
 
@@ -117,8 +116,7 @@ async def test_release_frees_a_running_key_but_never_a_completed_one(db: Databas
     assert isinstance(await keys.begin("open", "a"), Claimed)
     done = await keys.begin("open", "b")
     assert isinstance(done, Claimed)
-    async with db.write() as conn:
-        await keys.complete(conn, "open", "b", done.token, stored())
+    await db.run_write(lambda conn: keys.complete(conn, "open", "b", done.token, stored()))
     await keys.release("open", "b", done.token)
     assert await keys.begin("open", "b") == Completed(stored())
 
@@ -178,8 +176,8 @@ async def test_keys_expire_after_the_window_and_gc_purges_them(db: Database) -> 
     for key in ("old", "young"):
         held = await keys.begin("open", key)
         assert isinstance(held, Claimed)
-        async with db.write() as conn:
-            await keys.complete(conn, "open", key, held.token, stored())
+        token = held.token
+        await db.run_write(lambda conn, k=key, t=token: keys.complete(conn, "open", k, t, stored()))
         clock.now += 1800 * SECOND
     clock.now += 1 * SECOND  # "old" is 3601 s old, "young" 1801 s
     assert await purge_expired(db, clock.now) == 1
@@ -197,8 +195,9 @@ async def test_scopes_never_share_a_key(db: Database) -> None:
     a = await keys.begin("tenant-a", "same")
     b = await keys.begin("tenant-b", "same")
     assert isinstance(a, Claimed) and isinstance(b, Claimed)
-    async with db.write() as conn:
-        await keys.complete(conn, "tenant-a", "same", a.token, stored("a" * 64))
+    await db.run_write(
+        lambda conn: keys.complete(conn, "tenant-a", "same", a.token, stored("a" * 64))
+    )
     assert isinstance(await keys.begin("tenant-b", "same"), InProgress)
     done = await keys.begin("tenant-a", "same")
     assert isinstance(done, Completed) and done.response.fingerprint == "a" * 64
@@ -213,8 +212,8 @@ async def test_the_key_completes_or_rolls_back_with_the_write(
     assert isinstance(held, Claimed)
     new = NewArtifact(workflow_id="w", artifact_type="text", title="t", content_type="text/plain")
 
-    async def complete_then_fail(conn: Any, _artifact: Any) -> None:
-        await keys.complete(conn, "open", "k", held.token, stored())
+    def complete_then_fail(conn: Any, _artifact: Any) -> None:
+        keys.complete(conn, "open", "k", held.token, stored())
         raise RuntimeError("the write fails after the key was recorded")
 
     with pytest.raises(RuntimeError):
@@ -223,16 +222,16 @@ async def test_the_key_completes_or_rolls_back_with_the_write(
         assert (await conn.execute(sa.select(sa.func.count()).select_from(artifacts))).scalar() == 0
     assert isinstance(await keys.begin("open", "k"), InProgress)  # still ours, not completed
 
-    async def lost(conn: Any, _artifact: Any) -> None:
-        await keys.complete(conn, "open", "k", "not-the-token", stored())
+    def lost(conn: Any, _artifact: Any) -> None:
+        keys.complete(conn, "open", "k", "not-the-token", stored())
 
     with pytest.raises(LeaseLost):
         await service.create(new, b"x", hook=lost)
     async with service.db.read() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(artifacts))).scalar() == 0
 
-    async def record(conn: Any, _artifact: Any) -> None:
-        await keys.complete(conn, "open", "k", held.token, stored())
+    def record(conn: Any, _artifact: Any) -> None:
+        keys.complete(conn, "open", "k", held.token, stored())
 
     made = await service.create(new, b"x", hook=record)
     assert (await service.get(made.id)).id == made.id

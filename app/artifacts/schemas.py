@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from app.artifacts.body import parse_json
 from app.settings import Settings
-from storage.records import Artifact, us_to_iso
+from storage.records import Artifact, Summary, us_to_iso
 
 
 def no_nul(value: str) -> str:
@@ -283,7 +283,7 @@ class Uploaded(BaseModel):
     content_type: str
 
 
-def summary(a: Artifact) -> dict[str, Any]:
+def summary(a: Artifact | Summary) -> dict[str, Any]:
     return {
         "id": a.id,
         "workflow_id": a.workflow_id,

@@ -92,7 +92,9 @@ lineage = sa.Table(
     sa.Column("position", sa.Integer, primary_key=True),
     sa.Column("parent_id", ID, sa.ForeignKey("artifacts.id"), nullable=False),
     sa.Column("parent_digest", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False),
-    sa.Index("ix_lineage_parent", "parent_id"),
+    # the child's created_at, so a parent's children are listed by walking an index (0006)
+    sa.Column("child_created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_lineage_parent_order", "parent_id", "child_created_at", "child_id"),
     sa.Index("ix_lineage_parent_digest", "parent_digest"),
 )
 
