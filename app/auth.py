@@ -15,12 +15,14 @@ the operator passes --insecure-no-auth. Every route declares its scope with `req
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,21 +97,33 @@ class Authenticator:
         self.open_allowed = open_allowed
         self._open: bool | None = None
         self._open_checked = 0.0
+        self._checking: asyncio.Future[bool] | None = None
         self.rate: RateLimitItem | None = parse(rate) if rate else None
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def is_open(self) -> bool:
-        """No active key exists (cached for a second), and open mode is allowed here."""
+        """No active key exists (checked at most about once a second), and open mode is
+        allowed here. One check at a time: the requests that find the answer out of date wait
+        for the same one (each starting its own, under load, kept the answer permanently out
+        of date: it was a twentieth of every open-mode request's CPU)."""
         if not self.open_allowed:
             return False
-        now = time.monotonic()
-        if self._open is None or now - self._open_checked > OPEN_CHECK_SECONDS:
+        if self._open is not None and time.monotonic() - self._open_checked <= OPEN_CHECK_SECONDS:
+            return self._open
+        if self._checking is None:
+            self._checking = asyncio.ensure_future(self._check())
+        return await asyncio.shield(self._checking)
+
+    async def _check(self) -> bool:
+        try:
             was = self._open
-            self._open = not await self.keys.any_active()
-            self._open_checked = now
-            if was and not self._open:
+            self._open = open_now = not await self.keys.any_active()
+            self._open_checked = time.monotonic()
+            if was and not open_now:
                 log.warning("an API key exists now: open mode is over, every request needs a key")
-        return self._open
+            return open_now
+        finally:
+            self._checking = None
 
     async def caller(self, authorization: str | None) -> Caller:
         secret = secret_from(authorization)
@@ -159,9 +173,15 @@ async def authenticate(
     _bearer: str | None = Security(bearer),
     _basic: str | None = Security(basic),
 ) -> Caller:
+    return await admit(request, security_scopes.scopes)
+
+
+async def admit(request: Request, scopes: Sequence[str]) -> Caller:
+    """The caller of an API-key request, if it holds every one of `scopes` (401/403/429 else);
+    remembered on the request for caller_of()."""
     auth: Authenticator = request.app.state.auth
     caller = await auth.caller(request.headers.get("authorization"))
-    for scope in security_scopes.scopes:
+    for scope in scopes:
         if not caller.allows(scope):
             raise ApiError(403, "forbidden", f"This API key lacks the scope {scope!r}.")
     request.state.caller = caller

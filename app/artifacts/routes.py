@@ -94,8 +94,27 @@ TYPE_ENUM = {"enum": list(ARTIFACT_TYPES)}
 
 def api_base(request: Request, settings: Settings) -> str:
     """Absolute base of the artifacts API as this client reached it (with /api/v1 if used)."""
-    base = (settings.public_url or str(request.base_url)).rstrip("/")
-    return base + "/api/v1" if request.url.path.startswith("/api/v1/") else base
+    base = (settings.public_url or _base_url(request)).rstrip("/")
+    return base + "/api/v1" if request.scope["path"].startswith("/api/v1/") else base
+
+
+_BASE_URLS: dict[tuple[Any, ...], str] = {}
+
+
+def _base_url(request: Request) -> str:
+    """str(request.base_url), remembered for each (scheme, Host, server, root path) it depends
+    on: building its URL objects anew was a twentieth of a get's CPU. (Host is the client's to
+    choose, so the memory is bounded.)"""
+    scope = request.scope
+    root = scope.get("app_root_path", scope.get("root_path", ""))
+    server = scope.get("server")
+    key = (scope.get("scheme"), request.headers.get("host"), server and tuple(server), root)
+    base = _BASE_URLS.get(key)
+    if base is None:
+        if len(_BASE_URLS) >= 256:
+            _BASE_URLS.clear()
+        base = _BASE_URLS[key] = str(request.base_url)
+    return base
 
 
 def download_url(request: Request, settings: Settings, artifact: Artifact) -> str:
@@ -170,6 +189,13 @@ async def list_artifacts(
         created_before=None if created_before is None else datetime_to_us(created_before),
         derived_from=derived_from,
     )
+    return await list_response(request, service, query, limit, after)
+
+
+async def list_response(
+    request: Request, service: ArtifactService, query: ListQuery, limit: int, after: Cursor | None
+) -> Response:
+    """One page of a list, as GET /artifacts answers it (also app/artifacts/hot.py's)."""
     page = await service.page(query, limit=limit, after=after)
     token = page.next_cursor.encode() if page.next_cursor else None
     items = [schemas.summary(a) for a in page.items]
@@ -281,7 +307,8 @@ async def create_artifact(
         if media == "multipart/form-data":
             return await _create_from_form(request, service, settings, idem)
         body = parse_json(await read_limited(request, settings.max_json_body_bytes))
-        fp = fingerprint(request, "json", canonical(body))
+        # only a keyed request is ever compared (canonical JSON + sha256 of the whole body)
+        fp = fingerprint(request, "json", canonical(body)) if idem.key is not None else ""
         if idem.replaying:
             return idem.replay(fp)
         data = validate(schemas.CreateArtifact, body, validation_context(settings))
@@ -371,6 +398,17 @@ async def get_artifact(
     include_content: bool = True,
 ) -> Response:
     """By id or a unique id prefix of at least 8 characters (409 when ambiguous)."""
+    return await artifact_response(request, service, settings, artifact_id, include_content)
+
+
+async def artifact_response(
+    request: Request,
+    service: ArtifactService,
+    settings: Settings,
+    artifact_id: str,
+    include_content: bool,
+) -> Response:
+    """GET /artifacts/{id} (also app/artifacts/hot.py's)."""
     artifact = await service.get(artifact_id)
     content = await inline_text(service, settings, artifact) if include_content else None
     return JSONResponse(
