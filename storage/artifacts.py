@@ -433,17 +433,20 @@ class ArtifactService:
 
     async def page(self, query: ListQuery, *, limit: int, after: Cursor | None = None) -> Page:
         """Newest first; every filter applies in SQL before the limit; keyset pagination."""
+        rows: Sequence[Any]
         if query.derived_from is not None:
-            stmt = self._children(query, query.derived_from, after)
+            parent = query.derived_from
+            rows = await self.db.run_read(
+                lambda conn: self._children(conn, query, parent, limit + 1, after)
+            )
         else:
             stmt = sa.select(*SUMMARY_COLUMNS).where(self.mine, LIVE, *self._filters(query))
             if after is not None:
                 stmt = stmt.where(
                     sa.tuple_(artifacts.c.created_at, artifacts.c.id) < (after.created_at, after.id)
                 )
-            stmt = stmt.order_by(*ORDER)
-        stmt = stmt.limit(limit + 1)
-        rows = await self.db.run_read(lambda conn: conn.execute(stmt).all())
+            stmt = stmt.order_by(*ORDER).limit(limit + 1)
+            rows = await self.db.run_read(lambda conn: conn.execute(stmt).all())
         items = [Summary(*row) for row in rows[:limit]]
         more = len(rows) > limit
         last = items[-1] if more else None
@@ -451,28 +454,45 @@ class ArtifactService:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _children(self, query: ListQuery, parent_id: str, after: Cursor | None) -> sa.Select[Any]:
-        """A derived_from list walks the parent's lineage rows in list order
-        (ix_lineage_parent_order: child_created_at is the child's created_at) and joins each
-        child by its key, so a page costs its own rows whatever the size of the store. A child
-        that names the same parent twice has two lineage rows: only its first counts."""
-        edge, twin = lineage, lineage.alias("twin")
-        first_edge = ~sa.exists().where(
-            twin.c.child_id == edge.c.child_id,
-            twin.c.parent_id == edge.c.parent_id,
-            twin.c.position < edge.c.position,
-        )
+    def _children(
+        self,
+        conn: sa.Connection,
+        query: ListQuery,
+        parent_id: str,
+        want: int,
+        after: Cursor | None,
+    ) -> list[Any]:
+        """Up to `want` children of a parent, in list order. The walk follows the parent's
+        lineage rows (ix_lineage_parent_order: child_created_at is the child's created_at) and
+        joins each child by its key, so a page costs its own rows whatever the size of the
+        store. A child that names the parent twice has two lineage rows, next to each other in
+        that order: the repeats are dropped here, and the walk goes on past them (in SQL, a
+        NOT EXISTS made PostgreSQL anti-join the whole lineage table, and a correlated
+        min(position) made it sort every child of the parent)."""
+        edge = lineage
         others = self._filters(dataclasses.replace(query, derived_from=None))
-        stmt = (
+        base = (
             sa.select(*SUMMARY_COLUMNS)
             .select_from(edge.join(artifacts, artifacts.c.id == edge.c.child_id))
-            .where(edge.c.parent_id == parent_id, first_edge, self.mine, LIVE, *others)
+            .where(edge.c.parent_id == parent_id, self.mine, LIVE, *others)
+            .order_by(edge.c.child_created_at.desc(), edge.c.child_id.desc())
         )
-        if after is not None:
-            stmt = stmt.where(
-                sa.tuple_(edge.c.child_created_at, edge.c.child_id) < (after.created_at, after.id)
-            )
-        return stmt.order_by(edge.c.child_created_at.desc(), edge.c.child_id.desc())
+        out: list[Any] = []
+        while True:
+            stmt = base
+            if after is not None:
+                stmt = stmt.where(
+                    sa.tuple_(edge.c.child_created_at, edge.c.child_id)
+                    < (after.created_at, after.id)
+                )
+            asked = want - len(out)
+            rows = conn.execute(stmt.limit(asked)).all()
+            for row in rows:
+                if not out or out[-1].id != row.id:
+                    out.append(row)
+            if len(rows) < asked or len(out) >= want:
+                return out[:want]
+            after = Cursor(rows[-1].created_at, rows[-1].id)
 
     @staticmethod
     def _filters(query: ListQuery) -> list[sa.ColumnElement[bool]]:

@@ -560,3 +560,20 @@ async def test_replace_content_when_deleted_during_upload(svc: ArtifactService) 
     assert await blob_digests(svc) == {sha(b"original")}  # the blob row was rolled back
     row = await fetch(svc, sa.select(artifacts.c.content_hash).where(artifacts.c.id == a.id))
     assert row == [(sha(b"original"),)]
+
+
+async def test_children_naming_a_parent_many_times_are_listed_once(svc: ArtifactService) -> None:
+    """Repeats sit next to each other in the lineage walk; a page skips them and walks on, so
+    every page is full and no child appears twice, across page boundaries too."""
+    parent = await svc.create(new(), b"parent")
+    children = [await svc.create(new(derived_from=(parent.id,) * 3), b"c%d" % i) for i in range(60)]
+    seen: list[str] = []
+    first = await svc.page(ListQuery(derived_from=parent.id), limit=7)
+    page = first
+    while True:
+        seen += [a.id for a in page.items]
+        if page.next_cursor is None:
+            break
+        assert len(page.items) == 7
+        page = await svc.page(ListQuery(derived_from=parent.id), limit=7, after=page.next_cursor)
+    assert seen == [c.id for c in reversed(children)]

@@ -64,6 +64,8 @@ artifacts = sa.Table(
     sa.Index("ix_artifacts_phase", "tenant", "phase_id", "created_at", "id"),
     sa.Index("ix_artifacts_session", "tenant", "session_id", "created_at", "id"),
     sa.Index("ix_artifacts_type", "tenant", "artifact_type", "created_at", "id"),
+    sa.Index("ix_artifacts_content_type", "tenant", "content_type", "created_at", "id"),
+    sa.Index("ix_artifacts_primary", "tenant", "is_primary_deliverable", "created_at", "id"),
     sa.Index("ix_artifacts_content_hash", "content_hash"),
     sa.Index(
         "ux_artifacts_one_primary",
