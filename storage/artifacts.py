@@ -25,7 +25,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from storage.blobs.base import BlobStore, PutResult
-from storage.blobs.filesystem import FilesystemBlobStore
 from storage.db.engine import Database, off_loop, run_async
 from storage.db.tables import DEFAULT_TENANT, artifacts, blobs, lineage
 from storage.errors import (
@@ -587,10 +586,11 @@ class ArtifactService:
         conn.execute(self._blob_insert, {"digest": put.digest, "size": put.size, "created_at": now})
 
     def _blob_exists(self, digest: str) -> bool:
-        """From inside a write: a local store answers in this worker thread, any other on the
-        event loop."""
-        if off_loop() and isinstance(self.blobs, FilesystemBlobStore):
-            return self.blobs.path_of(digest).is_file()
+        """From inside a write: a local store answers in this worker thread, any other (and
+        any store on PostgreSQL, whose writes run on the event loop) through the loop."""
+        blocking = self.blobs.exists_blocking
+        if off_loop() and blocking is not None:
+            return blocking(digest)
         return run_async(self.blobs.exists, digest)
 
     @functools.cached_property

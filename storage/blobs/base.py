@@ -16,7 +16,7 @@ Semantics, whatever the backend:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +40,13 @@ class BlobStore(Protocol):
     async def put_bytes(self, data: bytes) -> PutResult: ...
 
     async def exists(self, digest: str) -> bool: ...
+
+    @property
+    def exists_blocking(self) -> Callable[[str], bool] | None:
+        """exists() as a blocking call, for a store whose answer is a local system call (a
+        worker thread then asks it directly instead of hopping to the event loop); None where
+        it is network I/O."""
+        ...
 
     async def size(self, digest: str) -> int: ...
 

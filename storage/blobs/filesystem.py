@@ -243,7 +243,10 @@ class FilesystemBlobStore:
         return await self.put(one())
 
     async def exists(self, digest: str) -> bool:
-        return await to_thread.run_sync(self.path_of(digest).is_file)
+        return await to_thread.run_sync(self.exists_blocking, digest)
+
+    def exists_blocking(self, digest: str) -> bool:
+        return self.path_of(digest).is_file()
 
     async def size(self, digest: str) -> int:
         try:

@@ -52,7 +52,11 @@ class _Write:
 
 
 @dataclass(eq=False)
-class _Queue:
+class _Writers:
+    """SQLite, one per event loop (tests and the CLI may use a Database from several): the lock
+    every writer of this process queues on, and run_write's queue with its flusher task."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     writes: list[_Write] = field(default_factory=list)
     flusher: asyncio.Task[None] | None = None
 
@@ -150,16 +154,16 @@ class Database:
         self.dialect = make_url(url).get_backend_name()
         self._sync_reader: sa.Engine | None = None
         self._sync_writer: sa.Engine | None = None
-        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
-        self._queues: dict[asyncio.AbstractEventLoop, _Queue] = {}  # run_write on SQLite
-        self._read_threads: ThreadPoolExecutor | None = None
+        self._writers: dict[asyncio.AbstractEventLoop, _Writers] = {}
+        self._threads: list[ThreadPoolExecutor] = []
         if self.dialect == "sqlite":
             self.read_engine = _sqlite_engine(url, writer=False)
             self.write_engine = _sqlite_engine(url, writer=True)
             self._sync_reader = _sqlite_sync(url, writer=False)
-            self._read_threads = ThreadPoolExecutor(32, thread_name_prefix="artifacts-read")
             self._sync_writer = _sqlite_sync(url, writer=True)
+            self._read_threads = ThreadPoolExecutor(32, thread_name_prefix="artifacts-read")
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="artifacts-write")
+            self._threads = [self._read_threads, self._write_thread]
         else:
             self.read_engine = self.write_engine = create_async_engine(
                 url, pool_size=10, max_overflow=10, pool_pre_ping=True
@@ -193,15 +197,13 @@ class Database:
         async with self._autocommit.connect() as conn:
             return await conn.run_sync(work)
 
-    def _writer_lock(self) -> asyncio.Lock:
-        """SQLite: the one lock every writer of this process queues on (one per event loop:
-        tests and the CLI may use a Database from several)."""
+    def _here(self) -> _Writers:
         loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            self._locks = {k: v for k, v in self._locks.items() if not k.is_closed()}
-            lock = self._locks[loop] = asyncio.Lock()
-        return lock
+        writers = self._writers.get(loop)
+        if writers is None:
+            self._writers = {k: v for k, v in self._writers.items() if not k.is_closed()}
+            writers = self._writers[loop] = _Writers()
+        return writers
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -210,7 +212,7 @@ class Database:
             async with self.write_engine.connect() as conn, conn.begin():
                 yield conn
             return
-        async with self._writer_lock():
+        async with self._here().lock:
             async with self.write_engine.connect() as conn, conn.begin():
                 yield conn
 
@@ -230,13 +232,10 @@ class Database:
                 return await conn.run_sync(work)
         loop = asyncio.get_running_loop()
         write = _Write(work, loop.create_future())
-        queue = self._queues.get(loop)
-        if queue is None:
-            self._queues = {k: v for k, v in self._queues.items() if not k.is_closed()}
-            queue = self._queues[loop] = _Queue()
-        queue.writes.append(write)
-        if queue.flusher is None:
-            queue.flusher = loop.create_task(self._flush(queue))
+        writers = self._here()
+        writers.writes.append(write)
+        if writers.flusher is None:
+            writers.flusher = loop.create_task(self._flush(writers))
         try:
             result: T = await asyncio.shield(write.done)
         except asyncio.CancelledError:
@@ -250,21 +249,20 @@ class Database:
             raise
         return result
 
-    async def _flush(self, queue: _Queue) -> None:
-        """Run the queue's writes in batches, one batch per turn of the writer lock, so that
+    async def _flush(self, writers: _Writers) -> None:
+        """Run the queued writes in batches, one batch per turn of the writer lock, so that
         the other writers (db.write()) queued on it are not starved."""
-        assert self._sync_writer is not None
         try:
-            while queue.writes:
-                async with self._writer_lock():
-                    batch = [w for w in queue.writes[:MAX_BATCH] if not w.done.cancelled()]
-                    del queue.writes[:MAX_BATCH]
+            while writers.writes:
+                async with writers.lock:
+                    batch = [w for w in writers.writes[:MAX_BATCH] if not w.done.cancelled()]
+                    del writers.writes[:MAX_BATCH]
                     for write in batch:
                         write.started = True
                     if batch:
                         await self._run(batch)
         finally:
-            queue.flusher = None
+            writers.flusher = None
 
     async def _run(self, batch: list[_Write]) -> None:
         assert self._sync_writer is not None
@@ -290,9 +288,8 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def dispose(self) -> None:
-        if self._read_threads is not None:
-            self._read_threads.shutdown(wait=False)
-            await to_thread.run_sync(self._write_thread.shutdown)
+        for threads in self._threads:  # a batch still running finishes first
+            await to_thread.run_sync(threads.shutdown)
         for engine in (self._sync_reader, self._sync_writer):
             if engine is not None:
                 await to_thread.run_sync(engine.dispose)
