@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -61,6 +63,27 @@ def _row_to_key(row: sa.Row[tuple[object, ...]]) -> ApiKey:
     )  # fmt: skip
 
 
+# authenticate()'s columns, by position; the raw SQLite form for Database.loop_rows
+_KEY_COLUMNS = tuple(
+    api_keys.c[name]
+    for name in (
+        "id", "tenant", "name", "prefix", "scopes", "created_at", "expires_at", "revoked_at",
+        "secret_hash",
+    )
+)  # fmt: skip
+_SECRET = 8
+_BY_SECRET_SQLITE = (
+    f"SELECT {', '.join(c.name for c in _KEY_COLUMNS)} FROM api_keys WHERE secret_hash = ?"  # noqa: S608
+)
+
+
+def _key_from_columns(row: Any) -> ApiKey:
+    scopes = row[4]
+    if isinstance(scopes, str):  # raw SQLite: JSON text
+        scopes = json.loads(scopes)
+    return ApiKey(row[0], row[1], row[2], row[3], tuple(scopes), row[5], row[6], row[7])
+
+
 class ApiKeys:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -84,52 +107,51 @@ class ApiKeys:
             str(uuid.uuid4()), tenant, name, secret[:SHOWN], tuple(sorted(set(scopes))),
             now_us(), expires_at, None,
         )  # fmt: skip
-        async with self.db.write() as conn:
-            await conn.execute(
-                api_keys.insert().values(
-                    id=key.id, tenant=tenant, name=name, prefix=key.prefix,
-                    secret_hash=hash_key(secret), scopes=list(key.scopes),
-                    created_at=key.created_at, expires_at=expires_at,
-                )
-            )  # fmt: skip
+        insert = api_keys.insert().values(
+            id=key.id, tenant=tenant, name=name, prefix=key.prefix, secret_hash=hash_key(secret),
+            scopes=list(key.scopes), created_at=key.created_at, expires_at=expires_at,
+        )  # fmt: skip
+        await self.db.run_write(lambda conn: conn.execute(insert))
         return key, secret
 
     async def list(self, *, tenant: str | None = None) -> list[ApiKey]:
         stmt = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
         if tenant is not None:
             stmt = stmt.where(api_keys.c.tenant == tenant)
-        async with self.db.read() as conn:
-            return [_row_to_key(r) for r in await conn.execute(stmt)]
+        return await self.db.run_read(lambda conn: [_row_to_key(r) for r in conn.execute(stmt)])
 
     async def revoke(self, ref: str) -> ApiKey:
         """Revoke by id or by the shown prefix (which must match exactly one key)."""
-        async with self.db.write() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(api_keys).where(
-                        sa.or_(api_keys.c.id == ref, api_keys.c.prefix == ref)
-                    )
-                )
+
+        def revoke(conn: sa.Connection) -> ApiKey:
+            rows = conn.execute(
+                sa.select(api_keys).where(sa.or_(api_keys.c.id == ref, api_keys.c.prefix == ref))
             ).all()
             if len(rows) != 1:
                 raise ApiKeyNotFound(ref)
             key = _row_to_key(rows[0])
             if key.revoked_at is None:
-                await conn.execute(
+                conn.execute(
                     api_keys.update().where(api_keys.c.id == key.id).values(revoked_at=now_us())
                 )
-        return key
+            return key
+
+        return await self.db.run_write(revoke)
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The active key with this secret, or None (unknown, revoked or expired alike)."""
         if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
             return None
         digest = hash_key(secret)
-        query = sa.select(api_keys).where(api_keys.c.secret_hash == digest)
-        row = await self.db.run_read(lambda conn: conn.execute(query).first())
-        if row is None or not hmac.compare_digest(row._mapping["secret_hash"], digest):
+        rows = self.db.loop_rows(_BY_SECRET_SQLITE, (digest,))  # no hop, no cache: a revoked
+        if rows is not None:  # key is refused from the next request on
+            row = rows[0] if rows else None
+        else:
+            query = sa.select(*_KEY_COLUMNS).where(api_keys.c.secret_hash == digest)
+            row = await self.db.run_read(lambda conn: conn.execute(query).first())
+        if row is None or not hmac.compare_digest(row[_SECRET], digest):
             return None
-        key = _row_to_key(row)
+        key = _key_from_columns(row)
         return key if key.active(now_us()) else None
 
     async def any_active(self) -> bool:

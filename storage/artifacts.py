@@ -3,7 +3,9 @@
 Invariant I1: every committed artifact row names a blob that is durably present, complete and
 hashes to its name. So bytes always go to the blob store first (outside any transaction), and
 only then does one short transaction insert or update rows. A crash in between leaves at most an
-unreferenced blob, never a row without its bytes.
+unreferenced blob, never a row without its bytes. That transaction asks no blob store on SQLite
+(whose writer lock it holds): how it knows garbage collection has not taken the bytes meanwhile
+is told in storage/maintenance.py and _ensure_blob_row.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import fields
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 from anyio import to_thread
@@ -25,7 +27,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from storage.blobs.base import BlobStore, PutResult
-from storage.db.engine import Database, off_loop, run_async
+from storage.db import artifact_sql, blob_sql
+from storage.db.engine import Database, run_async
 from storage.db.tables import DEFAULT_TENANT, artifacts, blobs, lineage
 from storage.errors import (
     AmbiguousArtifactId,
@@ -36,7 +39,6 @@ from storage.errors import (
     UnknownParent,
 )
 from storage.events import NewEvent, append
-from storage.maintenance import digest_lock
 from storage.records import (
     SUMMARY_FIELDS,
     Artifact,
@@ -52,6 +54,7 @@ from storage.records import (
     us_to_iso,
 )
 
+T = TypeVar("T")
 log = logging.getLogger("artifacts.storage")
 FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ID_PREFIX = re.compile(r"[0-9a-f-]{8,35}")
@@ -61,6 +64,10 @@ ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
 # below it the event loop hashes a small read itself.
 INLINE_HASH_BYTES = 64 * 1024
 PRIMARY_LOCK_SPACE = 0x41525446  # 'ARTF': first key of our pg_advisory_xact_lock(int, int)
+RECHECKS = 3  # an upload's write tried at most this often while reclaims keep being swept
+RECLAIMED = (
+    "The content was reclaimed by garbage collection while it was being stored; retry the request."
+)
 
 # The statements of a load by id, built once: building a select and its cache key anew each
 # time was a tenth of a get's CPU.
@@ -125,6 +132,18 @@ def _tenant_clause(tenant: str) -> sa.ColumnElement[bool]:
     return artifacts.c.tenant == tenant
 
 
+class _Recheck(Exception):
+    """Raised inside an upload's write: its blob has no row, and GC swept reclaimed blobs
+    since the upload read the reclaim epoch, so the database alone cannot vouch for its bytes."""
+
+
+def _page(rows: Sequence[Any], limit: int) -> Page:
+    """Up to `limit` rows of summary columns, and the cursor after them if there are more."""
+    items = [Summary(*row[:10], bool(row[10])) for row in rows[:limit]]  # type: ignore[call-arg]
+    last = items[-1] if len(rows) > limit else None
+    return Page(items, Cursor(last.created_at, last.id) if last else None)
+
+
 class ArtifactService:
     def __init__(
         self,
@@ -176,13 +195,14 @@ class ArtifactService:
         """Store the bytes, then the row, its lineage and (if asked) its primary flag."""
         if new.derived_from:  # fail before any byte is stored
             await self.db.run_read(lambda conn: self._live_parents(conn, new.derived_from))
+        epoch = await blob_sql.reclaim_epoch(self.db)  # before the put: see _ensure_blob_row
         put = await self._put(content, max_bytes, expected_digest)
         artifact_id = self.new_id()
 
-        def write(conn: sa.Connection) -> Artifact:
+        def write(conn: sa.Connection, epoch: int | None) -> Artifact:
             parents = self._live_parents(conn, new.derived_from)
             now = self.clock()
-            self._ensure_blob_row(conn, put, now)
+            self._ensure_blob_row(conn, put, now, epoch)
             previous = None
             if new.is_primary_deliverable:
                 previous = self._demote_primary(conn, new.workflow_id, new.phase_id, now)
@@ -238,7 +258,7 @@ class ArtifactService:
                 hook(conn, artifact)
             return artifact
 
-        artifact = await self.db.run_write(write)
+        artifact = await self._write_blob(write, put.digest, epoch)
         self.on_commit()
         return artifact
 
@@ -254,11 +274,12 @@ class ArtifactService:
     ) -> Artifact:
         """Upload: new bytes for an existing live artifact (checked before any byte is read)."""
         await self.get(artifact_id, allow_prefix=False)
+        epoch = await blob_sql.reclaim_epoch(self.db)  # before the put: see _ensure_blob_row
         put = await self._put(content, max_bytes, expected_digest)
 
-        def write(conn: sa.Connection) -> Artifact:
+        def write(conn: sa.Connection, epoch: int | None) -> Artifact:
             now = self.clock()
-            self._ensure_blob_row(conn, put, now)
+            self._ensure_blob_row(conn, put, now, epoch)
             before = self._load_sync(conn, artifact_id)
             result = conn.execute(
                 artifacts.update()
@@ -281,7 +302,7 @@ class ArtifactService:
                 hook(conn, after)
             return after
 
-        after = await self.db.run_write(write)
+        after = await self._write_blob(write, put.digest, epoch)
         self.on_commit()
         return after
 
@@ -356,12 +377,20 @@ class ArtifactService:
         return await self.db.run_read(find)
 
     async def get(self, ref: str, *, allow_prefix: bool = True) -> Artifact:
-        """By full id, or (allow_prefix) by a unique prefix of at least 8 characters."""
-        return await self.db.run_read(lambda conn: self._get(conn, ref.lower(), allow_prefix))
+        """By full id, or (allow_prefix) by a unique prefix of at least 8 characters. One
+        statement, parents included; by full id on SQLite, right on the event loop."""
+        ref = ref.lower()
+        if FULL_ID.fullmatch(ref):
+            rows = self.db.loop_rows(artifact_sql.GET_SQLITE, (ref, self.tenant))
+            if rows is not None:
+                if not rows:
+                    raise ArtifactNotFound(ref)
+                return artifact_sql.artifact_from_row(rows[0])
+        return await self.db.run_read(lambda conn: self._get(conn, ref, allow_prefix))
 
     def _get(self, conn: sa.Connection, ref: str, allow_prefix: bool) -> Artifact:
         if FULL_ID.fullmatch(ref):
-            return self._load_sync(conn, ref)
+            return self._load_one(conn, ref)
         if not allow_prefix or not ID_PREFIX.fullmatch(ref):
             raise ArtifactNotFound(ref)
         upper = ref[:-1] + chr(ord(ref[-1]) + 1)
@@ -378,7 +407,7 @@ class ArtifactService:
             raise ArtifactNotFound(ref)
         if len(found) > 1:
             raise AmbiguousArtifactId(ref)
-        return self._load_sync(conn, found[0])
+        return self._load_one(conn, found[0])
 
     async def owner_of(self, artifact_id: str) -> tuple[str, Artifact] | None:
         """(tenant, artifact) of a live artifact by its full id, whoever owns it: only for
@@ -390,8 +419,19 @@ class ArtifactService:
         return None if row is None else (row.tenant, row_to_artifact(row, None))
 
     async def read_bytes(self, artifact: Artifact) -> bytes:
-        """The whole content, verified against its hash before anyone sees it."""
-        data = await self.blobs.read_bytes(artifact.content_hash)
+        """The whole content, verified against its hash before anyone sees it. A small blob of
+        a local store is read right on the event loop (bounded: INLINE_HASH_BYTES from the
+        page cache costs less than the thread hop it saves)."""
+        data = None
+        if artifact.size_bytes <= INLINE_HASH_BYTES:
+            read_now = self.blobs.read_blocking
+            if read_now is not None:
+                try:
+                    data = read_now(artifact.content_hash)
+                except OSError:
+                    data = None  # the thread path raises the store's own errors
+        if data is None:
+            data = await self.blobs.read_bytes(artifact.content_hash)
         if len(data) <= INLINE_HASH_BYTES:
             digest = hashlib.sha256(data).hexdigest()
         else:
@@ -439,6 +479,11 @@ class ArtifactService:
                 lambda conn: self._children(conn, query, parent, limit + 1, after)
             )
         else:
+            if self.db.dialect == "sqlite":
+                sql, params = artifact_sql.page_sqlite(self.tenant, query, limit + 1, after)
+                loop_rows = self.db.loop_rows(sql, params)
+                if loop_rows is not None:
+                    return _page(loop_rows, limit)
             stmt = sa.select(*SUMMARY_COLUMNS).where(self.mine, LIVE, *self._filters(query))
             if after is not None:
                 stmt = stmt.where(
@@ -446,10 +491,7 @@ class ArtifactService:
                 )
             stmt = stmt.order_by(*ORDER).limit(limit + 1)
             rows = await self.db.run_read(lambda conn: conn.execute(stmt).all())
-        items = [Summary(*row) for row in rows[:limit]]
-        more = len(rows) > limit
-        last = items[-1] if more else None
-        return Page(items, Cursor(last.created_at, last.id) if last else None)
+        return _page(rows, limit)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -530,6 +572,17 @@ class ArtifactService:
             content = once()
         return await self.blobs.put(content, max_bytes=max_bytes, expected_digest=expected_digest)
 
+    @functools.cached_property
+    def _one_by_id(self) -> sa.Select[Any]:
+        return artifact_sql.one_by_id(self.db.dialect)
+
+    def _load_one(self, conn: sa.Connection, artifact_id: str) -> Artifact:
+        """A live artifact and its parents in one statement (ArtifactNotFound if none)."""
+        row = conn.execute(self._one_by_id, {"id": artifact_id, "tenant": self.tenant}).first()
+        if row is None:
+            raise ArtifactNotFound(artifact_id)
+        return artifact_sql.artifact_from_row(row)
+
     def _load_sync(self, conn: sa.Connection, artifact_id: str) -> Artifact:
         row = conn.execute(BY_ID, {"id": artifact_id, "tenant": self.tenant}).first()
         if row is None:
@@ -572,26 +625,53 @@ class ArtifactService:
         if existing is not None:
             raise DuplicateSource(source, source_ref, existing)
 
-    def _ensure_blob_row(self, conn: sa.Connection, put: PutResult, now: int) -> None:
-        """The blob's row, inside the write transaction; serialised with garbage collection per
-        digest, and the file re-checked: GC may have reclaimed an old unreferenced blob between
-        our dedupe hit and this transaction (then the client retries; nothing is committed)."""
-        if self.db.dialect == "postgresql":
-            conn.execute(digest_lock(put.digest))
-        if not self._blob_exists(put.digest):
-            raise StorageUnavailable(
-                "The content was reclaimed by garbage collection while it was being stored; "
-                "retry the request."
-            )
-        conn.execute(self._blob_insert, {"digest": put.digest, "size": put.size, "created_at": now})
+    async def _write_blob(
+        self, write: Callable[[sa.Connection, int | None], T], digest: str, epoch: int | None
+    ) -> T:
+        """run_write for a write that references a blob just put (see _ensure_blob_row). When
+        the write cannot vouch for the blob from the database alone (_Recheck), the store is
+        asked, out here with no transaction open, after reading the reclaim epoch anew, and
+        the write is tried again with that epoch."""
+        for _ in range(RECHECKS):
 
-    def _blob_exists(self, digest: str) -> bool:
-        """From inside a write: a local store answers in this worker thread, any other (and
-        any store on PostgreSQL, whose writes run on the event loop) through the loop."""
-        blocking = self.blobs.exists_blocking
-        if off_loop() and blocking is not None:
-            return blocking(digest)
-        return run_async(self.blobs.exists, digest)
+            def attempt(conn: sa.Connection, seen: int | None = epoch) -> T:
+                return write(conn, seen)
+
+            try:
+                return await self.db.run_write(attempt)
+            except _Recheck:
+                epoch = await blob_sql.reclaim_epoch(self.db)
+                if not await self.blobs.exists(digest):
+                    raise StorageUnavailable(RECLAIMED) from None
+        raise StorageUnavailable(RECLAIMED)
+
+    def _ensure_blob_row(
+        self, conn: sa.Connection, put: PutResult, now: int, epoch: int | None
+    ) -> None:
+        """The blob's row, inside the write transaction, so that the write commits only if the
+        bytes the put found or stored are still there (GC may reclaim an old unreferenced blob
+        between a dedupe hit and this transaction). On SQLite without asking the store, which
+        may be S3, while the writer lock is held; storage/maintenance.py has the whole argument:
+        - the row is reclaiming: GC is deleting the blob; nothing is committed, and the client's
+          retry puts the bytes anew (StorageUnavailable);
+        - the row is live: a live row's blob is at its name; nothing to do;
+        - there is no row (new content, or GC deleted it since the put): on SQLite, if the
+          reclaim epoch is still `epoch`, read before the put, no sweep has committed since,
+          and a blob moves to trash/ only while its row is reclaiming, so the bytes are there:
+          insert the row. If the epoch moved, _Recheck (the caller asks the store and comes
+          back). On PostgreSQL the store is asked here, under the digest's lock, which GC
+          holds while it moves that blob (and only that one) to trash/."""
+        created_at, now_epoch = blob_sql.state(conn, put.digest)
+        if created_at is not None:
+            if created_at < 0:
+                raise StorageUnavailable(RECLAIMED)
+            return
+        if now_epoch is None:  # PostgreSQL
+            if not run_async(self.blobs.exists, put.digest):
+                raise StorageUnavailable(RECLAIMED)
+        elif now_epoch != epoch:
+            raise _Recheck
+        conn.execute(self._blob_insert, {"digest": put.digest, "size": put.size, "created_at": now})
 
     @functools.cached_property
     def _blob_insert(self) -> sa.Insert:

@@ -105,3 +105,16 @@ class LeaseLost(StorageError):
             "nothing was written. Retry to get that request's response."
         )
         self.key = key
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a database error means the database's disk is full: SQLite's SQLITE_FULL
+    (extended code 13), or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    orig = getattr(exc, "orig", None) or exc
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate == "53100":
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == 13  # SQLITE_FULL
+    return "database or disk is full" in str(exc)

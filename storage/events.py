@@ -86,8 +86,7 @@ async def read_after(
     if workflow_id is not None:
         stmt = stmt.where(events.c.workflow_id == workflow_id)
     stmt = stmt.order_by(events.c.seq).limit(limit)
-    async with db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
+    rows = await db.run_read(lambda conn: conn.execute(stmt).all())
     return [
         Event(r.seq, r.type, r.artifact_id, r.workflow_id, r.phase_id, r.created_at, r.data)
         for r in rows

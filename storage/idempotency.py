@@ -85,19 +85,18 @@ class IdempotencyKeys:
             "expires_at": now + self.ttl_us,
         }
         dialect = postgresql if self.db.dialect == "postgresql" else sqlite
-        async with self.db.write() as conn:
+        insert = (
+            dialect.insert(keys_table)
+            .values(scope=scope, key=key, **fresh)
+            .on_conflict_do_nothing(index_elements=["scope", "key"])
+        )
+
+        def begin(conn: sa.Connection) -> Begun:
             while True:
-                inserted = await conn.execute(
-                    dialect.insert(keys_table)
-                    .values(scope=scope, key=key, **fresh)
-                    .on_conflict_do_nothing(index_elements=["scope", "key"])
-                )
-                if inserted.rowcount == 1:
+                if conn.execute(insert).rowcount == 1:
                     return Claimed(token)
-                row = (
-                    await conn.execute(
-                        sa.select(keys_table).where(self._where(scope, key)).with_for_update()
-                    )
+                row = conn.execute(
+                    sa.select(keys_table).where(self._where(scope, key)).with_for_update()
                 ).first()
                 if row is not None:
                     break
@@ -112,19 +111,24 @@ class IdempotencyKeys:
                 return Completed(stored)
             if row.expires_at > now and row.lease_expires_at > now:
                 return InProgress(row.lease_expires_at - now)
-            await conn.execute(keys_table.update().where(self._where(scope, key)).values(fresh))
+            conn.execute(keys_table.update().where(self._where(scope, key)).values(fresh))
             return Claimed(token)
+
+        return await self.db.run_write(begin)
 
     async def heartbeat(self, scope: str, key: str, token: str) -> bool:
         """Extend the lease; False when it is no longer ours."""
-        async with self.db.write() as conn:
-            result = await conn.execute(
+
+        def extend(conn: sa.Connection) -> bool:
+            result = conn.execute(
                 keys_table.update()
                 .where(self._where(scope, key), keys_table.c.token == token)
                 .where(keys_table.c.status == "running")
                 .values(lease_expires_at=self.clock() + self.lease_us)
             )
-            return result.rowcount == 1
+            return bool(result.rowcount == 1)
+
+        return await self.db.run_write(extend)
 
     def complete(
         self, conn: sa.Connection, scope: str, key: str, token: str, response: StoredResponse
@@ -150,17 +154,16 @@ class IdempotencyKeys:
 
     async def release(self, scope: str, key: str, token: str) -> None:
         """Forget a claim whose request wrote nothing (only if it is still ours and running)."""
-        async with self.db.write() as conn:
-            await conn.execute(
-                keys_table.delete()
-                .where(self._where(scope, key), keys_table.c.token == token)
-                .where(keys_table.c.status == "running")
-            )
+        forget = (
+            keys_table.delete()
+            .where(self._where(scope, key), keys_table.c.token == token)
+            .where(keys_table.c.status == "running")
+        )
+        await self.db.run_write(lambda conn: conn.execute(forget))
 
 
 async def purge_expired(db: Database, now: int) -> int:
     """Delete keys past their window (garbage collection runs this); how many went. A key
     taken over at the same moment has a new expiry, so the re-checked WHERE spares it."""
-    async with db.write() as conn:
-        result = await conn.execute(keys_table.delete().where(keys_table.c.expires_at <= now))
-        return int(result.rowcount)
+    purge = keys_table.delete().where(keys_table.c.expires_at <= now)
+    return await db.run_write(lambda conn: int(conn.execute(purge).rowcount))

@@ -5,7 +5,7 @@ an adapter (app/imports/) runs the job and records what happened here."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -62,15 +62,17 @@ class ImportJobs:
     ) -> str:
         """A queued job; `hook` runs in the same transaction (an idempotency key's record)."""
         job_id, now = str(uuid.uuid4()), now_us()
-        async with self.db.write() as conn:
-            await conn.execute(
-                imports.insert().values(
-                    id=job_id, source=source, options=options, status="queued",
-                    created_at=now, updated_at=now, tenant=tenant,
-                )
-            )  # fmt: skip
+        insert = imports.insert().values(
+            id=job_id, source=source, options=options, status="queued", created_at=now,
+            updated_at=now, tenant=tenant,
+        )  # fmt: skip
+
+        def create(conn: sa.Connection) -> None:
+            conn.execute(insert)
             if hook is not None:
-                await conn.run_sync(hook, job_id)
+                hook(conn, job_id)
+
+        await self.db.run_write(create)
         return job_id
 
     async def set_status(
@@ -83,14 +85,18 @@ class ImportJobs:
     ) -> None:
         now = now_us()
         finished = now if status in ("succeeded", "failed") else None
-        async with self.db.write() as conn:
-            await conn.execute(
-                imports.update()
-                .where(imports.c.id == job_id)
-                .values(status=status, error=error, updated_at=now, finished_at=finished)
-            )
+        update = (
+            imports.update()
+            .where(imports.c.id == job_id)
+            .values(status=status, error=error, updated_at=now, finished_at=finished)
+        )
+
+        def set_status(conn: sa.Connection) -> None:
+            conn.execute(update)
             if hook is not None:
-                await conn.run_sync(hook, job_id)
+                hook(conn, job_id)
+
+        await self.db.run_write(set_status)
 
     async def record(self, job_id: str, item: Item) -> None:
         """The outcome of one upstream object (a later outcome replaces an earlier one)."""
@@ -110,36 +116,41 @@ class ImportJobs:
             index_elements=["import_id", "upstream_id"],
             set_={k: stmt.excluded[k] for k in values if k not in ("import_id", "upstream_id")},
         )
-        async with self.db.write() as conn:
-            await conn.execute(stmt)
-            await conn.execute(
-                imports.update().where(imports.c.id == job_id).values(updated_at=now_us())
-            )
+
+        def record(conn: sa.Connection) -> None:
+            conn.execute(stmt)
+            conn.execute(imports.update().where(imports.c.id == job_id).values(updated_at=now_us()))
+
+        await self.db.run_write(record)
 
     async def get(self, job_id: str, *, tenant: str | None = None) -> Job:
         """A job by id; with `tenant`, another tenant's job is ImportNotFound like an unknown."""
         stmt = sa.select(imports).where(imports.c.id == job_id)
         if tenant is not None:
             stmt = stmt.where(imports.c.tenant == tenant)
-        async with self.db.read() as conn:
-            row = (await conn.execute(stmt)).first()
+        tally = (
+            sa.select(
+                import_items.c.status,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(import_items.c.size_bytes), 0),
+            )
+            .where(import_items.c.import_id == job_id)
+            .group_by(import_items.c.status)
+        )
+
+        def read(conn: sa.Connection) -> tuple[Any, Sequence[Any]]:
+            row = conn.execute(stmt).first()
             if row is None:
                 raise ImportNotFound(job_id)
-            tally = await conn.execute(
-                sa.select(
-                    import_items.c.status,
-                    sa.func.count(),
-                    sa.func.coalesce(sa.func.sum(import_items.c.size_bytes), 0),
-                )
-                .where(import_items.c.import_id == job_id)
-                .group_by(import_items.c.status)
-            )
-            counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)
-            imported_bytes = 0
-            for status, n, size in tally:
-                counts[status] = int(n)
-                if status == "imported":
-                    imported_bytes = int(size)
+            return row, conn.execute(tally).all()
+
+        row, tallied = await self.db.run_read(read)
+        counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)
+        imported_bytes = 0
+        for status, n, size in tallied:
+            counts[status] = int(n)
+            if status == "imported":
+                imported_bytes = int(size)
         return Job(
             row.id, row.source, row.options, row.status, row.error, row.created_at,
             row.updated_at, row.finished_at, counts, imported_bytes, row.tenant,
@@ -149,8 +160,8 @@ class ImportJobs:
         stmt = sa.select(import_items).where(import_items.c.import_id == job_id)
         if status is not None:
             stmt = stmt.where(import_items.c.status == status)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(stmt.order_by(import_items.c.upstream_id))).all()
+        stmt = stmt.order_by(import_items.c.upstream_id)
+        rows = await self.db.run_read(lambda conn: conn.execute(stmt).all())
         return [
             Item(r.upstream_id, r.name, r.status, r.reason, r.artifact_id, r.size_bytes)
             for r in rows
@@ -158,11 +169,8 @@ class ImportJobs:
 
     async def unfinished(self, source: str) -> list[str]:
         """Jobs a previous process left queued, running or interrupted: to be resumed."""
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                sa.select(imports.c.id).where(
-                    imports.c.source == source,
-                    imports.c.status.in_(["queued", "running", "interrupted"]),
-                )
-            )
-            return [r.id for r in rows]
+        stmt = sa.select(imports.c.id).where(
+            imports.c.source == source,
+            imports.c.status.in_(["queued", "running", "interrupted"]),
+        )
+        return await self.db.run_read(lambda conn: list(conn.execute(stmt).scalars()))

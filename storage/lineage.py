@@ -9,7 +9,7 @@ must exist before its child. Deleted artifacts stay in the graph as tombstones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -70,23 +70,22 @@ async def subgraph(
     """The ancestors (up), descendants (down) or both of `root`, up to `depth` steps away.
     Edges only ever join artifacts of one tenant (a parent must be the creator's own), and the
     nodes are loaded for `tenant` only, so nothing of another tenant can appear."""
-    depths: dict[str, int] = {root: 0}
-    edges: dict[tuple[str, int], Edge] = {}
-    truncated = False
-    async with db.read() as conn:
+
+    def read(conn: sa.Connection) -> tuple[dict[str, int], dict[tuple[str, int], Edge], bool, Any]:
+        depths: dict[str, int] = {root: 0}
+        edges: dict[tuple[str, int], Edge] = {}
+        truncated = False
         for upward in (True, False):
             if direction == ("down" if upward else "up"):
                 continue
             walk = _walk(root, depth, upward)
-            rows = await conn.execute(
-                sa.select(walk.c.id, sa.func.min(walk.c.depth)).group_by(walk.c.id)
-            )
+            rows = conn.execute(sa.select(walk.c.id, sa.func.min(walk.c.depth)).group_by(walk.c.id))
             reached = {row[0]: int(row[1]) for row in rows}
             for node, d in reached.items():
                 depths[node] = min(d, depths.get(node, d))
             near = lineage.c.child_id if upward else lineage.c.parent_id
             inner = [n for n, d in reached.items() if d < depth]
-            edge_rows = await conn.execute(
+            edge_rows = conn.execute(
                 sa.select(lineage).where(near.in_(inner))
                 if inner
                 else sa.select(lineage).where(sa.false())
@@ -95,14 +94,16 @@ async def subgraph(
                 edges[(r.child_id, r.position)] = Edge(r.parent_id, r.child_id, r.parent_digest)
             rim = [n for n, d in reached.items() if d == depth]
             if rim and not truncated:
-                beyond = await conn.execute(sa.select(near).where(near.in_(rim)).limit(1))
+                beyond = conn.execute(sa.select(near).where(near.in_(rim)).limit(1))
                 truncated = beyond.first() is not None
-        found = await conn.execute(
+        found = conn.execute(
             sa.select(artifacts).where(
                 artifacts.c.id.in_(list(depths)), artifacts.c.tenant == tenant
             )
         )
-        rows_by_id = {row.id: row for row in found}
+        return depths, edges, truncated, {row.id: row for row in found}
+
+    depths, edges, truncated, rows_by_id = await db.run_read(read)
     nodes = [
         Node(
             node,

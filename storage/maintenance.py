@@ -1,44 +1,66 @@
 """Keeping the store honest: garbage collection, trash recovery and fsck.
 
 GC reclaims blobs that no artifact row (live, or soft-deleted within its retention) and no
-lineage edge references, once older than a grace period; staging files older than the grace
-period; soft-deleted artifacts older than ARTIFACTS_DELETED_RETENTION, except those that
+lineage edge references, once older than a grace period; blob files that have no row at all (a
+crash between put and commit) once older than the grace period; staging files older than the
+grace period; soft-deleted artifacts older than ARTIFACTS_DELETED_RETENTION, except those that
 are parents of other artifacts or were primary deliverables; and expired idempotency keys.
-It is safe while uploads run: a blob is deleted inside a write transaction (SQLite's writer
-lock; PostgreSQL also takes the digest's advisory lock), and the upload's "blob exists, insert
-row" step runs inside one too and re-checks the file (storage/artifacts.py), so the two serialise
-per digest. A file goes to trash/ before its row is deleted; `recover_trash()` at start-up puts
-back trash whose row survived a crash and empties the rest.
+
+It is safe while uploads run. An upload puts its bytes first and then, in one short write
+transaction, inserts the rows that reference them (storage/artifacts.py): GC must never delete
+a blob such a transaction references, and such a transaction must never reference a blob GC
+deleted after the put found it (a 201 means the bytes are durably readable). A blob goes in
+three steps, each a transaction of its own (the row states are storage/db/blob_sql.py's):
+
+1. mark: its row, re-checked unreferenced, turns *reclaiming*; a blob file with no row gets a
+   reclaiming row, so that an orphan goes the same way. From then on no upload references it:
+   one that finds its blob's row reclaiming stores nothing (StorageUnavailable, 503), and its
+   retry puts the bytes anew.
+2. trash: if the row is still reclaiming and (checked again) unreferenced, the blob moves to
+   trash/. This transaction changes no row and holds SQLite's writer lock (PostgreSQL: the
+   digest's lock) over the move, through run_async: GC's only store I/O inside a transaction,
+   so that the move cannot interleave with step 3, with a reclaim being called off, or with an
+   upload that checks the store inside its transaction (PostgreSQL, or an earlier release of
+   this code). Since it changes nothing, no failed commit can undo a move: whatever fails, the
+   row stays reclaiming, which the next GC run finishes and start-up recovery calls off (the
+   blob back at its name, the row live again). A move that fails calls the reclaims of its
+   batch off at once.
+3. sweep: the reclaiming rows are deleted and, on SQLite, the reclaim epoch bumped, in one
+   transaction; then the trash is emptied. (A reclaiming row that something references after
+   all, which only an upload of an earlier release can do, turns live instead: that upload
+   found the blob at its name.)
+
+Hence a live row's blob is at its name (short of outside damage, which fsck reports): a blob
+only moves while its row is reclaiming, and a row only turns live again with its blob put back,
+or is inserted anew by an upload that knew its bytes were there (below). So an upload whose
+blob already has a live row asks the store nothing. One whose blob has no row read the reclaim
+epoch before its put: if its write finds the epoch unchanged, no sweep has committed since, so
+nothing moved the bytes the put found or wrote (a move needs a reclaiming row, and a row that
+is gone went by a sweep); if the epoch moved, the upload asks the store again, outside the
+transaction, and tries again with the epoch it read before asking. On SQLite, then, no upload
+asks the blob store while it holds the writer lock. On PostgreSQL an upload of a blob without a
+row asks the store inside its transaction, under the digest's lock, which only GC of that same
+digest ever waits for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.blobs.base import MaintainedBlobStore
-from storage.db.engine import Database
+from storage.db.blob_sql import FLIP, LIVE, RECLAIMING, bump_epoch, lock_digest
+from storage.db.engine import Database, run_async
 from storage.db.tables import artifacts, blobs, lineage
 from storage.digest import is_sha256_hex
 from storage.idempotency import purge_expired
 from storage.records import now_us
 
-DIGEST_LOCK_SPACE = 0x424C4F42  # 'BLOB'
-
-
-def digest_lock(digest: str) -> sa.Select[Any]:
-    """PostgreSQL's transaction lock that serialises GC and uploads per digest."""
-    key = int.from_bytes(bytes.fromhex(digest[:8]), "big", signed=True)
-    return sa.select(sa.func.pg_advisory_xact_lock(DIGEST_LOCK_SPACE, key))
-
-
-async def lock_digest(conn: AsyncConnection, digest: str) -> None:
-    """Serialise GC and uploads per digest on PostgreSQL (SQLite's writer lock already does)."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(digest_lock(digest))
+CHUNK = 64  # blobs marked, and swept, per transaction: a reupload of one meets a 503 meanwhile
 
 
 @dataclass
@@ -66,6 +88,11 @@ def _referenced(ignoring: list[str] | None = None) -> sa.ColumnElement[bool]:
     return sa.or_(by_artifact, by_edge)
 
 
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
 async def collect_garbage(
     db: Database,
     store: MaintainedBlobStore,
@@ -76,23 +103,28 @@ async def collect_garbage(
 ) -> GcReport:
     report = GcReport(dry_run=dry_run)
     now = now_us()
+    if not dry_run:  # left by a run that stopped between its mark and its sweep (see _sweep)
+        stuck = sa.select(blobs.c.digest).where(RECLAIMING, _referenced())
+        if digests := list(await db.run_read(lambda conn: conn.execute(stuck).scalars().all())):
+            where = blobs.c.digest.in_(digests)
+            await db.run_write(lambda conn: _call_off_referenced(conn, where))
     await _purge_deleted(db, now - deleted_retention_us, report)
-    async with db.read() as conn:
-        rows = await conn.execute(
-            sa.select(blobs.c.digest, blobs.c.size).where(
-                blobs.c.created_at < now - grace_us,
-                sa.not_(_referenced(report.artifacts_purged if dry_run else None)),
-            )
-        )
-        candidates = [(r.digest, int(r.size)) for r in rows]
-    for digest, size in candidates:
+    unreferenced = sa.select(blobs.c.digest, blobs.c.size).where(
+        # reclaiming rows too, whatever the grace: a reclaim an earlier run left unfinished
+        sa.or_(blobs.c.created_at < now - grace_us, RECLAIMING),
+        sa.not_(_referenced(report.artifacts_purged if dry_run else None)),
+    )
+    rows = await db.run_read(lambda conn: conn.execute(unreferenced).all())
+    sizes = {r.digest: int(r.size) for r in rows}
+    for chunk in _chunks(list(sizes)):
         if dry_run:
-            report.blobs_deleted.append(digest)
-            report.bytes_freed += size
-            continue
-        if await _delete_blob(db, store, digest):
-            report.blobs_deleted.append(digest)
-            report.bytes_freed += size
+            gone = set(chunk)
+        else:
+            gone = await _reclaim(db, store, await db.run_write(partial(_mark, digests=chunk)))
+        for digest in chunk:
+            if digest in gone:
+                report.blobs_deleted.append(digest)
+                report.bytes_freed += sizes[digest]
     await _orphans_and_staging(db, store, now - grace_us, report)
     if not dry_run:
         report.idempotency_keys_expired = await purge_expired(db, now)
@@ -102,48 +134,130 @@ async def collect_garbage(
 async def _purge_deleted(db: Database, before: int, report: GcReport) -> None:
     """Hard-delete soft-deleted artifacts past retention, leaves first (a parent goes only once
     nothing derives from it), never a former primary deliverable."""
+    has_children = sa.exists().where(lineage.c.parent_id == artifacts.c.id)
+    due = (
+        sa.select(artifacts.c.id)
+        .where(
+            artifacts.c.deleted_at.is_not(None),
+            artifacts.c.deleted_at < before,
+            artifacts.c.is_primary_deliverable.is_(False),
+            sa.not_(has_children),
+        )
+        .limit(500)
+    )
+
+    def purge(conn: sa.Connection, ids: list[str]) -> None:
+        conn.execute(lineage.delete().where(lineage.c.child_id.in_(ids)))
+        conn.execute(artifacts.delete().where(artifacts.c.id.in_(ids), sa.not_(has_children)))
+
     while True:
-        has_children = sa.exists().where(lineage.c.parent_id == artifacts.c.id)
-        async with db.read() as conn:
-            ids = (
-                (
-                    await conn.execute(
-                        sa.select(artifacts.c.id)
-                        .where(
-                            artifacts.c.deleted_at.is_not(None),
-                            artifacts.c.deleted_at < before,
-                            artifacts.c.is_primary_deliverable.is_(False),
-                            sa.not_(has_children),
-                        )
-                        .limit(500)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        ids = list(await db.run_read(lambda conn: conn.execute(due).scalars().all()))
         if not ids or report.dry_run:
             report.artifacts_purged.extend(ids)
             return
-        async with db.write() as conn:
-            await conn.execute(lineage.delete().where(lineage.c.child_id.in_(ids)))
-            await conn.execute(
-                artifacts.delete().where(artifacts.c.id.in_(ids), sa.not_(has_children))
-            )
+        await db.run_write(partial(purge, ids=ids))
         report.artifacts_purged.extend(ids)
 
 
-async def _delete_blob(db: Database, store: MaintainedBlobStore, digest: str) -> bool:
-    """Trash the file, delete the row, commit, then empty the trash (crash-safe order)."""
-    async with db.write() as conn:
-        await lock_digest(conn, digest)
-        still = await conn.execute(
-            sa.select(blobs.c.digest).where(blobs.c.digest == digest, sa.not_(_referenced()))
+def _mark(conn: sa.Connection, digests: list[str]) -> list[str]:
+    """Step 1 for blobs with rows: those still unreferenced turn reclaiming. Returns every one
+    of `digests` that is reclaiming now (a reclaim left unfinished included)."""
+    for digest in sorted(digests):  # PostgreSQL: one order, whoever else locks several
+        lock_digest(conn, digest)
+    conn.execute(
+        blobs.update()
+        .where(blobs.c.digest.in_(digests), LIVE, sa.not_(_referenced()))
+        .values(created_at=FLIP)
+    )
+    marked = sa.select(blobs.c.digest).where(blobs.c.digest.in_(digests), RECLAIMING)
+    return list(conn.execute(marked).scalars())
+
+
+def _adopt(conn: sa.Connection, files: list[tuple[str, int, float]]) -> list[str]:
+    """Step 1 for blob files without a row: each that still has none gets a reclaiming row
+    (its time the file's). Returns those."""
+    adopted = []
+    for digest, size, mtime in sorted(files):
+        lock_digest(conn, digest)
+        if conn.execute(sa.select(blobs.c.digest).where(blobs.c.digest == digest)).first():
+            continue  # an upload committed a row for it since the scan
+        conn.execute(
+            blobs.insert().values(digest=digest, size=size, created_at=-int(mtime * 1e6) - 1)
         )
-        if still.first() is None:
-            return False  # referenced again since we looked
-        await store.to_trash(digest)
-        await conn.execute(blobs.delete().where(blobs.c.digest == digest))
-    await store.empty_trash(digest)
+        adopted.append(digest)
+    return adopted
+
+
+def _trash(conn: sa.Connection, store: MaintainedBlobStore, digest: str) -> None:
+    """Step 2: the blob to trash/, inside a transaction that holds the writer lock (SQLite) or
+    the digest's lock (PostgreSQL) and changes nothing, if its row is still reclaiming and
+    still unreferenced (as before, a blob only moves under a re-check that nothing references
+    it, whoever wrote the reference: an upload of an earlier release ignores marks, but checks
+    the store inside its own transaction)."""
+    lock_digest(conn, digest)
+    still = sa.select(blobs.c.digest).where(
+        blobs.c.digest == digest, RECLAIMING, sa.not_(_referenced())
+    )
+    if conn.execute(still).first() is not None:
+        run_async(store.to_trash, digest)
+
+
+def _sweep(conn: sa.Connection, digests: list[str]) -> set[str]:
+    """Step 3: delete the rows still reclaiming (bumping the reclaim epoch); which went. One
+    that something references after all (see _trash) is live again instead: whoever wrote the
+    reference found its blob at its name."""
+    for digest in sorted(digests):
+        lock_digest(conn, digest)
+    _call_off_referenced(conn, blobs.c.digest.in_(digests))
+    gone = conn.execute(
+        blobs.delete()
+        .where(blobs.c.digest.in_(digests), RECLAIMING, sa.not_(_referenced()))
+        .returning(blobs.c.digest)
+    )
+    swept = set(gone.scalars())
+    if swept:
+        bump_epoch(conn)
+    return swept
+
+
+async def _reclaim(db: Database, store: MaintainedBlobStore, marked: list[str]) -> set[str]:
+    """Steps 2 and 3 for blobs step 1 marked, then the trash emptied; the digests that went.
+    If moving one fails, the reclaims not yet swept are called off (best effort) first."""
+    if not marked:
+        return set()
+    try:
+        for digest in marked:
+            await db.run_write(partial(_trash, store=store, digest=digest))
+    except Exception:  # (cancelled: the run that follows, or start-up recovery, sees to them)
+        for digest in marked:
+            try:
+                await db.run_write(partial(_call_off, store=store, digest=digest))
+            except Exception:  # the next GC run finishes it, or start-up recovery calls it off
+                break
+        raise
+    swept = await db.run_write(lambda conn: _sweep(conn, marked))
+    for digest in marked:
+        if digest in swept:
+            await store.empty_trash(digest)
+    return swept
+
+
+def _call_off_referenced(conn: sa.Connection, where: sa.ColumnElement[bool]) -> None:
+    """Reclaiming rows that something references turn live again (see _sweep)."""
+    conn.execute(blobs.update().where(where, RECLAIMING, _referenced()).values(created_at=FLIP))
+
+
+def _call_off(conn: sa.Connection, store: MaintainedBlobStore, digest: str) -> bool:
+    """The blob back at its name (if it is in trash/) and its row live again; False when it
+    has no row. The move is the body's last step: if it fails, the row stays as it was."""
+    lock_digest(conn, digest)
+    created_at = conn.execute(sa.select(blobs.c.created_at).where(blobs.c.digest == digest))
+    row = created_at.first()
+    if row is None:
+        return False
+    if row[0] < 0:
+        conn.execute(blobs.update().where(blobs.c.digest == digest).values(created_at=FLIP))
+    run_async(store.restore_from_trash, digest)
     return True
 
 
@@ -153,21 +267,18 @@ async def _orphans_and_staging(
     """Blob files with no row (a crash between put and commit) and old staging files."""
     cutoff = before / 1e6
     files = await store.scan_blobs()
-    async with db.read() as conn:
-        known = set((await conn.execute(sa.select(blobs.c.digest))).scalars().all())
-    for digest, _size, mtime in files:
-        if digest in known or mtime >= cutoff:
-            continue
-        if report.dry_run:
-            report.orphan_files_deleted.append(digest)
-            continue
-        async with db.write() as conn:
-            await lock_digest(conn, digest)
-            row = await conn.execute(sa.select(blobs.c.digest).where(blobs.c.digest == digest))
-            if row.first() is None:
-                await store.to_trash(digest)
-                report.orphan_files_deleted.append(digest)
-        await store.empty_trash(digest)
+    known = set(
+        await db.run_read(lambda conn: conn.execute(sa.select(blobs.c.digest)).scalars().all())
+    )
+    orphans = [f for f in files if f[0] not in known and f[2] < cutoff]
+    if report.dry_run:
+        report.orphan_files_deleted.extend(digest for digest, _, _ in orphans)
+    else:
+        for start in range(0, len(orphans), CHUNK):
+            chunk = orphans[start : start + CHUNK]
+            adopted = await db.run_write(partial(_adopt, files=chunk))
+            gone = await _reclaim(db, store, adopted)
+            report.orphan_files_deleted.extend(d for d, _, _ in chunk if d in gone)
     for name, _size, mtime in await store.scan_dir("tmp"):
         if mtime < cutoff:
             if not report.dry_run:
@@ -176,19 +287,20 @@ async def _orphans_and_staging(
 
 
 async def recover_trash(db: Database, store: MaintainedBlobStore) -> list[str]:
-    """At start-up: trash whose blob row survived goes back; the rest is deleted."""
+    """At start-up: trash whose blob row survived goes back (its reclaim called off); the rest
+    is deleted. Then reclaims a stopped GC had marked but not yet moved are called off too.
+    Safe while another process runs GC: each step holds the lock GC's move holds."""
     restored = []
     for name, _size, _mtime in await store.scan_dir("trash"):
         if not is_sha256_hex(name):
             continue  # not ours: fsck reports it as a trash leftover
-        async with db.write() as conn:
-            await lock_digest(conn, name)  # a GC of another replica may be mid-deletion
-            row = await conn.execute(sa.select(blobs.c.digest).where(blobs.c.digest == name))
-            if row.first() is not None:
-                await store.restore_from_trash(name)
-                restored.append(name)
-                continue
-        await store.empty_trash(name)
+        if await db.run_write(partial(_call_off, store=store, digest=name)):
+            restored.append(name)
+        else:
+            await store.empty_trash(name)
+    reclaiming = sa.select(blobs.c.digest).where(RECLAIMING)
+    for digest in await db.run_read(lambda conn: conn.execute(reclaiming).scalars().all()):
+        await db.run_write(partial(_call_off, store=store, digest=digest))
     return restored
 
 
@@ -214,27 +326,24 @@ class FsckReport:
 async def fsck(db: Database, store: MaintainedBlobStore, *, verify_data: bool) -> FsckReport:
     report = FsckReport(verified_data=verify_data)
     files = {d: size for d, size, _ in await store.scan_blobs()}
-    async with db.read() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(
-                    artifacts.c.id, artifacts.c.content_hash, artifacts.c.size_bytes,
-                    artifacts.c.deleted_at,
-                )
+
+    def read(conn: sa.Connection) -> tuple[Sequence[Any], dict[str, int], set[str], Sequence[Any]]:
+        rows = conn.execute(
+            sa.select(
+                artifacts.c.id, artifacts.c.content_hash, artifacts.c.size_bytes,
+                artifacts.c.deleted_at,
             )
         ).all()  # fmt: skip
         blob_rows = {
-            r.digest: int(r.size)
-            for r in await conn.execute(sa.select(blobs.c.digest, blobs.c.size))
+            r.digest: int(r.size) for r in conn.execute(sa.select(blobs.c.digest, blobs.c.size))
         }
-        referenced = set(
-            (await conn.execute(sa.select(blobs.c.digest).where(_referenced()))).scalars().all()
-        )
-        edges = (
-            await conn.execute(
-                sa.select(lineage.c.child_id, lineage.c.parent_id, lineage.c.parent_digest)
-            )
+        referenced = set(conn.execute(sa.select(blobs.c.digest).where(_referenced())).scalars())
+        edges = conn.execute(
+            sa.select(lineage.c.child_id, lineage.c.parent_id, lineage.c.parent_digest)
         ).all()
+        return rows, blob_rows, referenced, edges
+
+    rows, blob_rows, referenced, edges = await db.run_read(read)
     ids = {r.id for r in rows}
     for r in rows:
         report.artifacts_checked += 1
@@ -281,4 +390,4 @@ async def fsck(db: Database, store: MaintainedBlobStore, *, verify_data: bool) -
     return report
 
 
-__all__ = ["FsckReport", "GcReport", "collect_garbage", "fsck", "lock_digest", "recover_trash"]
+__all__ = ["FsckReport", "GcReport", "collect_garbage", "fsck", "recover_trash"]

@@ -7,10 +7,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db.engine import Database
 from storage.db.tables import DEFAULT_TENANT, artifacts, lineage
@@ -103,12 +104,16 @@ async def list_workflows(
             sa.tuple_(last, c.workflow_id) < (after.last_activity, after.workflow_id)
         )
     stmt = stmt.order_by(last.desc(), c.workflow_id.desc()).limit(limit + 1)
-    async with db.read() as conn:
-        rows = (await conn.execute(stmt)).all()[: limit + 1]
-        page = rows[:limit]
-        ids = [r.workflow_id for r in page]
-        phases = await _phases_of(conn, ids, tenant)
-        sessions = await _sessions_of(conn, ids, tenant)
+
+    def read(
+        conn: sa.Connection,
+    ) -> tuple[Sequence[Any], dict[str, list[str | None]], dict[str, list[str]]]:
+        rows = conn.execute(stmt).all()[: limit + 1]
+        ids = [r.workflow_id for r in rows[:limit]]
+        return rows, _phases_of(conn, ids, tenant), _sessions_of(conn, ids, tenant)
+
+    rows, phases, sessions = await db.run_read(read)
+    page = rows[:limit]
     items = [
         WorkflowSummary(
             r.workflow_id,
@@ -127,13 +132,11 @@ async def list_workflows(
     return items, cursor
 
 
-async def _phases_of(
-    conn: AsyncConnection, ids: list[str], tenant: str
-) -> dict[str, list[str | None]]:
+def _phases_of(conn: sa.Connection, ids: list[str], tenant: str) -> dict[str, list[str | None]]:
     if not ids:
         return {}
     first = sa.func.min(c.created_at)
-    rows = await conn.execute(
+    rows = conn.execute(
         sa.select(c.workflow_id, c.phase_id)
         .where(LIVE, c.tenant == tenant, c.workflow_id.in_(ids))
         .group_by(c.workflow_id, c.phase_id)
@@ -145,10 +148,10 @@ async def _phases_of(
     return out
 
 
-async def _sessions_of(conn: AsyncConnection, ids: list[str], tenant: str) -> dict[str, list[str]]:
+def _sessions_of(conn: sa.Connection, ids: list[str], tenant: str) -> dict[str, list[str]]:
     if not ids:
         return {}
-    rows = await conn.execute(
+    rows = conn.execute(
         sa.select(c.workflow_id, c.session_id)
         .where(LIVE, c.tenant == tenant, c.workflow_id.in_(ids), c.session_id.is_not(None))
         .group_by(c.workflow_id, c.session_id)
@@ -168,43 +171,39 @@ async def phases(
     if "\x00" in workflow_id:  # never stored (creates refuse NUL); PostgreSQL can't compare it
         raise WorkflowNotFound(workflow_id)
     first = sa.func.min(c.created_at)
-    async with db.read() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(
-                    c.phase_id,
-                    sa.func.count().label("n"),
-                    sa.func.coalesce(sa.func.sum(c.size_bytes), 0).label("bytes"),
-                    first.label("first"),
-                    sa.func.max(c.updated_at).label("last"),
-                )
-                .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id)
-                .group_by(c.phase_id)
-                .order_by(first, c.phase_id.nulls_first())
-            )
-        ).all()
+    totals = (
+        sa.select(
+            c.phase_id,
+            sa.func.count().label("n"),
+            sa.func.coalesce(sa.func.sum(c.size_bytes), 0).label("bytes"),
+            first.label("first"),
+            sa.func.max(c.updated_at).label("last"),
+        )
+        .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id)
+        .group_by(c.phase_id)
+        .order_by(first, c.phase_id.nulls_first())
+    )
+    in_sessions = (
+        sa.select(c.phase_id, c.session_id)
+        .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id, c.session_id.is_not(None))
+        .group_by(c.phase_id, c.session_id)
+        .order_by(sa.func.min(c.created_at), c.session_id)
+    )
+    primary = sa.select(artifacts).where(
+        LIVE, c.tenant == tenant, c.workflow_id == workflow_id, c.is_primary_deliverable.is_(True)
+    )
+
+    def read(conn: sa.Connection) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
+        rows = conn.execute(totals).all()
         if not rows:
             raise WorkflowNotFound(workflow_id)
-        session_rows = await conn.execute(
-            sa.select(c.phase_id, c.session_id)
-            .where(
-                LIVE, c.tenant == tenant, c.workflow_id == workflow_id, c.session_id.is_not(None)
-            )
-            .group_by(c.phase_id, c.session_id)
-            .order_by(sa.func.min(c.created_at), c.session_id)
-        )
-        sessions: dict[str | None, list[str]] = {}
-        for r in session_rows:
-            sessions.setdefault(r.phase_id, []).append(r.session_id)
-        primary_rows = await conn.execute(
-            sa.select(artifacts).where(
-                LIVE,
-                c.tenant == tenant,
-                c.workflow_id == workflow_id,
-                c.is_primary_deliverable.is_(True),
-            )
-        )
-        primaries = {r.phase_id: row_to_artifact(r, None) for r in primary_rows}
+        return rows, conn.execute(in_sessions).all(), conn.execute(primary).all()
+
+    rows, session_rows, primary_rows = await db.run_read(read)
+    sessions: dict[str | None, list[str]] = {}
+    for r in session_rows:
+        sessions.setdefault(r.phase_id, []).append(r.session_id)
+    primaries = {r.phase_id: row_to_artifact(r, None) for r in primary_rows}
     return [
         PhaseView(
             r.phase_id,
@@ -247,25 +246,23 @@ async def contents(
     )
     if deliverables_only:
         stmt = stmt.where(c.is_primary_deliverable.is_(True))
-    async with db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-        if not rows:
-            known = (
-                sa.select(c.id)
-                .where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id)
-                .limit(1)
-            )
-            if (await conn.execute(known)).first() is None:
-                raise WorkflowNotFound(workflow_id)
-        ids = [r.id for r in rows]
-        edges = await conn.execute(
+    known = sa.select(c.id).where(LIVE, c.tenant == tenant, c.workflow_id == workflow_id).limit(1)
+
+    def read(conn: sa.Connection) -> tuple[Sequence[Any], Sequence[Any]]:
+        rows = conn.execute(stmt).all()
+        if not rows and conn.execute(known).first() is None:
+            raise WorkflowNotFound(workflow_id)
+        edges = conn.execute(
             sa.select(lineage)
-            .where(lineage.c.child_id.in_(ids))
+            .where(lineage.c.child_id.in_([r.id for r in rows]))
             .order_by(lineage.c.child_id, lineage.c.position)
-        )
-        parents: dict[str, list[Parent]] = {}
-        for e in edges:
-            parents.setdefault(e.child_id, []).append(Parent(e.parent_id, e.parent_digest))
+        ).all()
+        return rows, edges
+
+    rows, edges = await db.run_read(read)
+    parents: dict[str, list[Parent]] = {}
+    for e in edges:
+        parents.setdefault(e.child_id, []).append(Parent(e.parent_id, e.parent_digest))
     return [
         (
             row_to_artifact(r, tuple(p.id for p in parents.get(r.id, []))),

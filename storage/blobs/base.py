@@ -42,10 +42,10 @@ class BlobStore(Protocol):
     async def exists(self, digest: str) -> bool: ...
 
     @property
-    def exists_blocking(self) -> Callable[[str], bool] | None:
-        """exists() as a blocking call, for a store whose answer is a local system call (a
-        worker thread then asks it directly instead of hopping to the event loop); None where
-        it is network I/O."""
+    def read_blocking(self) -> Callable[[str], bytes] | None:
+        """A small blob's bytes as a blocking call, for a store whose read is a local file
+        (the service reads small inline content right on the event loop); None where it is
+        network I/O. Raises OSError where read_bytes would raise the store's own error."""
         ...
 
     async def size(self, digest: str) -> int: ...

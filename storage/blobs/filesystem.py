@@ -144,6 +144,7 @@ class _Staging:
 class FilesystemBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "sha256").mkdir(exist_ok=True)
@@ -243,10 +244,14 @@ class FilesystemBlobStore:
         return await self.put(one())
 
     async def exists(self, digest: str) -> bool:
-        return await to_thread.run_sync(self.exists_blocking, digest)
+        return await to_thread.run_sync(self.path_of(digest).is_file)
 
-    def exists_blocking(self, digest: str) -> bool:
-        return self.path_of(digest).is_file()
+    def read_blocking(self, digest: str) -> bytes:
+        """A whole blob, read in the calling thread (for small ones on the event loop)."""
+        if not is_sha256_hex(digest):
+            raise ValueError(digest)
+        with open(f"{self._root}/sha256/{digest[:2]}/{digest[2:4]}/{digest}", "rb") as f:
+            return f.read()
 
     async def size(self, digest: str) -> int:
         try:
@@ -258,21 +263,41 @@ class FilesystemBlobStore:
         self, digest: str, start: int = 0, end: int | None = None, hasher: Any = None
     ) -> AsyncIterator[bytes]:
         """Yield bytes [start, end) of the blob (end None: to its end) in ~1 MiB chunks;
-        `hasher.update` sees each chunk in the same worker-thread hop that reads it."""
+        `hasher.update` sees each chunk in the same worker-thread hop that reads it. One
+        chunk is read ahead: the next read (and its hashing, which releases the GIL) runs
+        while the consumer sends the current one."""
+        loop = asyncio.get_running_loop()
         try:
-            fd = await to_thread.run_sync(os.open, self.path_of(digest), os.O_RDONLY)
+            fd = await loop.run_in_executor(_READS, os.open, self.path_of(digest), os.O_RDONLY)
         except FileNotFoundError:
             raise BlobNotFound(digest) from None
+
+        def read(position: int) -> asyncio.Future[bytes] | None:
+            if end is not None and position >= end:
+                return None
+            want = READ_CHUNK if end is None else min(READ_CHUNK, end - position)
+            return loop.run_in_executor(_READS, _read_at, fd, want, position, hasher)
+
+        pending = read(start)
         try:
             position = start
-            while end is None or position < end:
-                want = READ_CHUNK if end is None else min(READ_CHUNK, end - position)
-                data = await to_thread.run_sync(_read_at, fd, want, position, hasher)
+            while pending is not None:
+                data = await pending
+                pending = None
                 if not data:
                     break
                 position += len(data)
+                pending = read(position)
                 yield data
         finally:
+            if pending is not None:  # a read in flight cannot be stopped: let it end first
+                try:
+                    await asyncio.wait([pending])
+                except BaseException:  # cancelled meanwhile: the file closes when it ends
+                    pending.add_done_callback(lambda _: os.close(fd))
+                    raise
+                if not pending.cancelled():
+                    pending.exception()  # seen, so never reported as unretrieved
             os.close(fd)
 
     async def read_bytes(self, digest: str) -> bytes:

@@ -286,7 +286,7 @@ class S3BlobStore:
             raise _translate(exc) from exc
         return response
 
-    exists_blocking = None  # a HEAD request: asked on the event loop
+    read_blocking = None  # a GET request: never on the event loop
 
     async def exists(self, digest: str) -> bool:
         return await self._head(self.key_of(digest)) is not None

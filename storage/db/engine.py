@@ -1,19 +1,27 @@
-"""Engines for the metadata database.
+"""Engines for the metadata database, and the one way to use them.
+
+Every transaction is a plain function of a synchronous SQLAlchemy connection, handed to
+`Database.run_read` or `Database.run_write` (plus `loop_rows`, SQLite's bounded reads right on
+the event loop). There is no async connection to hold across awaits: a transaction never
+waits on anything but the database, unless its body asks the event loop for something with
+`run_async` (see there for when that is safe).
 
 SQLite: WAL, synchronous=FULL, foreign keys, a busy timeout; write transactions start with
-BEGIN IMMEDIATE (a deferred one would fail with SQLITE_BUSY when it tries to upgrade), and the
-writers of one process queue on one asyncio lock before they touch the file, so they never meet
-in SQLite's busy handler (which sleeps). Reads use separate pools and see WAL snapshots.
-PostgreSQL: one engine serves both.
+BEGIN IMMEDIATE (a deferred one would fail with SQLITE_BUSY when it tries to upgrade). Every
+write of a process goes through run_write's queue (one per event loop) into one worker thread,
+so the writers of one process never meet in SQLite's busy handler (which sleeps); another
+process (the CLI, while a server runs) waits in it. Reads run in a pool of worker threads on
+connections of their own and see WAL snapshots.
+PostgreSQL: one async engine (asyncpg); each transaction body runs on it through run_sync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,24 +30,25 @@ import sqlalchemy as sa
 from anyio import CancelScope, to_thread
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
 T = TypeVar("T")
 MAX_BATCH = 64  # writes in one SQLite group commit
+LOOP_READ_BUSY_MS = 50  # a read on the event loop waits at most this for a lock, then hops
 _worker = threading.local()  # .loop: the event loop of the run_write body this thread runs
 
 
-def off_loop() -> bool:
-    """Whether the caller is a run_write body running in a worker thread (SQLite),
-    where blocking calls are fine, rather than on the event loop (PostgreSQL)."""
-    return getattr(_worker, "loop", None) is not None
-
-
 def run_async(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-    """From inside a run_write body: run `fn(*args)` on the event loop and wait for it
-    (from the worker thread on SQLite; in SQLAlchemy's greenlet on PostgreSQL)."""
-    if off_loop():
+    """From inside a run_write body: run `fn(*args)` on the event loop and wait for it (from
+    the worker thread on SQLite; in SQLAlchemy's greenlet on PostgreSQL).
+
+    The transaction stays open meanwhile, and on SQLite the writer lock stays held and the
+    rest of the batch waits: only for work that must happen inside the transaction (garbage
+    collection moving a blob to trash/ while no upload can commit a reference to it), never
+    on a request's path. `fn` must not itself wait for a write (run_write): the writer is
+    busy with this very body, so that would never finish."""
+    if getattr(_worker, "loop", None) is not None:
         return asyncio.run_coroutine_threadsafe(fn(*args), _worker.loop).result()
     return await_only(fn(*args))
 
@@ -53,10 +62,10 @@ class _Write:
 
 @dataclass(eq=False)
 class _Writers:
-    """SQLite, one per event loop (tests and the CLI may use a Database from several): the lock
-    every writer of this process queues on, and run_write's queue with its flusher task."""
+    """SQLite, one per event loop (tests and the CLI may use a Database from several):
+    run_write's queue and the one task that flushes it, a batch at a time, into the write
+    thread (one per Database, so writes from several loops are serialised there too)."""
 
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     writes: list[_Write] = field(default_factory=list)
     flusher: asyncio.Task[None] | None = None
 
@@ -99,18 +108,9 @@ def _read_in_thread(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
 
 
 def sqlite_url(path: Path) -> str:
+    """The URL of a SQLite database file: aiosqlite's, which Alembic's async environment
+    needs; Database runs its transactions on plain sqlite3 connections to the same file."""
     return f"sqlite+aiosqlite:///{path}"
-
-
-def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
-    engine = create_async_engine(
-        url,
-        pool_size=1 if writer else 8,
-        max_overflow=0 if writer else 8,
-        pool_timeout=60,
-    )
-    _configure_sqlite(engine.sync_engine, writer=writer)
-    return engine
 
 
 def _sqlite_sync(url: str, *, writer: bool) -> sa.Engine:
@@ -147,35 +147,32 @@ def _configure_sqlite(engine: sa.Engine, *, writer: bool) -> None:
 
 
 class Database:
-    """Holds the engines; `read()` and `write()` hand out connections inside a transaction."""
+    """Holds the engines and runs transactions: `run_read`, `run_write`, `loop_rows`."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         self._sync_reader: sa.Engine | None = None
         self._sync_writer: sa.Engine | None = None
+        self._engine: AsyncEngine | None = None
         self._writers: dict[asyncio.AbstractEventLoop, _Writers] = {}
         self._threads: list[ThreadPoolExecutor] = []
         if self.dialect == "sqlite":
-            self.read_engine = _sqlite_engine(url, writer=False)
-            self.write_engine = _sqlite_engine(url, writer=True)
             self._sync_reader = _sqlite_sync(url, writer=False)
             self._sync_writer = _sqlite_sync(url, writer=True)
             self._read_threads = ThreadPoolExecutor(32, thread_name_prefix="artifacts-read")
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="artifacts-write")
             self._threads = [self._read_threads, self._write_thread]
+            self._sqlite_path = make_url(url).database or ""
+            self._loop_readers = threading.local()
+            self._loop_conns: list[sqlite3.Connection] = []
         else:
-            self.read_engine = self.write_engine = create_async_engine(
+            self._engine = create_async_engine(
                 url, pool_size=10, max_overflow=10, pool_pre_ping=True
             )
             # run_read's statements, each its own snapshot (same pool): no BEGIN and COMMIT
             # round trips around a read that is one statement, or reads immutable rows
-            self._autocommit = self.read_engine.execution_options(isolation_level="AUTOCOMMIT")
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.read_engine.connect() as conn, conn.begin():
-            yield conn
+            self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def run_read(self, work: Callable[[sa.Connection], T]) -> T:
         """`work(conn)` inside one read transaction. On SQLite the whole of it runs in one
@@ -197,6 +194,29 @@ class Database:
         async with self._autocommit.connect() as conn:
             return await conn.run_sync(work)
 
+    def loop_rows(self, sql: str, params: Any) -> list[Any] | None:
+        """SQLite: the rows of one short, bounded read (an index lookup, a page with a LIMIT),
+        run right here on the event loop on a plain sqlite3 connection of this thread: no
+        thread hop and no SQLAlchemy, measured at half a get's CPU. Each statement is its own
+        WAL snapshot. None on PostgreSQL, and whenever SQLite cannot answer at once (a lock
+        held past LOOP_READ_BUSY_MS, any error): the caller then reads through run_read, which
+        waits properly and reports errors as usual."""
+        if self._sync_reader is None:
+            return None
+        conn: sqlite3.Connection | None = getattr(self._loop_readers, "conn", None)
+        try:
+            if conn is None:
+                conn = sqlite3.connect(
+                    self._sqlite_path, isolation_level=None, check_same_thread=False
+                )
+                conn.execute(f"PRAGMA busy_timeout={LOOP_READ_BUSY_MS}")
+                conn.execute("PRAGMA query_only=1")
+                self._loop_readers.conn = conn
+                self._loop_conns.append(conn)
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None
+
     def _here(self) -> _Writers:
         loop = asyncio.get_running_loop()
         writers = self._writers.get(loop)
@@ -205,30 +225,22 @@ class Database:
             writers = self._writers[loop] = _Writers()
         return writers
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One short transaction; committed on normal exit, rolled back on any exception."""
-        if self._sync_writer is None:
-            async with self.write_engine.connect() as conn, conn.begin():
-                yield conn
-            return
-        async with self._here().lock:
-            async with self.write_engine.connect() as conn, conn.begin():
-                yield conn
-
     async def run_write(self, work: Callable[[sa.Connection], T]) -> T:
         """`work(conn)` inside a write transaction: its changes commit when it returns and are
         rolled back when it raises. On PostgreSQL, one transaction of its own (run_sync).
 
-        On SQLite writes are group-committed: the writes waiting for the writer lock when it
-        frees run as one batch in one worker thread on a plain sqlite3 connection, each in its
-        own savepoint (one failing rolls back alone), with one COMMIT, so one WAL fsync and one
-        thread hop serve them all; each caller returns once the commit is durable, as before.
-        (Through aiosqlite a create alone was ~20 thread round trips.) `run_async` reaches the
-        event loop from inside `work`. A write cancelled while it waits is dropped; once its
-        batch has started it runs to its end, and the cancellation takes effect after."""
-        if self._sync_writer is None:
-            async with self.write() as conn:
+        On SQLite writes are group-committed: the writes that queued while the previous batch
+        ran make up the next one, run in one worker thread on a plain sqlite3 connection, each
+        in its own savepoint (one failing rolls back alone), with one COMMIT, so one WAL fsync
+        and one thread hop serve them all; each caller returns once the commit is durable.
+        (Through aiosqlite a create alone was ~20 thread round trips.) This queue is the only
+        way into the file for this process's writers, so only one of them holds SQLite's
+        writer lock at a time, and `work` holds it for all of its run: keep it to SQL.
+        `run_async` reaches the event loop from inside `work`. A write cancelled while it waits
+        is dropped; once its batch has started it runs to its end, and the cancellation takes
+        effect after."""
+        if self._engine is not None:
+            async with self._engine.begin() as conn:
                 return await conn.run_sync(work)
         loop = asyncio.get_running_loop()
         write = _Write(work, loop.create_future())
@@ -250,17 +262,16 @@ class Database:
         return result
 
     async def _flush(self, writers: _Writers) -> None:
-        """Run the queued writes in batches, one batch per turn of the writer lock, so that
-        the other writers (db.write()) queued on it are not starved."""
+        """Run the queued writes in batches of up to MAX_BATCH, one batch at a time: the
+        writes that queue while a batch runs make up the next one."""
         try:
             while writers.writes:
-                async with writers.lock:
-                    batch = [w for w in writers.writes[:MAX_BATCH] if not w.done.cancelled()]
-                    del writers.writes[:MAX_BATCH]
-                    for write in batch:
-                        write.started = True
-                    if batch:
-                        await self._run(batch)
+                batch = [w for w in writers.writes[:MAX_BATCH] if not w.done.cancelled()]
+                del writers.writes[:MAX_BATCH]
+                for write in batch:
+                    write.started = True
+                if batch:
+                    await self._run(batch)
         finally:
             writers.flusher = None
 
@@ -284,15 +295,17 @@ class Database:
                 write.done.set_exception(value)
 
     async def ping(self) -> None:
-        async with self.read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        await self.run_read(lambda conn: conn.execute(sa.text("SELECT 1")).scalar())
 
     async def dispose(self) -> None:
+        for conn in getattr(self, "_loop_conns", ()):
+            conn.close()
+        if self._sync_reader is not None:
+            self._loop_readers, self._loop_conns = threading.local(), []
         for threads in self._threads:  # a batch still running finishes first
             await to_thread.run_sync(threads.shutdown)
         for engine in (self._sync_reader, self._sync_writer):
             if engine is not None:
                 await to_thread.run_sync(engine.dispose)
-        await self.read_engine.dispose()
-        if self.write_engine is not self.read_engine:
-            await self.write_engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
