@@ -1,26 +1,25 @@
-"""create_app(settings): the ASGI application. Nothing is configured at import time."""
+"""create_app(settings): the Litestar application. Nothing is configured at import time."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI
-from fastapi.telemetry import TelemetryConfig
+from litestar import Litestar, Router
+from litestar.di import Provide
 
-from app import errors, events, health
-from app.artifacts import download, lineage, routes
-from app.artifacts.hot import HotRoutes
-from app.auth import Authenticator, is_loopback
+from app import deps, docs, errors, health
+from app.artifacts.controller import ArtifactController
+from app.auth import Authenticator, authorize, is_loopback
 from app.blobstore import open_blob_store
-from app.imports import routes as import_routes
+from app.events.controller import EventController
+from app.imports.controller import ImportController
 from app.imports.runner import ImportRunner, importer_for
 from app.settings import Settings
 from app.signing import RedactSignatures, signer_from_settings
-from app.workflows import routes as workflow_routes
+from app.workflows.controller import WorkflowController
 from storage.apikeys import ApiKeys
 from storage.artifacts import ArtifactService
 from storage.blobs import MaintainedBlobStore
@@ -32,8 +31,8 @@ from storage.maintenance import collect_garbage, recover_trash
 
 log = logging.getLogger("artifacts")
 
-DESCRIPTION = """Artifact store for agent workflows, wire-compatible with the Syntropic137
-Artifacts API. Every route under `/artifacts` is also served under `/api/v1/artifacts`."""
+# Every secured controller, served at `/` and again under `/api/v1`.
+CONTROLLERS = (ArtifactController, WorkflowController, EventController, ImportController)
 
 
 async def recover(db: Database, blobs: MaintainedBlobStore) -> bool:
@@ -108,39 +107,29 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-
-
-def otel_configured() -> bool:
-    """Whether OpenTelemetry is set up for this process (by its OTEL_* environment, as
-    `opentelemetry-instrument` and the SDK's own configuration use). If not, FastAPI's native
-    telemetry is switched off: it otherwise asks the global providers on every request whether
-    someone configured them since (measured: ~4% of a list request's CPU)."""
-    return any(name.startswith("OTEL_") for name in os.environ)
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        state = app.state
         async with AsyncExitStack() as stack:  # closed in reverse order, also on a failed start
             blobs = await stack.enter_async_context(open_blob_store(settings))
             db = Database(settings.resolved_database_url)
             stack.push_async_callback(db.dispose)
-            app.state.notifier = notifier = Notifier()
-            app.state.service = service = ArtifactService(
+            state.notifier = notifier = Notifier()
+            state.service = service = ArtifactService(
                 db, blobs, on_commit=notifier.notify, verify_streams=settings.verify_reads
             )
-            app.state.idempotency = IdempotencyKeys(
+            state.idempotency = IdempotencyKeys(
                 db,
                 lease_us=max(1, int(settings.idempotency_lease * 1e6)),
                 ttl_us=int(settings.idempotency_ttl * 1e6),
             )
-            app.state.auth = await authenticator(db, settings)
-            app.state.signer = signer_from_settings(settings)
+            state.auth = await authenticator(db, settings)
+            state.signer = signer_from_settings(settings)
             recovered = await recover(db, blobs)
-            app.state.imports = runner = ImportRunner(importer_for(service, settings))
+            state.imports = runner = ImportRunner(importer_for(service, settings))
             stack.push_async_callback(runner.stop)
             if settings.crownest_api_key is not None:
                 await runner.resume_unfinished()
@@ -149,32 +138,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 stack.push_async_callback(_cancel, gc_task)
             yield
 
-    app = FastAPI(
-        title="workflow-artifacts",
-        version="0.1.0",
-        description=DESCRIPTION,
-        openapi_url="/schema/openapi.json",
-        lifespan=lifespan,
-        telemetry=None if otel_configured() else NO_TELEMETRY,
+    RedactSignatures.install()
+    app = Litestar(
+        route_handlers=[
+            health.healthz,
+            health.readyz,
+            *docs.ROUTES,
+            *CONTROLLERS,
+            Router("/api/v1", route_handlers=list(CONTROLLERS)),
+        ],
+        guards=[authorize],
+        dependencies={
+            "service": Provide(deps.service, sync_to_thread=False),
+            "settings": Provide(deps.settings, sync_to_thread=False),
+        },
+        exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        openapi_config=None,  # the committed contract is served instead (app/docs.py)
+        logging_config=None,  # errors are logged once, by app/errors.py
+        request_max_body_size=None,  # every route enforces its own limits, stating the number
     )
     app.state.settings = settings
-    RedactSignatures.install()
-    errors.install(app)
-    if settings.hot_routes:
-        app.add_middleware(HotRoutes)
-    app.include_router(health.router)
-    secured = errors.SECURED  # every route of these routers is behind require()
-    for router in (routes.router, download.router, lineage.router):
-        app.include_router(router, prefix="/artifacts", responses=secured)
-        app.include_router(
-            router, prefix="/api/v1/artifacts", include_in_schema=False, responses=secured
-        )
-    for router in (workflow_routes.router, events.router, import_routes.router):
-        app.include_router(router, responses=secured)
-        app.include_router(router, prefix="/api/v1", include_in_schema=False, responses=secured)
     return app
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> Litestar:
     """Factory for `uvicorn --factory app.asgi:create_app_from_env`."""
     return create_app(Settings())

@@ -9,8 +9,9 @@ key as the password (the `syn` CLI sends either), one declared scope per route.
 
 Open mode is "no active API key exists" (checked at most once a second, so the first key
 created locks a running server within a second); it is allowed only on a loopback bind unless
-the operator passes --insecure-no-auth. Every route declares its scope with `require(...)`
-(a test fails for a route that has none); `/healthz`, `/readyz` and the docs are `public`.
+the operator passes --insecure-no-auth. Every route declares its scope as `opt={"scope": ...}`,
+which the app's guard `authorize` enforces (a test fails for a route that has none);
+`/healthz`, `/readyz` and the docs declare none: they are public.
 """
 
 from __future__ import annotations
@@ -26,15 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request, Security
-from fastapi.openapi.models import HTTPBase, HTTPBearer
-from fastapi.security import SecurityScopes
-from fastapi.security.base import SecurityBase
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+from litestar.connection import ASGIConnection
 
-from app.errors import ApiError
+from app.errors import ApiError, reference_routing
+from app.params import query_items
 from app.signing import EXPIRES, SIG, LinkRefused, LinkSigner
 from storage.apikeys import SCOPES, ApiKeys
 from storage.db.tables import DEFAULT_TENANT
@@ -150,58 +149,55 @@ class Authenticator:
         )
 
 
-class _Scheme(SecurityBase):
-    """Declares an HTTP auth scheme in OpenAPI; the header is read by `authenticate`."""
-
-    def __init__(self, model: Any, name: str) -> None:
-        self.model = model
-        self.scheme_name = name
-
-    async def __call__(self, request: Request) -> str | None:
-        return request.headers.get("authorization")
+SCOPE_KEY = "artifacts.caller"  # where the admitted caller is kept in the ASGI scope
+LINK_KEY = "artifacts.link_content_hash"
 
 
-bearer = _Scheme(HTTPBearer(description="an API key: `Authorization: Bearer <key>`"), "bearer")
-basic = _Scheme(
-    HTTPBase(scheme="basic", description="any user name, the API key as password"), "basic"
-)
+async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Any) -> None:
+    """The app's one guard (Litestar copies the handler for each guard it runs: one is
+    cheaper): the reference's routing answers first (app/errors.py), then the route's
+    `opt["scope"]` (None: a public route); with `opt["signed_links"]` a signed download link
+    stands in for a key with that scope."""
+    reference_routing(connection.scope)
+    scope: str | None = handler.opt.get("scope")
+    if scope is None:
+        return
+    if handler.opt.get("signed_links"):
+        await admit_link(connection, scope)
+    else:
+        await admit(connection, (scope,))
 
 
-async def authenticate(
-    request: Request,
-    security_scopes: SecurityScopes,
-    _bearer: str | None = Security(bearer),
-    _basic: str | None = Security(basic),
-) -> Caller:
-    return await admit(request, security_scopes.scopes)
-
-
-async def admit(request: Request, scopes: Sequence[str]) -> Caller:
+async def admit(connection: ASGIConnection[Any, Any, Any, Any], scopes: Sequence[str]) -> Caller:
     """The caller of an API-key request, if it holds every one of `scopes` (401/403/429 else);
-    remembered on the request for caller_of()."""
-    auth: Authenticator = request.app.state.auth
-    caller = await auth.caller(request.headers.get("authorization"))
+    remembered on the connection for caller_of()."""
+    auth: Authenticator = connection.app.state.auth
+    caller = await auth.caller(_authorization(connection))
     for scope in scopes:
         if not caller.allows(scope):
             raise ApiError(403, "forbidden", f"This API key lacks the scope {scope!r}.")
-    request.state.caller = caller
+    connection.scope[SCOPE_KEY] = caller  # type: ignore[literal-required]
     return caller
 
 
-async def authenticate_link(
-    request: Request,
-    security_scopes: SecurityScopes,
-    _bearer: str | None = Security(bearer),
-    _basic: str | None = Security(basic),
-) -> Caller:
+def _authorization(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    for key, value in connection.scope["headers"]:
+        if key.lower() == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
+async def admit_link(connection: ASGIConnection[Any, Any, Any, Any], scope: str) -> Caller:
     """A download: a signed link (`expires` and `sig` in the query) needs no key; anything
     else is an ordinary API-key request. A link that fails any check is refused outright (a
     key sent alongside does not rescue it), and one for a deleted or unknown artifact alike."""
-    query = request.query_params
-    if EXPIRES not in query and SIG not in query:
-        return await authenticate(request, security_scopes, _bearer, _basic)
-    signer: LinkSigner = request.app.state.signer
-    found = await request.app.state.service.owner_of(request.path_params.get("artifact_id", ""))
+    query = query_items(connection)
+    names = {name for name, _ in query}
+    if EXPIRES not in names and SIG not in names:
+        return await admit(connection, (scope,))
+    state = connection.app.state
+    signer: LinkSigner = state.signer
+    found = await state.service.owner_of(connection.path_params.get("artifact_id", ""))
     try:
         if found is None:
             raise LinkRefused("bad_signature")
@@ -210,28 +206,27 @@ async def authenticate_link(
             artifact_id=artifact.id,
             tenant=tenant,
             content_hash=artifact.content_hash,
-            query=query.multi_items(),
+            query=query,
             now=time.time(),
         )
     except LinkRefused as exc:
         code = "link_expired" if exc.reason == "expired" else "invalid_link"
         raise ApiError(403, code, str(exc)) from None
-    caller = Caller(tenant, frozenset(security_scopes.scopes), None)
-    request.state.caller = caller
-    request.state.link_content_hash = artifact.content_hash
+    caller = Caller(tenant, frozenset((scope,)), None)
+    connection.scope[SCOPE_KEY] = caller  # type: ignore[literal-required]
+    connection.scope[LINK_KEY] = artifact.content_hash  # type: ignore[literal-required]
     return caller
 
 
-def require(scope: str, *, signed_links: bool = False) -> Any:
-    """A route's one scope: `dependencies=[require("artifact:read")]`; `signed_links`: a
-    signed download link (app/signing.py) stands in for a key with that scope."""
-    assert scope in SCOPES, scope
-    return Security(authenticate_link if signed_links else authenticate, scopes=[scope])
-
-
-def caller_of(request: Request) -> Caller:
-    """The caller `require()` admitted (a route without it is a bug the route test catches)."""
-    caller: Caller | None = getattr(request.state, "caller", None)
+def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """The caller the guard admitted (a route without a scope is a bug the route test catches)."""
+    caller: Caller | None = connection.scope.get(SCOPE_KEY)  # type: ignore[assignment]
     if caller is None:
-        raise RuntimeError(f"route {request.url.path} declares no scope")
+        raise RuntimeError(f"route {connection.scope['path']} declares no scope")
     return caller
+
+
+def linked_content_hash(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The content hash a signed link was issued for (None: not a link request)."""
+    value: str | None = connection.scope.get(LINK_KEY)  # type: ignore[assignment]
+    return value

@@ -1,26 +1,32 @@
-"""Every error answer in one place.
+"""Every error answer in one place: one table of exception handlers (`HANDLERS`).
 
-Input errors: 422 in FastAPI's shape ({"detail": [{type, loc, msg, input, ctx?}]}).
-Everything else: {"detail": "<sentence>", "code": "<stable_snake_case>"}, except the bare
-{"detail": "Not Found"} / {"detail": "Method Not Allowed"} of unknown routes and methods.
-No exception ever reaches the client as a traceback.
+Input errors: 422 as a list of items ({"detail": [{type, loc, msg, input, ctx?}]}), the shape
+the Syntropic137 reference (FastAPI) answers and CONTRACT.md pins. Everything else:
+{"detail": "<sentence>", "code": "<stable_snake_case>"}, except the bare {"detail": "Not Found"}
+/ {"detail": "Method Not Allowed"} of unknown routes and methods. No exception ever reaches the
+client as a traceback.
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
+import json
 import logging
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from litestar import Request
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from sqlalchemy.exc import DBAPIError, OperationalError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
+from app import contract
+from app.http import Answer, BodyTimeout, ClientGone, encode
+from app.urls import redirect_location, url_of
 from storage import errors as se
 
 log = logging.getLogger("artifacts.errors")
@@ -71,103 +77,155 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class InvalidInput(Exception):
+    """422: the request's input failed validation; `errors` are the items of the answer."""
+
+    def __init__(self, errors: Sequence[dict[str, Any]]) -> None:
+        super().__init__(errors)
+        self.errors = list(errors)
+
+
 def validation_error(
     loc: Sequence[str | int], type_: str, msg: str, value: Any, ctx: dict[str, Any] | None = None
-) -> RequestValidationError:
-    """One FastAPI-shaped 422 item, for checks that run outside pydantic."""
-    item: dict[str, Any] = {"type": type_, "loc": tuple(loc), "msg": msg, "input": value}
+) -> InvalidInput:
+    """One 422 item, for checks that run outside pydantic."""
+    item: dict[str, Any] = {"type": type_, "loc": list(loc), "msg": msg, "input": value}
     if ctx is not None:
         item["ctx"] = ctx
-    return RequestValidationError([item])
+    return InvalidInput([item])
 
 
-def invalid_cursor(value: str, loc: Sequence[str] = ("query", "cursor")) -> RequestValidationError:
+def invalid_cursor(value: str, loc: Sequence[str] = ("query", "cursor")) -> InvalidInput:
     return validation_error(loc, "cursor_invalid", "Not a cursor this service issued", value)
 
 
-def problem(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(encode({"detail": detail, "code": code}), status, headers)
 
 
-async def _storage_error(_request: Request, exc: Exception) -> JSONResponse:
+def jsonable(value: Any) -> Any:
+    """A validation item's values as JSON: pydantic puts exceptions, decimals and the like in
+    `ctx`; they are written as the contract's reference writes them (an exception as {})."""
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads reads them; JSON
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    if isinstance(value, BaseException):
+        return {}
+    return str(value)
+
+
+def _invalid_input(_request: Request, exc: Exception) -> Answer:
+    """The items as the stdlib writes them (the input echoes what the client sent: its numbers
+    come back as the reference writes them, not as msgspec would). Always answerable: where
+    the reference failed to encode an item (a NaN, bytes that are not UTF-8) and answered 500,
+    this answers the 422."""
+    assert isinstance(exc, InvalidInput)
+    body = json.dumps({"detail": jsonable(exc.errors)}, ensure_ascii=False, separators=(",", ":"))
+    return Answer(body.encode("utf-8", "surrogateescape"), 422)
+
+
+def _storage_error(request: Request, exc: Exception) -> Answer:
     if isinstance(exc, se.UnknownParent):
-        body = {
-            "detail": [
-                {
-                    "type": "artifact_not_found",
-                    "loc": ["body", "derived_from", exc.index],
-                    "msg": f"Artifact {exc.parent_id!r} does not exist",
-                    "input": exc.parent_id,
-                }
-            ]
+        item = {
+            "type": "artifact_not_found",
+            "loc": ["body", "derived_from", exc.index],
+            "msg": f"Artifact {exc.parent_id!r} does not exist",
+            "input": exc.parent_id,
         }
-        return JSONResponse(body, status_code=422)
+        return Answer(encode({"detail": [item]}), 422)
     for cls in type(exc).__mro__:
         if cls in STATUS:
             status, code = STATUS[cls]
             if status >= 500:
                 log.error("storage error: %s", exc)
             return problem(status, code, str(exc))
-    return await _unexpected(_request, exc)
+    return _unexpected(request, exc)
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+def _api_error(_request: Request, exc: Exception) -> Answer:
     assert isinstance(exc, ApiError)
     return problem(exc.status, exc.code, exc.detail, exc.headers)
 
 
-def _paths(app: FastAPI) -> list[tuple[int, re.Pattern[str], str]]:
-    """(parameter count, regex, Allow) of every path in the app's OpenAPI document."""
-    table = getattr(app.state, "allow_table", None)
-    if table is None:
-        table = []
-        for template, item in app.openapi()["paths"].items():
-            parts = re.split(r"(\{[^}]+\})", template)
-            regex = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
-            methods = [m for m in ("get", "head", "post", "put", "patch", "delete") if m in item]
-            allow = ", ".join(m.upper() for m in methods)
-            table.append((template.count("{"), re.compile(regex), allow))
-        table.sort(key=lambda row: row[0])  # a literal path before a template that also matches
-        app.state.allow_table = table
-    return table
+def method_not_allowed(path: str) -> Answer:
+    """405 with `Allow`: the methods the contract (openapi/openapi.json) lists for the path."""
+    allow = contract.allowed_methods(path) or ""
+    return Answer(b'{"detail":"Method Not Allowed"}', 405, {"allow": allow})
 
 
-def allowed_methods(request: Request) -> str | None:
-    """The methods the OpenAPI document lists for this path (`/api/v1` mirrors the rest).
-    Starlette's own Allow names only the first matching route's, and GET, PUT and DELETE of one
-    path are three routes here."""
-    path = request.scope["path"]
-    if path.startswith("/api/v1/"):
-        path = path.removeprefix("/api/v1")
-    for _, regex, allow in _paths(request.app):
-        if regex.fullmatch(path):
-            return allow
-    return None
+class TrailingSlash(Exception):
+    """A route's path with a trailing slash: the reference redirects it (307) to the path
+    without, before any other check."""
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    headers = dict(exc.headers or {})
-    if exc.status_code == 405 and "app" in request.scope:
-        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
-    if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
-    code = CODE_BY_STATUS.get(exc.status_code, "error")
-    return problem(exc.status_code, code, str(exc.detail), headers)
+def reference_routing(scope: Any) -> None:
+    """Routing answers of the contract's reference that Litestar gives otherwise, checked first
+    by the app's guard: OPTIONS is no method of any route (405 with the path's `Allow`, where
+    Litestar answers 204 itself), and `/artifacts/` redirects to `/artifacts` (Litestar serves
+    both)."""
+    if "//" in _sent_path(scope):  # Litestar collapses them; the reference matches no route
+        raise NotFoundException
+    if _trailing_slash(scope):
+        raise TrailingSlash
+    if scope["method"] == "OPTIONS":
+        raise MethodNotAllowedException
 
 
-def _disk_full(exc: Exception) -> bool:
-    """SQLite's SQLITE_FULL, or PostgreSQL's disk_full (SQLSTATE 53100)."""
-    orig = getattr(exc, "orig", None)
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return sqlstate == "53100" or "database or disk is full" in str(exc)
+def _sent_path(scope: Any) -> str:
+    """The path as the client sent it, decoded (Litestar's routing has normalised
+    scope["path"]: no trailing slash, no empty segment)."""
+    raw = scope.get("raw_path")
+    return unquote(raw.decode("latin-1")) if raw else str(scope["path"])
 
 
-async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+def _trailing_slash(scope: Any) -> bool:
+    path = _sent_path(scope)
+    return len(path) > 1 and path.endswith("/")
+
+
+def _redirect_without_slash(request: Request, _exc: Exception) -> Answer:
+    scope: Any = request.scope
+    path = scope["path"].rstrip("/") or "/"  # Litestar's routing has stripped it already
+    location = redirect_location(url_of(scope, path))
+    return Answer(b"", 307, [("content-length", "0"), ("location", location)], media_type=None)
+
+
+def _not_found(_request: Request, _exc: Exception) -> Answer:
+    return Answer(b'{"detail":"Not Found"}', 404)
+
+
+def _wrong_method(request: Request, exc: Exception) -> Answer:
+    if _trailing_slash(request.scope):
+        return _redirect_without_slash(request, exc)
+    return method_not_allowed(request.scope["path"])
+
+
+def _http_error(_request: Request, exc: Exception) -> Answer:
+    """Litestar's own refusals (a malformed request line or header it parsed for us)."""
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    code = CODE_BY_STATUS.get(status, "error")
+    return problem(status, code, str(exc.detail), dict(exc.headers or {}))
+
+
+def _database_error(_request: Request, exc: Exception) -> Answer:
     log.error("database error: %s", exc)
-    if _disk_full(exc):
+    if se.is_disk_full(exc):
         return problem(
             507, "insufficient_storage", "The metadata database's disk is full; nothing was stored."
         )
@@ -176,94 +234,38 @@ async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+def _client_gone(_request: Request, _exc: Exception) -> Answer:
     return problem(400, "client_disconnected", "The client went away before the body ended.")
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error", exc_info=exc)
+def _body_timeout(_request: Request, exc: Exception) -> Answer:
+    """408, and the connection closes: the rest of a stalled body is not worth waiting for."""
+    assert isinstance(exc, BodyTimeout)
+    return problem(
+        408,
+        "request_timeout",
+        f"No byte of the request body arrived for {exc.seconds:g} seconds (the limit); "
+        "nothing was stored.",
+        headers={"Connection": "close"},
+    )
+
+
+def _unexpected(_request: Request, exc: Exception) -> Answer:
+    log.error("unexpected error", exc_info=exc)
     return problem(500, "internal_error", "The server failed to answer this request.")
 
 
-# -- the same answers, declared in OpenAPI ----------------------------------------------------
-
-
-class ErrorBody(BaseModel):
-    """Every error but input validation: a sentence and a stable snake_case code."""
-
-    detail: str
-    code: str
-
-
-def _header(description: str, required: bool = True) -> dict[str, Any]:
-    return {"description": description, "required": required, "schema": {"type": "string"}}
-
-
-RESPONSES: dict[int, dict[str, Any]] = {
-    400: {"description": "malformed or incomplete body (malformed_multipart, incomplete_body)"},
-    401: {
-        "description": "no valid API key (invalid_api_key)",
-        "headers": {"WWW-Authenticate": _header("the schemes to authenticate with")},
-    },
-    403: {"description": "the API key lacks the route's scope (forbidden)"},
-    404: {"description": "not found (artifact_not_found, workflow_not_found, import_not_found)"},
-    409: {
-        "description": "ambiguous id prefix, import running, or a request with this "
-        "Idempotency-Key still in progress (idempotency_request_in_progress, with Retry-After)",
-        "headers": {"Retry-After": _header("seconds", required=False)},
-    },
-    413: {"description": "body, form field or upload over its limit (payload_too_large, …)"},
-    415: {"description": "unsupported request media type (unsupported_media_type)"},
-    429: {
-        "description": "the API key passed its request rate (rate_limited)",
-        "headers": {"Retry-After": _header("seconds")},
-    },
-    503: {
-        "description": "a dependency is unavailable; retry later (database_unavailable, "
-        "storage_unavailable; crownest_not_configured on imports)"
-    },
-    507: {"description": "the disk is full; nothing was stored (insufficient_storage)"},
+HANDLERS: dict[type[Exception], Callable[[Request, Exception], Answer]] = {
+    InvalidInput: _invalid_input,
+    TrailingSlash: _redirect_without_slash,
+    se.StorageError: _storage_error,
+    ApiError: _api_error,
+    NotFoundException: _not_found,
+    MethodNotAllowedException: _wrong_method,
+    HTTPException: _http_error,
+    ClientGone: _client_gone,
+    BodyTimeout: _body_timeout,
+    OperationalError: _database_error,
+    DBAPIError: _database_error,
+    Exception: _unexpected,
 }
-
-# Writes answer 422 in FastAPI's shape for input errors, and as ErrorBody for digest_mismatch
-# and idempotency_key_reused. (HTTPValidationError is in the components because FastAPI adds
-# it for every route that keeps its default 422; ErrorBody, because every route uses it.)
-UNPROCESSABLE_EITHER: dict[str, Any] = {
-    "description": "invalid input (FastAPI's shape), or digest_mismatch / idempotency_key_reused",
-    "content": {
-        "application/json": {
-            "schema": {
-                "anyOf": [
-                    {"$ref": "#/components/schemas/HTTPValidationError"},
-                    {"$ref": "#/components/schemas/ErrorBody"},
-                ]
-            }
-        }
-    },
-}
-
-
-def responses(*statuses: int, write: bool = False) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: the error answers it can give, each an ErrorBody; `write`
-    adds 507 and the 422 of either shape."""
-    out: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorBody, **RESPONSES[status]} for status in statuses
-    }
-    if write:
-        out[507] = {"model": ErrorBody, **RESPONSES[507]}
-        out[422] = UNPROCESSABLE_EITHER
-    return out
-
-
-# Every route behind require(): who is calling, how fast, and whether the database answers.
-SECURED = responses(401, 403, 429, 503)
-
-
-def install(app: FastAPI) -> None:
-    app.add_exception_handler(se.StorageError, _storage_error)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(OperationalError, _database_error)
-    app.add_exception_handler(DBAPIError, _database_error)
-    app.add_exception_handler(Exception, _unexpected)

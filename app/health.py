@@ -1,37 +1,21 @@
-"""Liveness and readiness."""
+"""Liveness and readiness (public routes: no scope)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from typing import Any
 
-from app.errors import ErrorBody
+from litestar import Request, get
 
-router = APIRouter(tags=["health"])
+from app.http import Answer, json_answer
 
 
-class Ready(BaseModel):
-    status: str
-    checks: dict[str, str]
+@get("/healthz", opt={"statuses": (200,)}, sync_to_thread=False)
+def healthz() -> Answer:
+    return Answer(b'{"status":"ok"}')
 
 
-class NotReady(ErrorBody):
-    checks: dict[str, str]
-
-
-@router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@router.get(
-    "/readyz",
-    summary="Readiness: database reachable, blob store writable",
-    response_model=Ready,
-    responses={503: {"model": NotReady, "description": "not ready, with the failed checks"}},
-)
-async def readyz(request: Request) -> JSONResponse:
+@get("/readyz", opt={"statuses": (200, 503)})
+async def readyz(request: Request[Any, Any, Any]) -> Answer:
     service = request.app.state.service
     checks: dict[str, str] = {}
     try:
@@ -45,8 +29,7 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:
         checks["blobs"] = f"error: {type(exc).__name__}"
     if all(v == "ok" for v in checks.values()):
-        return JSONResponse({"status": "ready", "checks": checks})
-    return JSONResponse(
-        {"detail": "The service is not ready.", "code": "not_ready", "checks": checks},
-        status_code=503,
+        return json_answer({"status": "ready", "checks": checks})
+    return json_answer(
+        {"detail": "The service is not ready.", "code": "not_ready", "checks": checks}, 503
     )

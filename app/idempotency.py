@@ -22,14 +22,17 @@ import json
 import math
 from collections.abc import AsyncIterable, Callable
 from types import TracebackType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from anyio import CancelScope
-from fastapi import Header, Request, Response
+from litestar import Request
+from pydantic import Field
 
 from app.auth import caller_of
 from app.errors import ApiError
+from app.http import Answer
+from app.params import Params, query_items
 from storage.errors import BlobTooLarge
 from storage.idempotency import (
     Claimed,
@@ -39,18 +42,18 @@ from storage.idempotency import (
     StoredResponse,
 )
 
-# Declared on every write route: documents the header and makes FastAPI answer a malformed key
-# with its own 422 at ["header", "idempotency-key"].
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        min_length=1,
-        max_length=255,
-        pattern=r"^[\x20-\x7e]+$",  # printable ASCII
-        description="Makes this write safe to retry: a retry with the same key and request "
-        "gets the first response again (Idempotent-Replayed: true) instead of a second write.",
-    ),
-]
+# Declared on every write route (KeyedParams): a malformed key is a 422 at
+# ["header", "idempotency-key"].
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")]
+
+
+class KeyedParams(Params):
+    """A write route's parameters: its `Idempotency-Key` header (printable ASCII, 1-255)."""
+
+    HEADERS: ClassVar[frozenset[str]] = frozenset({"idempotency_key"})
+    idempotency_key: IdempotencyKey | None = Field(None, alias="idempotency-key")
+
+
 REPLAYED = "Idempotent-Replayed"
 KEPT_HEADERS = ("content-type", "location", "etag")  # the rest a server sets afresh each time
 
@@ -58,7 +61,7 @@ T = TypeVar("T")
 Hook = Callable[[sa.Connection, T], None]  # runs inside the write's transaction
 
 
-def caller_scope(request: Request) -> str:
+def caller_scope(request: Request[Any, Any, Any]) -> str:
     """Whose keys these are: the caller's tenant, so keys never collide across tenants."""
     return caller_of(request).tenant
 
@@ -68,11 +71,12 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def fingerprint(request: Request, *parts: bytes | str | None) -> str:
+def fingerprint(request: Request[Any, Any, Any], *parts: bytes | str | None) -> str:
     """sha256 of the operation (method, path, query) and what the body means (`parts`)."""
-    path = request.url.path.removeprefix("/api/v1")
-    query = sorted(request.query_params.multi_items())
-    items: list[bytes | str | None] = [request.method, path, canonical(query), *parts]
+    path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    path = path.removeprefix("/api/v1")
+    query = sorted(query_items(request))
+    items: list[bytes | str | None] = [request.scope["method"], path, canonical(query), *parts]
     h = hashlib.sha256()
     for item in items:
         data = b"\xff" if item is None else item.encode() if isinstance(item, str) else item
@@ -95,12 +99,12 @@ async def content_sha256(chunks: AsyncIterable[bytes | memoryview], max_bytes: i
 class Idempotency:
     """One request's key: `async with idempotent(request) as idem:` around a write route."""
 
-    def __init__(self, request: Request, key: str | None) -> None:
+    def __init__(self, request: Request[Any, Any, Any], key: str | None) -> None:
         self.keys: IdempotencyKeys = request.app.state.idempotency
         self.key = key
         self.scope = caller_scope(request)
         self.stored: StoredResponse | None = None  # set when this request is a replay
-        self.response: Response | None = None  # what the write recorded, once it committed
+        self.response: Answer | None = None  # what the write recorded, once it committed
         self._token: str | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -149,7 +153,7 @@ class Idempotency:
             if not await self.keys.heartbeat(self.scope, self.key, token):
                 return
 
-    def replay(self, request_fingerprint: str) -> Response:
+    def replay(self, request_fingerprint: str) -> Answer:
         """The stored response, if this retry is the same request as the first."""
         assert self.stored is not None
         if request_fingerprint != self.stored.fingerprint:
@@ -159,16 +163,15 @@ class Idempotency:
                 "This Idempotency-Key was already used for a different request; "
                 "use a new key for a new request.",
             )
-        response = Response(self.stored.body, status_code=self.stored.status)
-        response.raw_headers = [
-            *[(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.stored.headers],
-            (b"content-length", str(len(self.stored.body)).encode()),
-            (REPLAYED.lower().encode(), b"true"),
+        headers = [
+            *self.stored.headers,
+            ("content-length", str(len(self.stored.body))),
+            (REPLAYED, "true"),
         ]
-        return response
+        return Answer(self.stored.body, self.stored.status, headers, media_type=None)
 
     def recorder(
-        self, request_fingerprint: str | Callable[[T], str], render: Callable[[T], Response]
+        self, request_fingerprint: str | Callable[[T], str], render: Callable[[T], Answer]
     ) -> Hook[T] | None:
         """A hook for the write's transaction that renders and records its response (None when
         the request has no key). `request_fingerprint` may need the result (its content hash)."""
@@ -183,19 +186,19 @@ class Idempotency:
                 fp = fp(result)
             headers = [
                 (n.decode("latin-1"), v.decode("latin-1"))
-                for n, v in response.raw_headers
-                if n.decode("latin-1").lower() in KEPT_HEADERS
+                for n, v in response.headers
+                if n.decode("latin-1") in KEPT_HEADERS
             ]
-            stored = StoredResponse(response.status_code, headers, bytes(response.body), fp)
+            stored = StoredResponse(response.status, headers, response.body, fp)
             self.keys.complete(conn, self.scope, key, token, stored)
             self.response = response
 
         return record
 
-    def respond(self, result: T, render: Callable[[T], Response]) -> Response:
+    def respond(self, result: T, render: Callable[[T], Answer]) -> Answer:
         """The response to send: the one recorded in the transaction, or a fresh rendering."""
         return self.response if self.response is not None else render(result)
 
 
-def idempotent(request: Request, key: str | None) -> Idempotency:
+def idempotent(request: Request[Any, Any, Any], key: str | None) -> Idempotency:
     return Idempotency(request, key)

@@ -100,11 +100,6 @@ class Settings(BaseSettings):
     verify_reads: bool = Field(
         True, description="hash large downloads while streaming (small ones always are)"
     )
-    hot_routes: bool = Field(
-        True,
-        description="answer plain gets, lists and JSON creates without the framework's "
-        "routing (app/artifacts/hot.py: the same answers for less CPU)",
-    )
     gc_interval: Duration = Field(3600.0, description="periodic GC in the server; 0: off")
     gc_grace: Duration = Field(3600.0, description="unreferenced blobs younger than this stay")
     deleted_retention: Duration = Field(7 * 86400.0, description="soft-deleted rows kept this long")

@@ -1,27 +1,25 @@
-"""Reading request bodies with limits, and validating JSON exactly as FastAPI would.
+"""Reading request bodies with limits, and validating JSON with the contract's 422 items.
 
-The create route takes JSON or multipart on one path, so it cannot use FastAPI's body
-parameters; these helpers reproduce FastAPI's 422 items (json_invalid at ["body", pos], pydantic
-errors under "body") so clients see no difference.
+The create route takes JSON or multipart on one path, so bodies are read and decoded here:
+json_invalid at ["body", pos], `missing` at ["body"] for no body, pydantic's errors under
+"body", as the contract's reference (FastAPI) answers them, so clients see no difference.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import math
 import re
-from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
+from litestar import Request
 from pydantic import BaseModel, ValidationError
 
-from app.errors import ApiError, validation_error
-from app.settings import Settings
+from app.deps import settings_of
+from app.errors import ApiError, InvalidInput, validation_error
+from app.http import header, stream_with_idle_timeout
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,59 +30,19 @@ def too_large(limit: int, what: str = "request body") -> ApiError:
     )
 
 
-def declared_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
+def declared_length(request: Request[Any, Any, Any]) -> int | None:
+    value = header(request, "content-length")
     return int(value) if value is not None and value.isdigit() else None
 
 
-def settings_of(request: Request) -> Settings:
-    """The settings of the app serving this request (the defaults if it has none)."""
-    settings = getattr(request.app.state, "settings", None)
-    return settings if isinstance(settings, Settings) else Settings()
-
-
-def body_timeout(seconds: float) -> ApiError:
-    """408, and the connection closes: the rest of a stalled body is not worth waiting for."""
-    return ApiError(
-        408,
-        "request_timeout",
-        f"No byte of the request body arrived for {seconds:g} seconds (the limit); "
-        "nothing was stored.",
-        headers={"Connection": "close"},
-    )
-
-
-async def stream_with_idle_timeout(
-    request: Request, seconds: float | None = None
-) -> AsyncIterator[bytes]:
-    """`request.stream()`, but 408 once no byte has arrived for `seconds` (default: the app's
-    ARTIFACTS_BODY_IDLE_TIMEOUT; 0: wait forever), so a client trickling its body (slow loris)
-    cannot hold a request open. Only waiting for the client counts, never our own work."""
-    if seconds is None:
-        seconds = settings_of(request).body_idle_timeout
-    chunks = request.stream().__aiter__()
-    while True:
-        deadline = asyncio.timeout(seconds or None)
-        try:
-            async with deadline:
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            if deadline.expired():
-                raise body_timeout(seconds) from None
-            raise
-        yield chunk
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
+async def read_limited(request: Request[Any, Any, Any], limit: int) -> bytes:
     """The whole body, or 413 as soon as it is known to pass `limit` bytes (408 if it stalls)."""
     length = declared_length(request)
     if length is not None and length > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in stream_with_idle_timeout(request):
+    async for chunk in stream_with_idle_timeout(request, settings_of(request).body_idle_timeout):
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
@@ -139,8 +97,8 @@ def _lone_surrogate_at(body: bytes, data: Any) -> int | None:
     return None
 
 
-def _json_invalid(position: int, error: str) -> RequestValidationError:
-    return RequestValidationError(
+def _json_invalid(position: int, error: str) -> InvalidInput:
+    return InvalidInput(
         [
             {
                 "type": "json_invalid",
@@ -155,7 +113,7 @@ def _json_invalid(position: int, error: str) -> RequestValidationError:
 
 def parse_json(body: bytes) -> Any:
     if not body:
-        raise RequestValidationError(
+        raise InvalidInput(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
     try:
@@ -182,7 +140,7 @@ def validate(
     try:
         return model.model_validate(data, from_attributes=True, context=context)
     except ValidationError as exc:
-        raise RequestValidationError(
+        raise InvalidInput(
             [{**err, "loc": (*prefix, *err["loc"])} for err in exc.errors(include_url=False)]
         ) from None
 
@@ -191,24 +149,24 @@ _CONTENT_DIGEST_SHA256 = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/]*={
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def _bad_digest(loc: tuple[str, str], value: str, what: str) -> RequestValidationError:
+def _bad_digest(loc: tuple[str, str], value: str, what: str) -> InvalidInput:
     return validation_error(loc, "digest_invalid", f"Not a valid {what}", value)
 
 
-def content_digest(request: Request) -> str | None:
+def content_digest(request: Request[Any, Any, Any]) -> str | None:
     """The sha-256 of an RFC 9530 `Content-Digest` header, as hex (None when absent)."""
-    header = request.headers.get("content-digest")
-    if header is None:
+    value = header(request, "content-digest")
+    if value is None:
         return None
-    match = _CONTENT_DIGEST_SHA256.search(header)
+    match = _CONTENT_DIGEST_SHA256.search(value)
     if match is None:
-        raise _bad_digest(("header", "content-digest"), header, "sha-256 Content-Digest")
+        raise _bad_digest(("header", "content-digest"), value, "sha-256 Content-Digest")
     try:
         raw = base64.b64decode(match.group(1), validate=True)
     except binascii.Error:
         raw = b""
     if len(raw) != 32:
-        raise _bad_digest(("header", "content-digest"), header, "sha-256 Content-Digest")
+        raise _bad_digest(("header", "content-digest"), value, "sha-256 Content-Digest")
     return raw.hex()
 
 

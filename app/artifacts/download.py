@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from litestar import Request
 
-from app.artifacts.deps import Config, Service
-from app.artifacts.routes import api_base
-from app.auth import caller_of, require
-from app.errors import ApiError, responses
-from app.signing import LinkSigner, lifetime
+from app.auth import linked_content_hash
+from app.errors import ApiError
+from app.http import Answer, StreamAnswer, header
+from storage.artifacts import ArtifactService
 from storage.errors import BlobNotFound
-from storage.records import Artifact, us_to_iso
+from storage.records import Artifact
 
-router = APIRouter(tags=["artifacts"])
 # Blobs up to this size are hashed before their first byte is sent; larger ones are hashed as
 # they stream, their last chunk held back until the hash matches (see ArtifactService.stream).
 VERIFY_BEFORE_SENDING = 4 << 20
@@ -73,33 +68,12 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"*/*": {}}, "description": "the stored bytes, as their own Content-Type"},
-    206: {"content": {"*/*": {}}, "description": "the requested byte range"},
-    304: {"description": "not modified (If-None-Match)"},
-    416: {"description": "range not satisfiable"},
-    **responses(404, 409),
-}
-
-
-@router.get(
-    "/{artifact_id}/download",
-    dependencies=[require("artifact:read", signed_links=True)],
-    response_class=StreamingResponse,
-    summary="Download an artifact's exact bytes",
-    responses=BYTES_RESPONSE,
-)
-@router.head(
-    "/{artifact_id}/download",
-    dependencies=[require("artifact:read", signed_links=True)],
-    response_class=StreamingResponse,
-    summary="Headers of a download, without the bytes",
-    operation_id="head_download",
-    responses=BYTES_RESPONSE,
-)
-async def download(artifact_id: str, request: Request, service: Service) -> Response:
+async def serve_download(
+    request: Request[Any, Any, Any], service: ArtifactService, artifact_id: str
+) -> Answer | StreamAnswer:
+    """GET or HEAD of an artifact's bytes (a signed link was checked by the guard)."""
     artifact = await service.get(artifact_id)
-    linked = getattr(request.state, "link_content_hash", None)
+    linked = linked_content_hash(request)
     if linked is not None and linked != artifact.content_hash:  # replaced since the check
         raise ApiError(403, "invalid_link", "The link's signature does not match.")
     size = artifact.size_bytes
@@ -113,18 +87,18 @@ async def download(artifact_id: str, request: Request, service: Service) -> Resp
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
     }
-    if_none_match = request.headers.get("if-none-match")
+    if_none_match = header(request, "if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
+        return Answer(b"", 304, headers, media_type=None)
 
     start, end, status = 0, size, 200
-    range_header = request.headers.get("range")
-    if_range = request.headers.get("if-range")
+    range_header = header(request, "range")
+    if_range = header(request, "if-range")
     if range_header is not None and (if_range is None or if_range.strip() == etag):
         wanted = parse_range(range_header, size)
         if wanted is False:
             headers["Content-Range"] = f"bytes */{size}"
-            return Response(status_code=416, headers=headers)
+            return Answer(b"", 416, headers, media_type=None)
         if isinstance(wanted, tuple):
             start, end = wanted
             status = 206
@@ -132,57 +106,12 @@ async def download(artifact_id: str, request: Request, service: Service) -> Resp
 
     headers["Content-Length"] = str(end - start)
     headers["Content-Type"] = artifact.content_type  # exactly as stored: no charset added
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=headers)
+    if request.scope["method"] == "HEAD":
+        return Answer(b"", status, headers, media_type=None)
     if artifact.size_bytes <= VERIFY_BEFORE_SENDING:
         # Small: verified whole before the first byte goes out (corrupt -> 500, no body).
         data = await service.read_bytes(artifact)
-        return Response(data[start:end], status_code=status, headers=headers)
+        return Answer(data[start:end], status, headers, media_type=None)
     if not await service.blobs.exists(artifact.content_hash):  # a clean 500, not a cut stream
         raise BlobNotFound(artifact.content_hash)
-    return StreamingResponse(
-        service.stream(artifact, start, end), status_code=status, headers=headers
-    )
-
-
-class DownloadLink(BaseModel):
-    url: str
-    method: str
-    expires_at: str
-
-
-@router.post(
-    "/{artifact_id}/download-url",
-    dependencies=[require("artifact:read")],
-    response_model=DownloadLink,
-    responses=responses(404, 409),
-    summary="A signed, expiring link to the artifact's bytes that needs no key",
-)
-async def download_url(
-    artifact_id: str,
-    request: Request,
-    service: Service,
-    settings: Config,
-    expires_in: int | None = Query(
-        None, ge=1, le=10**9, description="seconds; default and cap are server settings"
-    ),
-) -> JSONResponse:
-    """The link serves exactly the bytes the artifact has now, as GET or HEAD, until
-    `expires_at`: replacing or deleting the artifact, or any change to the link, voids it."""
-    artifact = await service.get(artifact_id)
-    signer: LinkSigner = request.app.state.signer
-    seconds = lifetime(
-        expires_in, int(settings.download_url_ttl), int(settings.download_url_max_ttl)
-    )
-    expires_at = int(time.time()) + seconds
-    query = signer.sign(
-        artifact_id=artifact.id,
-        tenant=caller_of(request).tenant,
-        content_hash=artifact.content_hash,
-        expires_at=expires_at,
-    )
-    url = f"{api_base(request, settings)}/artifacts/{artifact.id}/download?{urlencode(query)}"
-    return JSONResponse(
-        {"url": url, "method": "GET", "expires_at": us_to_iso(expires_at * 1_000_000)},
-        headers={"Cache-Control": "no-store"},
-    )
+    return StreamAnswer(service.stream(artifact, start, end), status, headers)

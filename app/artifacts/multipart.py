@@ -1,6 +1,6 @@
 """Streaming multipart/form-data: the `file` part's bytes flow to the blob store as they arrive.
 
-python-multipart parses each chunk of `request.stream()` as it comes; nothing holds the whole
+python-multipart parses each chunk of the request body as it comes; nothing holds the whole
 body or the whole part, and nothing spools to a second temporary file. Form fields must come
 before the `file` part (every common client sends them first), so a create is validated before
 a single byte is stored. The parser accepts a truncated body silently, so the stream only counts
@@ -19,13 +19,15 @@ import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Request
+from litestar import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.artifacts.body import settings_of, stream_with_idle_timeout
+from app.deps import settings_of
 from app.errors import ApiError, validation_error
+from app.http import header, stream_with_idle_timeout
 from app.settings import Settings
 from storage.errors import DigestMismatch, IncompleteContent
 
@@ -90,7 +92,7 @@ def boundary_of(content_type: str) -> bytes:
 class FormStream:
     def __init__(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         limits: FormLimits | None = None,
         *,
         content_digest: str | None = None,
@@ -116,7 +118,7 @@ class FormStream:
         self._outside_bytes = 0  # bytes fed before the first part began or after the end
         self._out: list[bytes | memoryview] = []
         self._parser = MultipartParser(
-            boundary_of(request.headers.get("content-type", "")),
+            boundary_of(header(request, "content-type") or ""),
             callbacks={
                 "on_part_begin": self._part_begin,
                 "on_header_field": self._on_header_field,

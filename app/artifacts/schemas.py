@@ -1,10 +1,9 @@
-"""Request and response bodies of the artifacts API.
+"""Request bodies of the artifacts API (the answers' shapes are in app/wire.py).
 
 Inputs are pydantic models validated with a context (allowed artifact types and the input limits
-of `input_limits`) so that their 422s are exactly FastAPI's: a limit set at run time fails with
-pydantic's own error (`string_too_long`, `too_long`), its number in `msg` and `ctx`. Outputs
-are documented as models but built as plain dicts on the hot path (see `record`, `summary`): the
-tests pin their exact keys.
+of `input_limits`) so that their 422 items are exactly the contract's: a limit set at run time
+fails with pydantic's own error (`string_too_long`, `too_long`), its number in `msg` and `ctx`.
+pydantic runs only on bodies (JSON creates and updates, form fields), never on a read.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi.exceptions import RequestValidationError
+import msgspec
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -25,8 +24,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from app.artifacts.body import parse_json
+from app.errors import InvalidInput
 from app.settings import Settings
-from storage.records import Artifact, Summary, us_to_iso
 
 
 def no_nul(value: str) -> str:
@@ -178,7 +177,7 @@ class CreateForm(CreateFields):
             if name in data:
                 try:  # parse_json: no NaN/inf, bounded depth, no lone surrogates
                     data[name] = parse_json(data[name].encode())
-                except RequestValidationError:
+                except InvalidInput:
                     pass  # left as text: the model answers list_type / dict_type
         return data
 
@@ -207,116 +206,81 @@ class UpdateArtifact(BaseModel):
         return self
 
 
-# -- responses (documentation models; bodies are built by the functions below) ----------------
+# -- the JSON create's happy path: msgspec, no pydantic ------------------------------------------
 
 
-class ArtifactSummary(BaseModel):
-    id: str
+class CreateArtifactIn(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /artifacts as JSON, as msgspec decodes it (the members of CreateArtifact)."""
+
     workflow_id: str
-    phase_id: str | None
     artifact_type: str
     title: str
-    size_bytes: int
-    created_at: str
-    session_id: str | None
-    content_type: str
-    content_hash: str
-    is_primary_deliverable: bool
+    content: str
+    phase_id: str | None = None
+    session_id: str | None = None
+    is_primary_deliverable: bool = False
+    derived_from: list[str] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    created_by: str | None = None
+    content_type: str = "text/markdown"
 
 
-class ArtifactRecord(BaseModel):
-    id: str
-    workflow_id: str
-    phase_id: str | None
-    session_id: str | None
-    artifact_type: str
-    is_primary_deliverable: bool
-    content: str | None
-    content_type: str
-    content_hash: str
-    size_bytes: int
-    title: str
-    derived_from: list[str]
-    created_at: str
-    created_by: str | None
-    metadata: dict[str, Any]
-    filename: str | None
-    updated_at: str
-    download_url: str
+_CREATE = msgspec.json.Decoder(CreateArtifactIn)
+_MAX_METADATA_DEPTH = 255  # the body is one level: parse_json's limit of 256 in all
 
 
-class Created(BaseModel):
-    id: str
-    title: str
-    artifact_type: str
-    status: str = "created"
-    content_hash: str
-    size_bytes: int
-    created_at: str
+def _fits(value: str | None, limit: int, *, required: bool = False) -> bool:
+    if value is None:
+        return not required
+    return (len(value) >= 1 or not required) and len(value) <= limit and "\x00" not in value
 
 
-class ContentBody(BaseModel):
-    artifact_id: str
-    content: str | None
-    content_type: str
-    size_bytes: int
-    content_hash: str
-    download_url: str
+def fast_create(body: bytes, settings: Settings) -> CreateArtifactIn | None:
+    """The body of a JSON create, or None: then parse_json and the pydantic model decide (and
+    answer the 422 items). Accepts only what they accept, with the same values: UTF-8 JSON that
+    msgspec decodes strictly into CreateArtifactIn (no unknown member, no coercion; a BOM, a
+    lone surrogate, NaN or a number out of range are left to the slow path), every limit and
+    the no-NUL rule checked here, the artifact type lowercased as the model does."""
+    try:
+        data = _CREATE.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # deep: the slow path
+        return None
+    ids = settings.max_id_chars
+    if not (
+        _fits(data.workflow_id, ids, required=True)
+        and _fits(data.phase_id, ids)
+        and _fits(data.session_id, ids)
+        and _fits(data.created_by, ids)
+        and _fits(data.content_type, ids, required=True)
+        and _fits(data.title, settings.max_title_chars)
+        and data.content
+        and len(data.derived_from) <= settings.max_derived_from
+        and all(_fits(parent, ids) for parent in data.derived_from)
+        and data.artifact_type.lower() in settings.artifact_types
+    ):
+        return None
+    metadata = data.metadata
+    if metadata:
+        if _nested_deeper(metadata, _MAX_METADATA_DEPTH):
+            return None
+        size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > settings.max_metadata_bytes:
+            return None
+    if data.artifact_type not in settings.artifact_types:
+        data.artifact_type = data.artifact_type.lower()
+    return data
 
 
-class Updated(BaseModel):
-    artifact_id: str
-    status: str = "updated"
-
-
-class Deleted(BaseModel):
-    artifact_id: str
-    status: str = "deleted"
-
-
-class Uploaded(BaseModel):
-    artifact_id: str
-    storage_url: str
-    status: str = "uploaded"
-    content_hash: str
-    size_bytes: int
-    content_type: str
-
-
-def summary(a: Artifact | Summary) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "workflow_id": a.workflow_id,
-        "phase_id": a.phase_id,
-        "artifact_type": a.artifact_type,
-        "title": a.title,
-        "size_bytes": a.size_bytes,
-        "created_at": us_to_iso(a.created_at),
-        "session_id": a.session_id,
-        "content_type": a.content_type,
-        "content_hash": a.content_hash,
-        "is_primary_deliverable": a.is_primary_deliverable,
-    }
-
-
-def record(a: Artifact, content: str | None, download_url: str) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "workflow_id": a.workflow_id,
-        "phase_id": a.phase_id,
-        "session_id": a.session_id,
-        "artifact_type": a.artifact_type,
-        "is_primary_deliverable": a.is_primary_deliverable,
-        "content": content,
-        "content_type": a.content_type,
-        "content_hash": a.content_hash,
-        "size_bytes": a.size_bytes,
-        "title": a.title,
-        "derived_from": list(a.derived_from or ()),
-        "created_at": us_to_iso(a.created_at),
-        "created_by": a.created_by,
-        "metadata": a.metadata,
-        "filename": a.filename,
-        "updated_at": us_to_iso(a.updated_at),
-        "download_url": download_url,
-    }
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest more than `limit` levels (level by level: no recursion)."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True

@@ -23,8 +23,7 @@ from urllib.parse import quote
 import anyio
 from anyio import from_thread, to_thread
 from anyio.streams.memory import MemoryObjectSendStream
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from litestar.types import Receive, Scope, Send
 
 from storage.records import Artifact, is_textual, us_to_iso
 from storage.workflows import Parent
@@ -224,9 +223,9 @@ def _attachment(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-class ArchiveResponse(Response):
-    """ASGI response that builds the archive while sending it; a client that goes away stops
-    the builder at its next write."""
+class ArchiveResponse:
+    """ASGI app (a handler returns it as it is) that builds the archive while sending it; a
+    client that goes away stops the builder at its next write."""
 
     media_types = {"zip": "application/zip", "tar": "application/x-tar"}
 
@@ -238,7 +237,6 @@ class ArchiveResponse(Response):
         entries: list[Entry],
         open_blob: Callable[[Artifact], AsyncIterator[bytes]],
     ) -> None:
-        super().__init__(status_code=200)
         self.fmt, self.head, self.entries, self.open_blob = fmt, head, entries, open_blob
         self.raw_headers = [
             (b"content-type", self.media_types[fmt].encode()),

@@ -12,22 +12,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli import load_settings
+from app.cli.base import DataDir, cli, load_settings, migrate_database
 from app.settings import parse_duration
 from storage.apikeys import SCOPES, ApiKey, ApiKeyNotFound, ApiKeys
 from storage.db.engine import Database
-from storage.db.migrate import upgrade
 from storage.records import now_us, us_to_iso
 
-cli = typer.Typer(no_args_is_help=True, help="Manage API keys (each bound to one project).")
+keys_group = typer.Typer(no_args_is_help=True, help="Manage API keys (each bound to one project).")
+cli.add_typer(keys_group, name="keys")
 T = TypeVar("T")
-DataDir = Annotated[Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR or ./var")]
 
 
 def _run(data_dir: Path | None, job: Callable[[ApiKeys], Awaitable[T]]) -> T:
     settings = load_settings(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
+    migrate_database(settings)
 
     async def go() -> T:
         db = Database(settings.resolved_database_url)
@@ -52,7 +50,7 @@ def _as_json(key: ApiKey) -> dict[str, object]:
     }
 
 
-@cli.command()
+@keys_group.command()
 def create(
     project: Annotated[str, typer.Option(help="the tenant this key reads and writes")],
     scopes: Annotated[
@@ -86,7 +84,7 @@ def create(
     )
 
 
-@cli.command("list")
+@keys_group.command("list")
 def list_keys(
     project: Annotated[str | None, typer.Option(help="only this project's keys")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
@@ -108,7 +106,7 @@ def list_keys(
     Console().print(table)
 
 
-@cli.command()
+@keys_group.command()
 def revoke(
     key: Annotated[str, typer.Argument(help="the key's id or its prefix (from `keys list`)")],
     data_dir: DataDir = None,

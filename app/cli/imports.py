@@ -21,18 +21,18 @@ from rich.table import Table
 
 from app.artifacts.schemas import check_artifact_type
 from app.blobstore import open_blob_store
-from app.cli import load_settings
+from app.cli.base import cli, load_settings, migrate_database
 from app.imports.importer import ImportOptions
 from app.imports.importer import Progress as ImportProgress
 from app.imports.runner import importer_for
 from app.settings import Settings
 from storage.artifacts import ArtifactService
 from storage.db.engine import Database
-from storage.db.migrate import upgrade
 from storage.db.tables import DEFAULT_TENANT
 from storage.imports import Item, Job
 
-cli = typer.Typer(no_args_is_help=True, help="Import artifacts from other systems.")
+import_group = typer.Typer(no_args_is_help=True, help="Import artifacts from other systems.")
+cli.add_typer(import_group, name="import")
 console = Console(stderr=True)
 
 
@@ -77,7 +77,7 @@ def summary_table(job: Job, failures: list[Item], skipped: list[Item]) -> Table:
     return table
 
 
-@cli.command("crownest")
+@import_group.command("crownest")
 def crownest(
     sandbox: Annotated[str, typer.Option("--sandbox", help="sbx_… to import from")],
     workflow_id: Annotated[str, typer.Option("--workflow-id")],
@@ -118,8 +118,7 @@ def crownest(
         source_path_prefix=source_path_prefix,
         dry_run=dry_run,
     )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
+    migrate_database(settings)
     job = asyncio.run(_run(settings, options, project))
     raise typer.Exit(0 if job.counts["failed"] == 0 and job.status == "succeeded" else 1)
 

@@ -1,0 +1,1 @@
+"""The change feed over HTTP (GET /events): app/events/controller.py."""
