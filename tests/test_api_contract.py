@@ -1,4 +1,4 @@
-"""CONTRACT.md, row by row and example by example, black-box over HTTP against a real server.
+"""CONTRACT.md, row by row and example by example, over HTTP against the real app in process.
 
 Most tests share one module-scoped server over a SQLite file (cheap); the tests taking the
 `server` fixture run once per backend (SQLite, and PostgreSQL when ARTIFACTS_TEST_POSTGRES_URL
@@ -27,7 +27,7 @@ from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database, sqlite_url
 from storage.records import Cursor, NewArtifact
-from tests.conftest import Server, start_server
+from tests.support.inprocess import AppServer, start_app
 
 PREFIXES = ["/artifacts", "/api/v1/artifacts"]
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -90,9 +90,9 @@ def srv_db(srv_root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def srv(srv_root: Path, srv_db: str) -> Iterator[Server]:
+def srv(srv_root: Path, srv_db: str) -> Iterator[AppServer]:
     """One server for most tests of this module: SQLite under a module tmp dir."""
-    server = start_server(srv_root / "data", database_url=srv_db)
+    server = start_app(srv_root / "data", database_url=srv_db)
     try:
         yield server
     finally:
@@ -100,7 +100,7 @@ def srv(srv_root: Path, srv_db: str) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def http(srv: Server) -> Iterator[httpx.Client]:
+def http(srv: AppServer) -> Iterator[httpx.Client]:
     with srv.client() as c:
         yield c
 
@@ -475,7 +475,7 @@ def test_unique_id_prefix_of_8_or_more_characters(http: httpx.Client, prefix: st
 
 
 def test_ambiguous_prefix_is_409_and_deleted_rows_do_not_count(
-    server: Server, database_url: str
+    server: AppServer, database_url: str
 ) -> None:
     """Two ids sharing their first 9 characters, seeded through the real service (both DBs)."""
     base = uuid.uuid4().hex[:8]
@@ -598,7 +598,7 @@ def test_put_rejects_empty_and_unknown_keys(http: httpx.Client, prefix: str) -> 
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
-def test_delete_then_everything_is_404(srv: Server, http: httpx.Client, prefix: str) -> None:
+def test_delete_then_everything_is_404(srv: AppServer, http: httpx.Client, prefix: str) -> None:
     wf = unique()
     doomed = create(http, prefix, workflow_id=wf, phase_id="ph")["id"]
     kept = create(http, prefix, workflow_id=wf, phase_id="ph")["id"]
@@ -650,7 +650,7 @@ def check_upload(
     assert (body["artifact_id"], body["status"]) == (artifact_id, "uploaded")
     url = urlsplit(body["storage_url"])
     assert url.scheme in ("http", "https") and url.netloc == urlsplit(server_url).netloc, url
-    download = httpx.get(body["storage_url"], timeout=30)
+    download = client.get(body["storage_url"], timeout=30)
     assert download.status_code == 200
     assert download.content == data
 
@@ -668,7 +668,7 @@ BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\xc3\x28 invalid utf-8 \x80\x00" + b
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_upload_replaces_content_with_exact_bytes(
-    srv: Server, http: httpx.Client, prefix: str
+    srv: AppServer, http: httpx.Client, prefix: str
 ) -> None:
     artifact_id = create(http, prefix, content="original text")["id"]
     data = BINARY + os.urandom(16)
@@ -704,7 +704,7 @@ def test_upload_replaces_content_with_exact_bytes(
     )
 
 
-def test_upload_of_a_large_body_streams_the_exact_bytes(srv: Server, http: httpx.Client) -> None:
+def test_upload_of_a_large_body_streams_the_exact_bytes(srv: AppServer, http: httpx.Client) -> None:
     artifact_id = create(http)["id"]
     data = os.urandom(3 * 1024 * 1024 + 17)
     check_upload(
@@ -714,7 +714,7 @@ def test_upload_of_a_large_body_streams_the_exact_bytes(srv: Server, http: httpx
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_upload_to_unknown_artifact_is_404_and_stores_nothing(
-    srv: Server, http: httpx.Client, prefix: str
+    srv: AppServer, http: httpx.Client, prefix: str
 ) -> None:
     data = os.urandom(4096)
     before = blob_files(srv.data_dir)
@@ -743,7 +743,7 @@ def test_upload_without_a_file_part_is_the_exact_422(http: httpx.Client, prefix:
     "cut",
     ["after-data", "after-data-crlf", "mid-data", "mid-closing-boundary", "mid-part-headers"],
 )
-def test_truncated_multipart_changes_nothing(srv: Server, http: httpx.Client, cut: str) -> None:
+def test_truncated_multipart_changes_nothing(srv: AppServer, http: httpx.Client, cut: str) -> None:
     artifact_id = create(http, content="original")["id"]
     before_record = get_record(http, artifact_id)
     before_blobs = blob_files(srv.data_dir)
@@ -801,7 +801,7 @@ def test_list_is_a_bare_array_of_summaries_newest_first(http: httpx.Client, pref
 
 
 def test_list_ties_on_created_at_are_ordered_by_id_descending(
-    srv: Server, srv_db: str, http: httpx.Client
+    srv: AppServer, srv_db: str, http: httpx.Client
 ) -> None:
     wf = unique()
     ids = [str(uuid.uuid4()) for _ in range(6)]
@@ -841,7 +841,7 @@ def test_list_filters_apply_before_the_limit(http: httpx.Client, prefix: str) ->
     assert ids(workflow_id=unique()) == []
 
 
-def test_list_limit_default_50_max_200(srv: Server, srv_db: str, http: httpx.Client) -> None:
+def test_list_limit_default_50_max_200(srv: AppServer, srv_db: str, http: httpx.Client) -> None:
     wf = unique()
     seed(srv_db, srv.data_dir, [new_row(wf) for _ in range(205)])
     assert len(http.get("/artifacts", params={"workflow_id": wf}).json()) == 50
@@ -1009,7 +1009,7 @@ def test_empty_content_is_string_too_short(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_unknown_parent_in_derived_from_is_422_at_its_index(
-    srv: Server, http: httpx.Client, prefix: str
+    srv: AppServer, http: httpx.Client, prefix: str
 ) -> None:
     wf = unique()
     parent = create(http, prefix)["id"]
@@ -1100,7 +1100,7 @@ def test_wrong_content_type_on_post_is_415(http: httpx.Client) -> None:
 # -- one key flow on every backend ----------------------------------------------------------
 
 
-def test_key_flow_on_each_backend(server: Server) -> None:
+def test_key_flow_on_each_backend(server: AppServer) -> None:
     """Create, read, prefix, list, update, upload, download, delete: SQLite and PostgreSQL."""
     with server.client() as client:
         for prefix in PREFIXES:
@@ -1432,7 +1432,7 @@ def base64_text(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def test_hostile_input_never_answers_5xx(server: Server) -> None:
+def test_hostile_input_never_answers_5xx(server: AppServer) -> None:
     with server.client() as setup:
         artifact_id = create(setup)["id"]
     failures: list[str] = []

@@ -37,8 +37,9 @@ from storage.errors import (
     StorageUnavailable,
 )
 from storage.maintenance import collect_garbage, fsck, recover_trash
-from tests.conftest import S3_TEST_PART_SIZE, MotoServer, free_port
-from tests.test_blobstore import rand_bytes, sha, stream
+from tests.support.blobs import rand_bytes, sha, stream
+from tests.support.s3 import S3_TEST_PART_SIZE, MotoServer
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.anyio
 PART = S3_TEST_PART_SIZE

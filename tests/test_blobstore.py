@@ -9,10 +9,8 @@ storage/blobs/filesystem.py for a proxy whose chosen calls fail; every other cal
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import os
-import random
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -34,6 +32,7 @@ from storage.errors import (
     InsufficientStorage,
     StorageUnavailable,
 )
+from tests.support.blobs import rand_bytes, sha, stream
 
 STEP = filesystem.STEP
 READ_CHUNK = filesystem.READ_CHUNK
@@ -43,20 +42,6 @@ pytestmark = pytest.mark.anyio
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def rand_bytes(n: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-async def stream(chunks: Iterable[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
-    for chunk in chunks:
-        await anyio.lowlevel.checkpoint()
-        yield chunk
 
 
 def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""What tests/test_schemathesis.py found wrong in the server, pinned as plain, fast tests."""
+"""What tests/system/test_schemathesis.py found wrong in the server, pinned as plain, fast tests."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
-"""GET /events, the change feed, against real servers.
+"""GET /events, the change feed, against the real app in process.
 
 Every kind of write is made over HTTP and the feed must then hold exactly the events it
 documents, with exact payloads (storage/artifacts.py); failed writes must add none. JSON pages
 are walked with every page size; the SSE stream is read frame by frame with httpx while other
 threads write, across repeated disconnects (Last-Event-ID and `after=`), and from a second
-server process on the same database. Under concurrent commits the feed must never show a
-later sequence number before an earlier one has committed: a poller that follows the feed
-while 30 creates race must end up with exactly the events read afterwards.
+server (an app of its own, with its own notifier) on the same database. Under concurrent
+commits the feed must never show a later sequence number before an earlier one has committed:
+a poller that follows the feed while 30 creates race must end up with exactly the events read
+afterwards.
 
 Every wait is bounded: streams have read timeouts, threads are joined with timeouts, and each
 loop has a deadline.
@@ -32,14 +33,8 @@ import httpx
 import pytest
 
 from storage.db.engine import sqlite_url
-from tests.conftest import (
-    BACKENDS,
-    POSTGRES_URL,
-    Server,
-    _create_pg_database,
-    _drop_pg_database,
-    start_server,
-)
+from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.inprocess import AppServer, start_app
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 JSON = {"accept": "application/json"}
@@ -65,7 +60,7 @@ TIMEOUT = httpx.Timeout(10.0, read=5.0)  # a stream that says nothing for 5 s fa
 
 @dataclass
 class Live:
-    server: Server
+    server: AppServer
     database_url: str
     root: Path
 
@@ -81,19 +76,19 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         url, drop = sqlite_url(root / "artifacts.db"), None
     else:
         assert POSTGRES_URL
-        url = drop = _create_pg_database(POSTGRES_URL)
-    server = start_server(root / "data", database_url=url)
+        url = drop = create_pg_database(POSTGRES_URL)
+    server = start_app(root / "data", database_url=url)
     try:
         yield Live(server, url, root)
     finally:
         server.stop()
         if drop is not None:
-            _drop_pg_database(POSTGRES_URL or "", drop)
+            drop_pg_database(POSTGRES_URL or "", drop)
 
 
 @pytest.fixture(scope="module")
 def http(live: Live):
-    with httpx.Client(base_url=live.url, timeout=TIMEOUT) as client:
+    with live.server.client(timeout=TIMEOUT) as client:
         yield client
 
 
@@ -615,7 +610,7 @@ def test_sse_replays_then_delivers_live_writes(live: Live, http: httpx.Client) -
     done_at: dict[str, float] = {}
 
     def writer() -> None:
-        with httpx.Client(base_url=live.url, timeout=TIMEOUT) as w:
+        with live.server.client(timeout=TIMEOUT) as w:
             for n in range(6):
                 time.sleep(0.15)
                 new = create(w, wf, title=f"live-{n}", primary=n % 2 == 0)
@@ -623,7 +618,7 @@ def test_sse_replays_then_delivers_live_writes(live: Live, http: httpx.Client) -
 
     got: list[dict[str, Any]] = []
     arrived: dict[str, float] = {}
-    with httpx.Client(base_url=live.url, timeout=TIMEOUT) as reader:
+    with live.server.client(timeout=TIMEOUT) as reader:
         with sse(reader, after=start, limit=2) as stream:  # the backlog in pages of 2
             for _ in range(5):
                 got.append(as_event(next(stream)))
@@ -648,12 +643,12 @@ def test_sse_workflow_filter(live: Live, http: httpx.Client) -> None:
     start = head(http)
 
     def writer() -> None:
-        with httpx.Client(base_url=live.url, timeout=TIMEOUT) as w:
+        with live.server.client(timeout=TIMEOUT) as w:
             for n in range(4):
                 create(w, two, title=f"other-{n}")
                 create(w, one, title=f"mine-{n}")
 
-    with httpx.Client(base_url=live.url, timeout=TIMEOUT) as reader:
+    with live.server.client(timeout=TIMEOUT) as reader:
         with sse(reader, after=start, workflow_id=one) as stream:
             thread, errors = in_thread(writer)
             got = [as_event(next(stream)) for _ in range(4)]
@@ -675,7 +670,7 @@ def test_reconnecting_consumer_sees_every_event_once_in_order(
     def writer(seed: int) -> Callable[[], None]:
         def run() -> None:
             rng = random.Random(seed)
-            with httpx.Client(base_url=live.url, timeout=TIMEOUT) as w:
+            with live.server.client(timeout=TIMEOUT) as w:
                 mine: list[str] = []
                 for n in range(12):
                     time.sleep(rng.uniform(0, 0.03))
@@ -696,7 +691,7 @@ def test_reconnecting_consumer_sees_every_event_once_in_order(
         threads = [in_thread(writer(seed)) for seed in range(3)]
         for thread, errors in threads:
             join(thread, errors)
-        with httpx.Client(base_url=live.url, timeout=TIMEOUT) as w:
+        with live.server.client(timeout=TIMEOUT) as w:
             sentinel["id"] = create(w, wf, "end", title="sentinel")
 
     coordinator, failures = in_thread(writers)
@@ -705,7 +700,7 @@ def test_reconnecting_consumer_sees_every_event_once_in_order(
     rng = random.Random(7)
     deadline = time.monotonic() + 60
     connections = 0
-    with httpx.Client(base_url=live.url, timeout=TIMEOUT) as consumer:
+    with live.server.client(timeout=TIMEOUT) as consumer:
         finished = False
         while not finished:
             assert time.monotonic() < deadline, "the consumer never caught up"
@@ -738,9 +733,10 @@ def test_reconnecting_consumer_sees_every_event_once_in_order(
 def test_a_second_process_writes_are_streamed(
     live: Live, http: httpx.Client, tmp_path: Path
 ) -> None:
-    """Another server on the same database (SQLite file or PostgreSQL database): its commits
-    do not wake this process, so they arrive by the feed's poll (every second)."""
-    other = start_server(tmp_path / "other", database_url=live.database_url)
+    """Another server on the same database (SQLite file or PostgreSQL database; an app of its
+    own, as another process would be): its commits do not wake this server's notifier, so they
+    arrive by the feed's poll (every second)."""
+    other = start_app(tmp_path / "other", database_url=live.database_url)
     try:
         wf = f"wf-remote-{uuid.uuid4().hex[:8]}"
         start = head(http)
@@ -752,7 +748,7 @@ def test_a_second_process_writes_are_streamed(
                     time.sleep(0.3)
                     written.append((create(w, wf, title=f"remote-{n}"), time.monotonic()))
 
-        with httpx.Client(base_url=live.url, timeout=TIMEOUT) as reader:
+        with live.server.client(timeout=TIMEOUT) as reader:
             with sse(reader, after=start) as stream:
                 thread, errors = in_thread(writer)
                 got = []
@@ -845,7 +841,7 @@ def race(live: Live, http: httpx.Client) -> None:
 
     def one(n: int) -> Callable[[], None]:
         def run() -> None:
-            with httpx.Client(base_url=live.url, timeout=TIMEOUT) as w:
+            with live.server.client(timeout=TIMEOUT) as w:
                 barrier.wait()
                 title = f"slow-{n}" if n % 10 == 5 else f"r{n}"
                 created.append(create(w, wf, f"p{n % 2}", primary=n % 3 == 0, title=title))
@@ -854,7 +850,7 @@ def race(live: Live, http: httpx.Client) -> None:
 
     def poller() -> None:
         cursor = start
-        with httpx.Client(base_url=live.url, timeout=TIMEOUT) as p:
+        with live.server.client(timeout=TIMEOUT) as p:
             while True:
                 done = stop.is_set()
                 events, cursor = page(p, after=cursor, limit=1000)

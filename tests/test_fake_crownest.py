@@ -17,7 +17,7 @@ import httpx
 import pytest
 from crownest import AsyncCrowNest, CrowNest, CrowNestApiError
 
-from tests.fake_crownest import (  # noqa: F401  (crownest_fake is a fixture)
+from tests.support.crownest import (  # noqa: F401  (crownest_fake is a fixture)
     FORBIDDEN_API_KEY,
     FakeCrowNest,
     FakeState,
@@ -695,7 +695,7 @@ def test_running_fake_serves_a_given_state_and_stops():
 
 
 def test_each_test_gets_a_fresh_state_on_the_shared_server(fake):
-    from tests import fake_crownest
+    from tests.support import crownest as fake_crownest
 
     assert fake.state.sandboxes == {} and fake.state.requests == []
     assert fake.state.base_url == fake.base_url

@@ -48,8 +48,7 @@ def insert(n: int, *, fail: bool = False) -> Any:
 
 
 async def stored(db: Database) -> set[int]:
-    async with db.read() as conn:
-        return set((await conn.execute(sa.select(blobs.c.size))).scalars())
+    return await db.run_read(lambda conn: set(conn.execute(sa.select(blobs.c.size)).scalars()))
 
 
 def count_commits(db: Database) -> list[int]:

@@ -1,5 +1,6 @@
 """Idempotency-Key: the key lifecycle in storage/idempotency.py, and every write route over HTTP
-(replay byte for byte, key reuse, in-progress, failed first requests, expiry, imports)."""
+(replay byte for byte, key reuse, in-progress, failed first requests, expiry, imports), in
+process: requests held half-sent go through tests/support/rawhttp.py's ASGI connection."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from storage.artifacts import ArtifactService
-from storage.db.engine import Database
+from storage.db.engine import Database, run_async
 from storage.db.tables import artifacts, idempotency_keys
 from storage.errors import LeaseLost
 from storage.idempotency import (
@@ -25,12 +26,13 @@ from storage.idempotency import (
     purge_expired,
 )
 from storage.records import NewArtifact
-from tests.conftest import Server, count_rows, start_server
-from tests.fake_crownest import (  # noqa: F401  (crownest_fake is a fixture)
+from tests.support.crownest import (  # noqa: F401  (crownest_fake is a fixture)
     FakeCrowNest,
     crownest_fake,
 )
-from tests.rawhttp import Connection
+from tests.support.databases import count_rows
+from tests.support.inprocess import AppServer, start_app
+from tests.support.rawhttp import Connection
 
 SECOND = 1_000_000
 REPLAYED = "idempotent-replayed"
@@ -128,11 +130,11 @@ class _AfterFirstStatement:
     def __init__(self, conn: Any, then: Any) -> None:
         self._conn, self._then, self._fired = conn, then, False
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        result = await self._conn.execute(*args, **kwargs)
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._conn.execute(*args, **kwargs)
         if not self._fired:
             self._fired = True
-            await self._then()
+            self._then()
         return result
 
 
@@ -144,23 +146,22 @@ async def test_a_key_released_between_our_insert_and_our_lock_is_claimed(
     nothing); before B locks the row, A's first attempt fails and releases the key. B must claim
     it, not fail (PostgreSQL's READ COMMITTED lets the row vanish between the two statements;
     SQLite's writer lock never does)."""
-    from contextlib import asynccontextmanager
-
     db_a, db_b = Database(database_url), Database(database_url)
     a = IdempotencyKeys(db_a, lease_us=30 * SECOND, ttl_us=3600 * SECOND)
     b = IdempotencyKeys(db_b, lease_us=30 * SECOND, ttl_us=3600 * SECOND)
     try:
         held = await a.begin("open", "k")
         assert isinstance(held, Claimed)
-        plain_write = db_b.write
+        plain_write = db_b.run_write
 
-        @asynccontextmanager
-        async def interleaved() -> Any:
-            async with plain_write() as conn:
-                yield _AfterFirstStatement(conn, lambda: a.release("open", "k", held.token))
+        def release() -> None:
+            run_async(a.release, "open", "k", held.token)
+
+        async def interleaved(work: Any) -> Any:
+            return await plain_write(lambda conn: work(_AfterFirstStatement(conn, release)))
 
         if db_b.dialect == "postgresql":  # SQLite: A's release would wait for B's writer lock
-            db_b.write = interleaved  # type: ignore[method-assign]
+            db_b.run_write = interleaved  # type: ignore[method-assign]
         else:
             await a.release("open", "k", held.token)
         assert isinstance(await b.begin("open", "k"), Claimed)
@@ -181,8 +182,8 @@ async def test_keys_expire_after_the_window_and_gc_purges_them(db: Database) -> 
         clock.now += 1800 * SECOND
     clock.now += 1 * SECOND  # "old" is 3601 s old, "young" 1801 s
     assert await purge_expired(db, clock.now) == 1
-    async with db.read() as conn:
-        left = (await conn.execute(sa.select(idempotency_keys.c.key))).scalars().all()
+    query = sa.select(idempotency_keys.c.key)
+    left = await db.run_read(lambda conn: conn.execute(query).scalars().all())
     assert left == ["young"]
     assert isinstance(await keys.begin("open", "old"), Claimed)  # a new request now
     clock.now += 3600 * SECOND
@@ -218,8 +219,8 @@ async def test_the_key_completes_or_rolls_back_with_the_write(
 
     with pytest.raises(RuntimeError):
         await service.create(new, b"x", hook=complete_then_fail)
-    async with service.db.read() as conn:
-        assert (await conn.execute(sa.select(sa.func.count()).select_from(artifacts))).scalar() == 0
+    count = sa.select(sa.func.count()).select_from(artifacts)
+    assert await service.db.run_read(lambda conn: conn.execute(count).scalar()) == 0
     assert isinstance(await keys.begin("open", "k"), InProgress)  # still ours, not completed
 
     def lost(conn: Any, _artifact: Any) -> None:
@@ -227,8 +228,7 @@ async def test_the_key_completes_or_rolls_back_with_the_write(
 
     with pytest.raises(LeaseLost):
         await service.create(new, b"x", hook=lost)
-    async with service.db.read() as conn:
-        assert (await conn.execute(sa.select(sa.func.count()).select_from(artifacts))).scalar() == 0
+    assert await service.db.run_read(lambda conn: conn.execute(count).scalar()) == 0
 
     def record(conn: Any, _artifact: Any) -> None:
         keys.complete(conn, "open", "k", held.token, stored())
@@ -347,7 +347,7 @@ def test_key_syntax(client: httpx.Client, key: str, ok: bool) -> None:
     assert r.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
 
 
-def test_non_ascii_key_is_a_422(server: Server) -> None:
+def test_non_ascii_key_is_a_422(server: AppServer) -> None:
     body = httpx.Request("POST", "/", json=CREATE).content
     with Connection(server.url) as conn:
         conn.start(
@@ -385,7 +385,7 @@ def test_a_failed_first_request_stores_nothing_and_frees_the_key(
     assert good.status_code == 201 and REPLAYED not in good.headers
 
 
-def _start_keyed_upload(server: Server, aid: str, key: str, total: int) -> Connection:
+def _start_keyed_upload(server: AppServer, aid: str, key: str, total: int) -> Connection:
     conn = Connection(server.url)
     headers = [("Content-Type", "application/octet-stream"), ("Idempotency-Key", key)]
     conn.start("POST", f"/artifacts/{aid}/upload", headers, content_length=total)
@@ -400,7 +400,7 @@ def _wait_for_claim(database_url: str) -> None:
 
 
 def test_a_retry_while_the_first_runs_is_409_then_replays(
-    server: Server, client: httpx.Client, database_url: str
+    server: AppServer, client: httpx.Client, database_url: str
 ) -> None:
     aid = client.post("/artifacts", json=CREATE).json()["id"]
     data = b"z" * 200_000
@@ -423,7 +423,7 @@ def test_a_retry_while_the_first_runs_is_409_then_replays(
 
 
 def test_a_client_that_goes_away_frees_its_key(
-    server: Server, client: httpx.Client, database_url: str
+    server: AppServer, client: httpx.Client, database_url: str
 ) -> None:
     aid = client.post("/artifacts", json=CREATE).json()["id"]
     data = b"q" * 100_000
@@ -441,7 +441,7 @@ def test_a_client_that_goes_away_frees_its_key(
 
 
 def test_keys_expire_after_the_configured_window(tmp_path: Path, database_url: str) -> None:
-    srv = start_server(
+    srv = start_app(
         tmp_path / "data",
         database_url=database_url,
         env={"ARTIFACTS_IDEMPOTENCY_TTL": "1s", "ARTIFACTS_GC_INTERVAL": "0"},
@@ -469,7 +469,7 @@ def test_import_jobs_are_replayed_not_started_twice(
         "CROWNEST_API_KEY": crownest_fake.api_key,
         "ARTIFACTS_CROWNEST_BASE_URL": crownest_fake.base_url,
     }
-    srv = start_server(tmp_path / "data", database_url=database_url, env=env)
+    srv = start_app(tmp_path / "data", database_url=database_url, env=env)
     try:
         with srv.client() as c:
             body = {"sandbox_id": sbx.id, "workflow_id": "wf"}

@@ -1,39 +1,24 @@
-"""The CrowNest importer (issue 5) against tests/fake_crownest.py, over real HTTP on loopback.
+"""The CrowNest importer (issue 5) against tests/support/crownest.py, over real HTTP on loopback.
 
-In-process: CrowNestImporter with a real CrowNestClient, a real database (SQLite file or a fresh
-PostgreSQL database) and a real blob directory. Through the server: `artifacts serve`
-subprocesses with CROWNEST_API_KEY / ARTIFACTS_CROWNEST_BASE_URL pointing at the fake, including
-one killed with SIGKILL mid-job and restarted. Through the CLI: `artifacts import crownest` as a
-subprocess. Every stored artifact is compared with the fake's own bytes and record.
+CrowNestImporter with a real CrowNestClient, a real database (SQLite file or a fresh PostgreSQL
+database) and a real blob directory; and the import routes of the real app in process, with
+CROWNEST_API_KEY / ARTIFACTS_CROWNEST_BASE_URL pointing at the fake. A server killed with SIGKILL
+mid-job and the `artifacts import crownest` CLI: tests/system/test_import_crownest_process.py.
+Every stored artifact is compared with the fake's own bytes and record.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.imports.crownest import CrowNestClient
-from app.imports.importer import CrowNestImporter, ImportOptions
 from storage.artifacts import ArtifactService
-from storage.db.tables import artifacts as artifacts_table
-from storage.imports import ImportJobs, Item, Job
-from tests.conftest import ROOT, Server, count_rows, start_server
-from tests.fake_crownest import (  # noqa: F401  (crownest_fake is a fixture)
+from storage.imports import Item
+from tests.support.crownest import (  # noqa: F401  (crownest_fake is a fixture)
     FORBIDDEN_API_KEY,
     Artifact,
     FakeCrowNest,
@@ -42,174 +27,36 @@ from tests.fake_crownest import (  # noqa: F401  (crownest_fake is a fixture)
     RecordedRequest,
     crownest_fake,
 )
+from tests.support.databases import count_rows
+from tests.support.imports import (
+    AUTH,
+    DRY,
+    MAPPING,
+    PERSISTENT,
+    TRANSIENT,
+    WF,
+    assert_imported,
+    blob_files,
+    crownest_rows,
+    finished,
+    hits,
+    make_importer,
+    poll,
+    rows_of,
+    run_import,
+    server_env,
+    sha,
+    staging,
+    tally,
+)
+from tests.support.inprocess import start_app
 
 pytestmark = pytest.mark.timeout(120)
-
-MiB = 1 << 20
-WF = "wf-import"
-FAST = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.05}
-DRY = "dry run: would import"
-
-
-# -- helpers -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def fake(crownest_fake: FakeCrowNest) -> FakeCrowNest:  # noqa: F811
     return crownest_fake
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def tally(imported: int = 0, unchanged: int = 0, skipped: int = 0, failed: int = 0) -> dict:
-    return {"imported": imported, "unchanged": unchanged, "skipped": skipped, "failed": failed}
-
-
-def make_importer(
-    service: ArtifactService, fake: FakeCrowNest, *, api_key: str | None = None, **client: Any
-) -> CrowNestImporter:
-    options = {**FAST, **client}
-    return CrowNestImporter(
-        service,
-        ImportJobs(service.db),
-        lambda: CrowNestClient(fake.base_url, api_key or fake.api_key, **options),
-    )
-
-
-async def run_import(
-    importer: CrowNestImporter, sandbox_id: str, **options: Any
-) -> tuple[Job, dict[str, Item]]:
-    options.setdefault("workflow_id", WF)
-    job_id = await importer.start(ImportOptions(sandbox_id=sandbox_id, **options))
-    job = await importer.run(job_id)
-    return job, {i.upstream_id: i for i in await importer.jobs.items(job_id)}
-
-
-async def crownest_rows(service: ArtifactService) -> dict[str, list[str]]:
-    """source_ref -> ids of every artifact row (live or not) imported from CrowNest."""
-    t = artifacts_table
-    async with service.db.read() as conn:
-        rows = (
-            await conn.execute(sa.select(t.c.source_ref, t.c.id).where(t.c.source == "crownest"))
-        ).all()
-    out: dict[str, list[str]] = {}
-    for ref, artifact_id in rows:
-        out.setdefault(ref, []).append(artifact_id)
-    return out
-
-
-def rows_of(database_url: str) -> dict[str, list[dict[str, Any]]]:
-    """The same, from a sync test (a short-lived engine of its own)."""
-
-    async def read() -> dict[str, list[dict[str, Any]]]:
-        engine = create_async_engine(database_url)
-        try:
-            async with engine.connect() as conn:
-                t = artifacts_table
-                rows = (await conn.execute(sa.select(t).where(t.c.source == "crownest"))).all()
-        finally:
-            await engine.dispose()
-        out: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            out.setdefault(row.source_ref, []).append(dict(row._mapping))
-        return out
-
-    return asyncio.run(read())
-
-
-def blob_files(blob_dir: Path) -> set[str]:
-    root = blob_dir / "sha256"
-    return {p.name for p in root.rglob("*") if p.is_file()} if root.exists() else set()
-
-
-def staging(blob_dir: Path) -> list[str]:
-    tmp = blob_dir / "tmp"
-    return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
-
-
-def hits(state: FakeState, route: str, target: str | None = None) -> list[RecordedRequest]:
-    """Requests to `route` (for one artifact or sandbox id when given)."""
-    out = state.requests_to(route)
-    return [r for r in out if target is None or target in r.path.split("/")]
-
-
-async def assert_imported(
-    service: ArtifactService, up: Artifact, data: bytes, item: Item, **expect: Any
-) -> None:
-    """The artifact imported from `up`: its bytes, digest and the whole mapping."""
-    a = await service.find_by_source("crownest", up.id)
-    assert a is not None, up.id
-    assert item.status == "imported" and item.artifact_id == a.id and item.reason is None
-    assert item.size_bytes == len(data) and item.name == up.name
-    assert await service.read_bytes(a) == data
-    assert (a.content_hash, a.size_bytes) == (sha(data), len(data))
-    assert (a.title, a.filename) == (up.name, up.name)
-    assert a.created_by == f"crownest:{up.sandbox_id}"
-    assert a.metadata == {
-        "crownest": {
-            "artifactId": up.id,
-            "sandboxId": up.sandbox_id,
-            "projectId": up.project_id,
-            "orgId": up.org_id,
-            "sourcePath": up.source_path,
-            "objectKey": up.object_key,
-            "createdAt": up.created_at,
-            "retentionExpiresAt": up.retention_expires_at,
-        }
-    }
-    assert (a.source, a.source_ref, a.is_primary_deliverable) == ("crownest", up.id, False)
-    want = {"workflow_id": WF, "phase_id": None, "session_id": None, **expect}
-    assert {k: getattr(a, k) for k in want} == want, up.name
-
-
-def poll(client: httpx.Client, import_id: str, done: Callable[[dict], bool], timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get(f"/imports/{import_id}")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if done(body):
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.05)
-
-
-def finished(body: dict) -> bool:
-    return body["status"] in ("succeeded", "failed")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTIFACTS_", "CROWNEST_"))}
-    return {**env, **extra}
-
-
-def server_env(fake: FakeCrowNest) -> dict[str, str]:
-    return {
-        "CROWNEST_API_KEY": fake.api_key,
-        "ARTIFACTS_CROWNEST_BASE_URL": fake.base_url,
-        "ARTIFACTS_CROWNEST_BACKOFF_BASE": "0.01",
-        "ARTIFACTS_CROWNEST_MAX_ATTEMPTS": "3",
-    }
-
-
-# -- a sandbox across pages: exact mapping, deleted skipped, idempotent re-run -------------------
-
-# (name, upstream contentType or None, expected content_type, expected artifact_type)
-MAPPING = [
-    ("notes.md", None, "text/markdown", "markdown"),
-    ("data.json", "application/json", "application/json", "json"),
-    ("conf.yaml", None, "application/octet-stream", "yaml"),
-    ("conf.yml", "application/yaml", "application/yaml", "yaml"),
-    ("tool.py", "text/x-python", "text/x-python", "code"),
-    ("app.ts", "application/typescript", "application/typescript", "code"),
-    ("app.js", None, "text/javascript", "code"),
-    ("run.sh", "text/x-shellscript", "text/x-shellscript", "script"),
-    ("README.MD", "text/plain; charset=utf-8", "text/plain; charset=utf-8", "markdown"),
-    ("picture.png", None, "image/png", "other"),
-    ("no-extension", None, "application/octet-stream", "other"),
-]
 
 
 @pytest.mark.anyio
@@ -439,9 +286,6 @@ async def test_dry_run_stores_nothing(
     assert blob_files(blob_dir) == set() and staging(blob_dir) == []
 
 
-# -- faults --------------------------------------------------------------------------------------
-
-
 @pytest.mark.anyio
 async def test_429_waits_retry_after_then_imports(
     service: ArtifactService, fake: FakeCrowNest
@@ -480,14 +324,6 @@ async def test_retry_after_is_capped(service: ArtifactService, fake: FakeCrowNes
     assert 0.3 <= elapsed < 5, elapsed
 
 
-TRANSIENT = {
-    "download-503": ("download", Fault.unavailable),
-    "download-500": ("download", Fault.server_error),
-    "download-drop": ("download", lambda: Fault.drop(after_bytes=100_000)),
-    "download_url-500": ("download_url", Fault.server_error),
-}
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("case", sorted(TRANSIENT))
 async def test_transient_fault_is_retried_until_it_clears(
@@ -522,17 +358,6 @@ async def test_transient_fault_is_retried_until_it_clears(
         artifact_type="other",
     )
     assert staging(blob_dir) == []
-
-
-PERSISTENT = {
-    "download-503": ("download", Fault.unavailable, "Try again later."),
-    "download-drop": (
-        "download",
-        lambda: Fault.drop(after_bytes=100_000),
-        "transfer failed: RemoteProtocolError: ",
-    ),
-    "download_url-500": ("download_url", Fault.server_error, "Injected 500."),
-}
 
 
 @pytest.mark.anyio
@@ -593,19 +418,6 @@ async def test_backoff_is_bounded_by_its_maximum(
     elapsed = time.monotonic() - t0
     assert (job.status, job.counts) == ("succeeded", tally(imported=1))
     assert 0.55 <= elapsed < 1.3, elapsed  # unbounded: 0.1 + 0.2 + 0.4 + 0.8 = 1.5 s at least
-
-
-AUTH = {
-    "bad-key": (
-        "cn_test_wrong_key",
-        "CrowNest rejected the API key (invalid_api_key): check CROWNEST_API_KEY. Invalid API key.",
-    ),
-    "no-read-scope": (
-        FORBIDDEN_API_KEY,
-        "The CrowNest API key lacks access (forbidden): it needs artifact:read. "
-        "API key lacks required scope.",
-    ),
-}
 
 
 @pytest.mark.anyio
@@ -784,9 +596,6 @@ async def test_slow_body_still_imports(service: ArtifactService, fake: FakeCrowN
     )
 
 
-# -- the HTTP job --------------------------------------------------------------------------------
-
-
 def test_http_import_job_runs_reports_and_resumes(
     tmp_path: Path, database_url: str, fake: FakeCrowNest
 ) -> None:
@@ -797,7 +606,7 @@ def test_http_import_job_runs_reports_and_resumes(
     data = {u.id: u.data for u in live}
     doomed = live[-1]  # imported first; its download comes up 3 bytes short
     st.inject("download", Fault.short_body(missing=3), artifact_id=doomed.id)
-    server = start_server(tmp_path / "data", database_url=database_url, env=server_env(fake))
+    server = start_app(tmp_path / "data", database_url=database_url, env=server_env(fake))
     try:
         with server.client() as client:
             body = {"sandbox_id": sbx.id, "workflow_id": WF, "phase_id": "ph", "session_id": "s"}
@@ -901,7 +710,7 @@ def test_http_import_without_a_key_is_503(
     monkeypatch.delenv("CROWNEST_API_KEY", raising=False)
     monkeypatch.delenv("ARTIFACTS_CROWNEST_API_KEY", raising=False)
     env = {"ARTIFACTS_CROWNEST_BASE_URL": fake.base_url}
-    server = start_server(tmp_path / "data", database_url=database_url, env=env)
+    server = start_app(tmp_path / "data", database_url=database_url, env=env)
     try:
         with server.client() as client:
             r = client.post("/imports/crownest", json={"sandbox_id": "sbx_1", "workflow_id": WF})
@@ -914,283 +723,3 @@ def test_http_import_without_a_key_is_503(
         assert fake.state.requests == []
     finally:
         server.stop()
-
-
-def test_http_job_killed_mid_import_resumes_at_start_up(
-    tmp_path: Path, database_url: str, fake: FakeCrowNest, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("CROWNEST_API_KEY", raising=False)
-    monkeypatch.delenv("ARTIFACTS_CROWNEST_API_KEY", raising=False)
-    st = fake.state
-    sbx = st.add_sandbox()
-    ups = [
-        st.add_artifact(sbx.id, random.Random(i).randbytes(100_000), name=f"part-{i}.bin")
-        for i in range(8)
-    ]
-    order = ups[::-1]  # the listing (and the import) goes newest first
-    slow = order[2]
-    st.inject("download", Fault.slow(chunk_size=2048, delay=0.1), artifact_id=slow.id)  # ~5 s
-    env = server_env(fake)
-    data_dir = tmp_path / "data"
-    server = start_server(data_dir, database_url=database_url, env=env)
-    restarted: Server | None = None
-    try:
-        with server.client() as client:
-            r = client.post("/imports/crownest", json={"sandbox_id": sbx.id, "workflow_id": WF})
-            assert r.status_code == 202, r.text
-            import_id = r.json()["import_id"]
-            state = poll(
-                client,
-                import_id,
-                lambda b: b["counts"]["imported"] >= 2 and bool(hits(st, "download", slow.id)),
-            )
-            assert (state["status"], state["counts"]) == ("running", tally(imported=2))
-            r = client.post(f"/imports/{import_id}/resume")
-            assert r.status_code == 409 and r.json()["code"] == "import_running", r.text
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(10)
-        assert len(rows_of(database_url)) == 2
-
-        # without a key the job is left alone at start-up, and cannot be resumed by hand
-        keyless = {k: v for k, v in env.items() if k != "CROWNEST_API_KEY"}
-        server = start_server(data_dir, database_url=database_url, env=keyless)
-        with server.client() as client:
-            r = client.post(f"/imports/{import_id}/resume")
-            assert r.status_code == 503 and r.json()["code"] == "crownest_not_configured"
-            time.sleep(0.3)
-            state = client.get(f"/imports/{import_id}").json()
-            assert (state["status"], state["counts"]) == ("running", tally(imported=2))
-        server.stop()
-        assert len(hits(st, "download")) == 3
-
-        restarted = start_server(data_dir, database_url=database_url, env=env)
-        with restarted.client() as client:
-            state = poll(client, import_id, finished)
-            assert (state["status"], state["error"]) == ("succeeded", None)
-            assert state["counts"] == tally(imported=8)
-            assert state["bytes"] == 8 * 100_000
-        rows = rows_of(database_url)
-        assert sorted(rows) == sorted(u.id for u in ups)
-        for up in ups:
-            (row,) = rows[up.id]  # exactly once
-            assert up.data is not None
-            assert row["content_hash"] == sha(up.data)
-            blob = data_dir / "blobs" / "sha256" / sha(up.data)[:2] / sha(up.data)[2:4]
-            assert (blob / sha(up.data)).read_bytes() == up.data
-        # the two finished before the kill were not fetched again
-        for up in order[:2]:
-            assert len(hits(st, "download", up.id)) == 1
-        assert [r.fault for r in hits(st, "download", slow.id)] == ["slow", None]
-    finally:
-        server.stop()
-        if restarted is not None:
-            restarted.stop()
-
-
-# -- the CLI -------------------------------------------------------------------------------------
-
-
-def run_cli(*args: str, env: dict[str, str], wrapper: str = "") -> subprocess.CompletedProcess[str]:
-    code = f"{wrapper}from app.cli import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, "import", "crownest", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def cli_env(fake: FakeCrowNest, data_dir: Path, database_url: str | None) -> dict[str, str]:
-    env = clean_env(
-        CROWNEST_API_KEY=fake.api_key,
-        ARTIFACTS_CROWNEST_BASE_URL=fake.base_url,
-        ARTIFACTS_CROWNEST_BACKOFF_BASE="0.01",
-        ARTIFACTS_CROWNEST_MAX_ATTEMPTS="3",
-        ARTIFACTS_DATA_DIR=str(data_dir),
-        COLUMNS="200",
-    )
-    if database_url is not None:
-        env["ARTIFACTS_DATABASE_URL"] = database_url
-    return env
-
-
-def table_of(stdout: str) -> dict[str, list[str]]:
-    """The summary table's rows: first cell -> the other cells (failure rows under '')."""
-    rows: dict[str, list[str]] = {}
-    for line in stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("│").split("│")]
-        if len(cells) == 3 and cells[0] in ("imported", "unchanged", "skipped", "failed", ""):
-            if cells[0] == "" and cells[2]:
-                rows.setdefault("", []).append(cells[2])
-            elif cells[0]:
-                rows[cells[0]] = cells[1:]
-    return rows
-
-
-def test_cli_imports_and_prints_a_summary(
-    tmp_path: Path, database_url: str, fake: FakeCrowNest
-) -> None:
-    st = fake.state
-    sbx = st.add_sandbox()
-    ups = st.add_artifacts(sbx.id, 12, kind="mixed")
-    live = [u for u in ups if u.deleted_at is None]
-    total = sum(u.size_bytes for u in live)
-    env = cli_env(fake, tmp_path / "data", database_url)
-    args = ["--sandbox", sbx.id, "--workflow-id", WF, "--phase-id", "p", "--artifact-type", "Text"]
-    done = run_cli(*args, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"CrowNest import [0-9a-f-]{36}:\s+succeeded", done.stdout), done.stdout
-    assert table_of(done.stdout) == {
-        "imported": ["9", f"{total} bytes"],
-        "unchanged": ["0", "already here, same size"],
-        "skipped": ["3", "deleted upstream at 2026-06-09T15"],
-        "failed": ["0", ""],
-    }
-    # the progress bar (and its final "12/12 artifacts") goes to stderr, the table to stdout
-    assert "12/12 artifacts" in done.stderr and "━" in done.stderr
-    assert "artifacts ━" not in done.stdout and "CrowNest import" not in done.stderr
-    rows = rows_of(database_url)
-    assert sorted(rows) == sorted(u.id for u in live)
-    for up in live:
-        (row,) = rows[up.id]
-        assert up.data is not None
-        assert (row["artifact_type"], row["workflow_id"], row["phase_id"]) == ("text", WF, "p")
-        assert row["content_hash"] == sha(up.data)
-
-    again = run_cli(*args, env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert table_of(again.stdout)["imported"] == ["0", "0 bytes"]
-    assert table_of(again.stdout)["unchanged"] == ["9", "already here, same size"]
-    assert rows_of(database_url) == rows
-
-
-def test_cli_exits_1_when_an_item_failed(
-    tmp_path: Path, database_url: str, fake: FakeCrowNest
-) -> None:
-    st = fake.state
-    sbx = st.add_sandbox()
-    ups = st.add_artifacts(sbx.id, 3)
-    st.inject("download", Fault.long_body(), artifact_id=ups[1].id)
-    env = cli_env(fake, tmp_path / "data", database_url)
-    done = run_cli("--sandbox", sbx.id, "--workflow-id", WF, env=env)
-    assert done.returncode == 1, done.stdout + done.stderr
-    table = table_of(done.stdout)
-    assert table["imported"][0] == "2" and table["failed"] == ["1", ""]
-    assert table[""] == [
-        f"{ups[1].id} {ups[1].name}: CrowNest sent more than its sizeBytes "
-        f"({ups[1].size_bytes}); not stored"
-    ]
-    assert sorted(rows_of(database_url)) == sorted([ups[0].id, ups[2].id])
-
-
-def test_cli_exits_1_when_the_job_fails(tmp_path: Path, fake: FakeCrowNest) -> None:
-    env = cli_env(fake, tmp_path / "data", None)
-    done = run_cli("--sandbox", "sbx_nowhere", "--workflow-id", WF, env=env)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "CrowNest has no sandbox 'sbx_nowhere' (not_found)." in done.stdout
-
-
-def test_cli_exits_2_without_a_key_or_with_a_bad_type(tmp_path: Path, fake: FakeCrowNest) -> None:
-    env = cli_env(fake, tmp_path / "data", None)
-    del env["CROWNEST_API_KEY"]
-    done = run_cli("--sandbox", "sbx_1", "--workflow-id", WF, env=env)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "CROWNEST_API_KEY is not set." in done.stderr and done.stdout == ""
-    env = cli_env(fake, tmp_path / "data", None)
-    done = run_cli("--sandbox", "sbx_1", "--workflow-id", WF, "--artifact-type", "nope", env=env)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "--artifact-type" in done.stderr
-    assert fake.state.requests == []
-
-
-# -- memory --------------------------------------------------------------------------------------
-
-
-class LazyBytes:
-    """`size` bytes made up on demand, 64 KiB blocks each stamped with its index: the fake
-    slices its body, so a 1 GiB artifact never exists in this process's memory."""
-
-    BLOCK = 64 * 1024
-
-    def __init__(self, size: int, seed: int) -> None:
-        assert size % self.BLOCK == 0
-        self.size = size
-        self.base = random.Random(seed).randbytes(self.BLOCK)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def block(self, i: int) -> bytes:
-        return i.to_bytes(8, "big") + self.base[8:]
-
-    def __getitem__(self, span: slice) -> bytes:
-        start, stop, step = span.indices(self.size)
-        assert step == 1
-        out = bytearray()
-        while start < stop:
-            i, offset = divmod(start, self.BLOCK)
-            piece = self.block(i)[offset : offset + stop - start]
-            out += piece
-            start += len(piece)
-        return bytes(out)
-
-    def sha256(self) -> str:
-        digest = hashlib.sha256()
-        for i in range(self.size // self.BLOCK):
-            digest.update(self.block(i))
-        return digest.hexdigest()
-
-
-PEAK = (
-    "import atexit, resource, sys; atexit.register(lambda: sys.stderr.write("
-    "'PEAK_RSS_KIB %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
-)
-
-
-def peak_of(done: subprocess.CompletedProcess[str]) -> int:
-    match = re.search(r"PEAK_RSS_KIB (\d+)", done.stderr)
-    assert match, done.stderr
-    return int(match.group(1)) * 1024
-
-
-@pytest.mark.slow
-def test_cli_import_of_1_gib_keeps_memory_flat(tmp_path: Path, fake: FakeCrowNest) -> None:
-    size = 1 << 30
-    st = fake.state
-    sbx = st.add_sandbox()
-    st.add_artifact(sbx.id, random.Random(5).randbytes(MiB), name="small.bin")
-    env = cli_env(fake, tmp_path / "small", None)
-    baseline = run_cli("--sandbox", sbx.id, "--workflow-id", WF, env=env, wrapper=PEAK)
-    assert baseline.returncode == 0, baseline.stdout + baseline.stderr
-    assert table_of(baseline.stdout)["imported"] == ["1", f"{MiB} bytes"]
-
-    big_sbx = st.add_sandbox()
-    big = st.add_artifact(big_sbx.id, b"", name="big.bin", size_bytes=size)
-    lazy = LazyBytes(size, seed=6)
-    with st._lock:
-        big.data = lazy  # type: ignore[assignment]
-    env = cli_env(fake, tmp_path / "big", None)
-    t0 = time.monotonic()
-    done = run_cli("--sandbox", big_sbx.id, "--workflow-id", WF, env=env, wrapper=PEAK)
-    elapsed = time.monotonic() - t0
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert table_of(done.stdout)["imported"] == ["1", f"{size} bytes"]
-    growth = peak_of(done) - peak_of(baseline)
-    assert growth < 64 * MiB, (peak_of(baseline), peak_of(done))
-    assert elapsed < 60, elapsed
-
-    digest = lazy.sha256()
-    blob = tmp_path / "big" / "blobs" / "sha256" / digest[:2] / digest[2:4] / digest
-    try:
-        assert blob.stat().st_size == size
-        on_disk = hashlib.sha256()
-        with blob.open("rb") as f:
-            while chunk := f.read(4 * MiB):
-                on_disk.update(chunk)
-        assert on_disk.hexdigest() == digest
-        assert staging(tmp_path / "big" / "blobs") == []
-    finally:
-        blob.unlink(missing_ok=True)

@@ -37,14 +37,8 @@ from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database, sqlite_url
 from storage.db.migrate import upgrade
 from storage.records import Artifact, NewArtifact, us_to_iso
-from tests.conftest import (
-    BACKENDS,
-    POSTGRES_URL,
-    Server,
-    _create_pg_database,
-    _drop_pg_database,
-    start_server,
-)
+from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.inprocess import AppServer, start_app
 
 T0 = 1_800_000_000_000_000
 WIDTH = 3
@@ -306,7 +300,7 @@ def upload(http: httpx.Client, world: World, name: str, data: bytes) -> None:
 @dataclass
 class Env:
     world: World
-    server: Server
+    server: AppServer
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -316,12 +310,12 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         url = sqlite_url(tmp / "artifacts.db")
     else:
         assert POSTGRES_URL
-        url = _create_pg_database(POSTGRES_URL)
+        url = create_pg_database(POSTGRES_URL)
     try:
         upgrade(url)
         world = World(url, tmp / "data")
         asyncio.run(build(world))
-        server = start_server(world.data_dir, database_url=url)
+        server = start_app(world.data_dir, database_url=url)
         try:
             with server.client() as http:
                 # K1 linked P's first bytes; then P's content is replaced twice by uploads,
@@ -335,7 +329,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             server.stop()
     finally:
         if request.param != "sqlite":
-            _drop_pg_database(POSTGRES_URL, url)
+            drop_pg_database(POSTGRES_URL, url)
 
 
 @pytest.fixture

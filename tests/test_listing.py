@@ -4,9 +4,9 @@ One data set per backend (module scope): 3,000 artifacts created in-process thro
 ArtifactService with a clock that gives runs of rows one and the same microsecond (so the id
 tiebreak matters), across workflows, phases, sessions, types, content types and primary flags;
 some promoted afterwards, some deleted. Then the same rows are listed through the service and
-over HTTP from a real server on the same database, and every answer is compared exactly with
-the model: newest first (created_at DESC, id DESC), filters before the limit, cursor pages that
-add up to the model's list with no skip and no repeat, deleted rows never.
+over HTTP from the app (in process) on the same database, and every answer is compared exactly
+with the model: newest first (created_at DESC, id DESC), filters before the limit, cursor pages
+that add up to the model's list with no skip and no repeat, deleted rows never.
 """
 
 from __future__ import annotations
@@ -32,14 +32,8 @@ from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database, sqlite_url
 from storage.db.migrate import upgrade
 from storage.records import ArtifactChanges, Cursor, ListQuery, NewArtifact, us_to_iso
-from tests.conftest import (
-    BACKENDS,
-    POSTGRES_URL,
-    Server,
-    _create_pg_database,
-    _drop_pg_database,
-    start_server,
-)
+from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.inprocess import AppServer, start_app
 
 N_ROWS = 3_000
 WORKERS = 8  # concurrent creates while seeding
@@ -229,18 +223,18 @@ def seeded(
         url = sqlite_url(tmp / "artifacts.db")
     else:
         assert POSTGRES_URL
-        url = _create_pg_database(POSTGRES_URL)
+        url = create_pg_database(POSTGRES_URL)
     try:
         upgrade(url)
         yield Seeded(url, asyncio.run(seed(url, tmp / "blobs")))
     finally:
         if request.param != "sqlite":
-            _drop_pg_database(POSTGRES_URL, url)
+            drop_pg_database(POSTGRES_URL, url)
 
 
 @pytest.fixture(scope="module")
-def server(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("server") / "data", database_url=seeded.url)
+def server(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    srv = start_app(tmp_path_factory.mktemp("server") / "data", database_url=seeded.url)
     try:
         yield srv
     finally:
@@ -248,7 +242,7 @@ def server(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture
-def http(server: Server) -> Iterator[httpx.Client]:
+def http(server: AppServer) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
 

@@ -24,7 +24,8 @@ from storage.db.tables import artifacts, blobs, lineage
 from storage.errors import StorageUnavailable
 from storage.maintenance import collect_garbage, fsck, recover_trash
 from storage.records import NewArtifact, NewContent, now_us
-from tests.conftest import ROOT, start_server
+from tests.support.inprocess import start_app
+from tests.support.servers import ROOT
 
 HOUR = 3600 * 1_000_000
 DAY = 24 * HOUR
@@ -55,9 +56,8 @@ CONTENT = NewContent(content_type="application/octet-stream")
 
 
 async def rows(db: Database, table: sa.Table) -> set[tuple[Any, ...]]:
-    async with db.read() as conn:
-        result = await conn.execute(sa.select(table))
-        return {tuple(json.dumps(v) if isinstance(v, dict) else v for v in r) for r in result}
+    result = await db.run_read(lambda conn: conn.execute(sa.select(table)).all())
+    return {tuple(json.dumps(v) if isinstance(v, dict) else v for v in r) for r in result}
 
 
 def files(root: Path) -> set[str]:
@@ -256,7 +256,7 @@ def test_server_start_recovers_trash(tmp_path: Path, database_url: str) -> None:
             await db.dispose()
 
     artifact_id = asyncio.run(setup())
-    server = start_server(data, database_url=database_url)
+    server = start_app(data, database_url=database_url)
     try:
         with server.client() as http:
             r = http.get(f"/artifacts/{artifact_id}/download")
@@ -496,7 +496,7 @@ def test_server_runs_gc_periodically(tmp_path: Path, database_url: str) -> None:
 
     artifact_id = asyncio.run(setup())
     env = {"ARTIFACTS_GC_INTERVAL": "1", "ARTIFACTS_GC_GRACE": "0"}
-    server = start_server(data, database_url=database_url, env=env)
+    server = start_app(data, database_url=database_url, env=env)
     try:
         with server.client() as http:
             r = http.post(

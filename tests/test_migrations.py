@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,56 +24,24 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
-from storage.db.engine import Database, sqlite_url
-from storage.db.migrate import alembic_config, downgrade, upgrade
+from storage.db.engine import Database
+from storage.db.migrate import downgrade, upgrade
 from storage.db.tables import artifacts, blobs, metadata
 from storage.records import ArtifactChanges, NewArtifact
-from tests.conftest import BACKENDS, POSTGRES_URL, _create_pg_database, _drop_pg_database
+from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.migrations import SCHEMA_TABLES, fresh_database, head_revision, table_names
+from tests.support.sql import query, run_async
 
-SCHEMA_TABLES = {
-    "blobs", "artifacts", "lineage", "events", "imports", "import_items", "idempotency_keys",
-    "api_keys",
-}  # fmt: skip
 PRIMARY_INDEX = "ux_artifacts_one_primary"
 DIGEST = "ab" * 32
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def run_async(url: str, work: Any) -> Any:
-    """`await work(conn)` on a fresh engine, inside one transaction that is committed."""
-
-    async def go() -> Any:
-        engine = create_async_engine(url)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
-
-
-def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    async def work(conn: AsyncConnection) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in (await conn.execute(sa.text(sql), params)).all()]
-
-    return run_async(url, work)
-
-
-def table_names(url: str) -> set[str]:
-    if url.startswith("sqlite"):
-        rows = query(url, "SELECT name FROM sqlite_master WHERE type = 'table'")
-    else:
-        rows = query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    return {r[0] for r in rows}
 
 
 def schema_ddl(url: str) -> dict[str, Any]:
@@ -166,26 +132,6 @@ def diff_against(url: str, target: sa.MetaData) -> list[Any]:
     return run_async(url, work)
 
 
-def head_revision(url: str) -> str:
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    assert head is not None
-    return head
-
-
-@contextmanager
-def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A database with nothing in it, not even alembic_version."""
-    if backend == "sqlite":
-        yield sqlite_url(tmp_path / f"empty-{uuid.uuid4().hex[:8]}.db")
-        return
-    assert POSTGRES_URL
-    url = _create_pg_database(POSTGRES_URL)
-    try:
-        yield url
-    finally:
-        _drop_pg_database(POSTGRES_URL, url)
-
-
 @pytest.fixture(params=BACKENDS)
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with fresh_database(request.param, tmp_path) as url:
@@ -193,31 +139,6 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 # -- upgrade / downgrade ---------------------------------------------------------------------
-
-
-@pytest.mark.postgres
-@pytest.mark.skipif(not POSTGRES_URL, reason="ARTIFACTS_TEST_POSTGRES_URL not set")
-def test_replicas_migrating_at_once_on_postgresql(tmp_path: Path) -> None:
-    """Four processes run `artifacts migrate` on one empty database at the same moment (replicas
-    started together): all succeed, and the schema is at head once."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    with fresh_database("postgresql", tmp_path) as url:
-        env = {**os.environ, "ARTIFACTS_DATABASE_URL": url, "ARTIFACTS_DATA_DIR": str(tmp_path)}
-        command = [sys.executable, "-c", "from app.cli import main; main()", "migrate"]
-        pipe, merged = subprocess.PIPE, subprocess.STDOUT
-        runs = [
-            subprocess.Popen(command, env=env, cwd=ROOT, stdout=pipe, stderr=merged)
-            for _ in range(4)
-        ]
-        outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
-        assert [run.returncode for run in runs] == [0, 0, 0, 0], outputs
-        assert table_names(url) == SCHEMA_TABLES | {"alembic_version"}
-        assert query(url, "SELECT version_num FROM alembic_version") == [(head_revision(url),)]
 
 
 def test_upgrade_head_on_empty_database_creates_the_schema(empty_url: str) -> None:
@@ -439,7 +360,7 @@ def test_artifact_ids_compare_bytewise_on_postgresql() -> None:
     """Id-prefix lookups scan `id >= p AND id < p'`; under a locale collation that ignores
     punctuation (glibc en_US) that range would be wrong, so every id column is COLLATE "C"."""
     assert POSTGRES_URL
-    url = _create_pg_database(POSTGRES_URL)
+    url = create_pg_database(POSTGRES_URL)
     try:
         upgrade(url)
         rows = run_async(
@@ -458,4 +379,4 @@ def test_artifact_ids_compare_bytewise_on_postgresql() -> None:
             ("lineage", "parent_id", "C"),
         ]
     finally:
-        _drop_pg_database(POSTGRES_URL, url)
+        drop_pg_database(POSTGRES_URL, url)

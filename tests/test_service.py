@@ -66,8 +66,7 @@ def sha(data: bytes) -> str:
 
 
 async def fetch(service: ArtifactService, stmt: Any) -> list[tuple[Any, ...]]:
-    async with service.db.read() as conn:
-        return [tuple(r) for r in (await conn.execute(stmt)).all()]
+    return await service.db.run_read(lambda conn: [tuple(r) for r in conn.execute(stmt).all()])
 
 
 async def count(service: ArtifactService, table: sa.Table) -> int:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -46,6 +44,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from litestar import Litestar
 
 from app.asgi import create_app
 from app.settings import Settings
@@ -56,7 +55,7 @@ from storage.db.migrate import upgrade
 from storage.db.tables import artifacts as artifacts_table
 from storage.db.tables import blobs as blobs_table
 from storage.maintenance import collect_garbage, fsck
-from tests.conftest import BACKENDS, POSTGRES_URL, _create_pg_database, _drop_pg_database
+from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
 
 WORKFLOWS = ("wf-a", "wf-b")
 PHASES = ("p1", "p2")
@@ -148,6 +147,38 @@ class Keyed:
     location: str | None
 
 
+class Lifespan:
+    """The app's lifespan (`app.lifespan()`, what Litestar runs on the ASGI lifespan events),
+    held open by a task of its own: it enters an anyio task group (the event emitter's), which
+    only the task that entered it may leave, and the machine starts and stops the app in
+    separate runner.run() calls, each its own task."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.app = app
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _hold(self, started: asyncio.Event) -> None:
+        async with self.app.lifespan():
+            started.set()
+            await self.stop.wait()
+
+    async def __aenter__(self) -> Lifespan:
+        started = asyncio.Event()
+        self.task = asyncio.create_task(self._hold(started))
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait({self.task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():  # start-up failed: its exception, here
+            waiting.cancel()
+            self.task.result()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.task is not None
+        self.stop.set()
+        await self.task
+
+
 class StoreMachine(RuleBasedStateMachine):
     backend = "sqlite"
     base_dir: Path = Path(tempfile.gettempdir())
@@ -158,13 +189,13 @@ class StoreMachine(RuleBasedStateMachine):
         self.pg_url: str | None = None
         if self.backend == "postgresql":
             assert POSTGRES_URL
-            self.pg_url = _create_pg_database(POSTGRES_URL)
+            self.pg_url = create_pg_database(POSTGRES_URL)
             upgrade(self.pg_url)
         else:
             upgrade(sqlite_url(self.data_dir.resolve() / "artifacts.db"))
         self.runner = asyncio.Runner()
-        self.app: FastAPI | None = None
-        self.life: AbstractAsyncContextManager[Any] | None = None
+        self.app: Litestar | None = None
+        self.life: Lifespan | None = None
         self.client: httpx.AsyncClient | None = None
         self.records: dict[str, Record] = {}
         self.edges: list[Edge] = []
@@ -185,7 +216,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.runner.close()
             if self.pg_url is not None:
                 assert POSTGRES_URL
-                _drop_pg_database(POSTGRES_URL, self.pg_url)
+                drop_pg_database(POSTGRES_URL, self.pg_url)
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # -- the app ------------------------------------------------------------------------------
@@ -193,7 +224,7 @@ class StoreMachine(RuleBasedStateMachine):
     async def _start(self) -> None:
         settings = Settings(data_dir=self.data_dir, database_url=self.pg_url, gc_interval=0)
         app = create_app(settings)
-        life = app.router.lifespan_context(app)
+        life = Lifespan(app)
         await life.__aenter__()
         self.app, self.life = app, life
         transport = httpx.ASGITransport(app=app)
@@ -628,9 +659,12 @@ class StoreMachine(RuleBasedStateMachine):
             purged = self._purge()
             assert sorted(report.artifacts_purged) == sorted(purged)
             assert not report.dry_run
-            async with db.read() as conn:
-                rows = set((await conn.execute(sa.select(artifacts_table.c.id))).scalars())
-                blob_rows = set((await conn.execute(sa.select(blobs_table.c.digest))).scalars())
+            rows, blob_rows = await db.run_read(
+                lambda conn: (
+                    set(conn.execute(sa.select(artifacts_table.c.id)).scalars()),
+                    set(conn.execute(sa.select(blobs_table.c.digest)).scalars()),
+                )
+            )
             assert rows == self.kept_rows()
             expected = self.expected_digests()
             assert blob_rows == expected

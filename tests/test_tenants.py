@@ -16,7 +16,7 @@ import pytest
 from storage.apikeys import ApiKeys
 from storage.db.engine import Database
 from storage.imports import ImportJobs
-from tests.conftest import Server, start_server
+from tests.support.inprocess import AppServer, start_app
 
 
 def setup_keys(database_url: str) -> tuple[str, str, str]:
@@ -37,11 +37,9 @@ def setup_keys(database_url: str) -> tuple[str, str, str]:
 @pytest.fixture
 def two(
     tmp_path: Path, database_url: str
-) -> Iterator[tuple[Server, httpx.Client, httpx.Client, str]]:
+) -> Iterator[tuple[AppServer, httpx.Client, httpx.Client, str]]:
     key_a, key_b, job = setup_keys(database_url)
-    srv = start_server(
-        tmp_path / "data", database_url=database_url, env={"ARTIFACTS_RATE_LIMIT": ""}
-    )
+    srv = start_app(tmp_path / "data", database_url=database_url, env={"ARTIFACTS_RATE_LIMIT": ""})
     a = srv.client(headers={"Authorization": f"Bearer {key_a}"})
     b = srv.client(headers={"Authorization": f"Bearer {key_b}"})
     try:
@@ -86,7 +84,7 @@ PROBES = [
 
 
 def test_the_probes_cover_every_route_that_names_a_resource() -> None:
-    from tests.test_auth import ROUTES
+    from tests.support.routes import ROUTES
 
     names = {"{artifact_id}": "{id}", "{workflow_id}": "{wf}", "{import_id}": "{job}"}
     served = set()
@@ -112,7 +110,7 @@ def probe(c: httpx.Client, method: str, template: str, ids: dict[str, str]) -> h
 
 
 def test_the_other_tenants_ids_answer_as_unknown_ones(
-    two: tuple[Server, httpx.Client, httpx.Client, str],
+    two: tuple[AppServer, httpx.Client, httpx.Client, str],
 ) -> None:
     _, a, b, job = two
     parent = create(a, "wf-a", "parent bytes", is_primary_deliverable=True)
@@ -146,7 +144,7 @@ def test_the_other_tenants_ids_answer_as_unknown_ones(
 
 
 def test_lists_feeds_and_workflows_never_include_the_other_tenant(
-    two: tuple[Server, httpx.Client, httpx.Client, str],
+    two: tuple[AppServer, httpx.Client, httpx.Client, str],
 ) -> None:
     _, a, b, _ = two
     mine = [create(b, "shared", f"b{i}")["id"] for i in range(3)]
@@ -178,7 +176,7 @@ def test_lists_feeds_and_workflows_never_include_the_other_tenant(
 
 
 def test_identical_content_in_two_tenants_is_indistinguishable(
-    two: tuple[Server, httpx.Client, httpx.Client, str],
+    two: tuple[AppServer, httpx.Client, httpx.Client, str],
 ) -> None:
     _, a, b, _ = two
     first = a.post(

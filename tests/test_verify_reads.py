@@ -16,10 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, start_server
+from tests.support.inprocess import AppServer, start_app
+from tests.support.servers import ROOT
 
 
-def blob_path(server: Server, digest: str) -> Path:
+def blob_path(server: AppServer, digest: str) -> Path:
     return server.data_dir / "blobs" / "sha256" / digest[:2] / digest[2:4] / digest
 
 
@@ -33,7 +34,7 @@ def corrupt(path: Path, at: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def fsck(server: Server) -> subprocess.CompletedProcess[str]:
+def fsck(server: AppServer) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ARTIFACTS_DATA_DIR": str(server.data_dir)}
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", "fsck", "--json"],
@@ -42,9 +43,9 @@ def fsck(server: Server) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def srv(tmp_path: Path) -> Iterator[Server]:
-    """One server over a SQLite file (reads are verified the same way on every backend)."""
-    server = start_server(tmp_path / "data")
+def srv(tmp_path: Path) -> Iterator[AppServer]:
+    """The app over a SQLite file (reads are verified the same way on every backend)."""
+    server = start_app(tmp_path / "data")
     try:
         yield server
     finally:
@@ -60,7 +61,7 @@ def create_text(client: httpx.Client, content: str) -> dict:
     return r.json()
 
 
-def test_small_corrupt_blob_answers_500_without_body_and_heals(srv: Server) -> None:
+def test_small_corrupt_blob_answers_500_without_body_and_heals(srv: AppServer) -> None:
     with srv.client() as client:
         created = create_text(client, "the report, exactly")
         digest = created["content_hash"]
@@ -86,7 +87,7 @@ def test_small_corrupt_blob_answers_500_without_body_and_heals(srv: Server) -> N
         assert client.get(f"/artifacts/{created['id']}/download").content == b"the report, exactly"
 
 
-def test_large_corrupt_blob_never_ends_cleanly(srv: Server) -> None:
+def test_large_corrupt_blob_never_ends_cleanly(srv: AppServer) -> None:
     data = os.urandom(9 << 20)  # above the verify-before-sending size: streamed
     digest = hashlib.sha256(data).hexdigest()
     with srv.client() as client:
@@ -114,7 +115,7 @@ def test_large_corrupt_blob_never_ends_cleanly(srv: Server) -> None:
         assert r.status_code == 500 and r.json()["code"] == "blob_missing"
 
 
-def test_intact_blobs_stream_whole(srv: Server) -> None:
+def test_intact_blobs_stream_whole(srv: AppServer) -> None:
     data = os.urandom((9 << 20) + 17)
     with srv.client() as client:
         created = create_text(client, "x")

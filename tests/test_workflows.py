@@ -29,14 +29,8 @@ from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database, sqlite_url
 from storage.db.migrate import upgrade
 from storage.records import ArtifactChanges, Cursor, NewArtifact, NewContent, us_to_iso
-from tests.conftest import (
-    BACKENDS,
-    POSTGRES_URL,
-    Server,
-    _create_pg_database,
-    _drop_pg_database,
-    start_server,
-)
+from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.inprocess import AppServer, start_app
 
 T0 = 1_800_000_000_000_000
 UNICODE_WF = "plan 100% für Ärzte #1?"
@@ -377,7 +371,7 @@ async def build(url: str, data_dir: Path) -> World:
 @dataclass
 class Env:
     world: World
-    server: Server
+    server: AppServer
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -387,18 +381,18 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         url = sqlite_url(tmp / "artifacts.db")
     else:
         assert POSTGRES_URL
-        url = _create_pg_database(POSTGRES_URL)
+        url = create_pg_database(POSTGRES_URL)
     try:
         upgrade(url)
         world = asyncio.run(build(url, tmp / "data"))
-        server = start_server(world.data_dir, database_url=url)
+        server = start_app(world.data_dir, database_url=url)
         try:
             yield Env(world, server)
         finally:
             server.stop()
     finally:
         if request.param != "sqlite":
-            _drop_pg_database(POSTGRES_URL, url)
+            drop_pg_database(POSTGRES_URL, url)
 
 
 @pytest.fixture
@@ -689,7 +683,9 @@ class Live:
         return phases
 
 
-def test_deliverables_follow_promotions_and_demotions(server: Server, client: httpx.Client) -> None:
+def test_deliverables_follow_promotions_and_demotions(
+    server: AppServer, client: httpx.Client
+) -> None:
     wf = "wfdeliver"
     live = Live(wf)
 

@@ -4,6 +4,11 @@ Lets a test write a request body in exact pieces (with pauses, so the server rea
 separately), declare a Content-Length that matches a cut-off body, stop half way through a
 chunked body, and see whether the server has answered before the body is complete.
 Responses are read by their framing (Content-Length or chunked), never by waiting for close.
+
+Given the URL of an in-process app (tests.support.inprocess.AppServer), the same calls drive
+that app through ASGI instead (AsgiConnection): each piece sent is one `http.request` message,
+a close before the body ends is a client disconnect. Bytes no HTTP parser would accept need a
+real server (tests/system/).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ class Connection:
     buffer: bytearray = field(default_factory=bytearray)
     chunked: bool = False
     sent_body: int = 0
+
+    def __new__(cls, base_url: str, *_args: Any, **_kwargs: Any) -> Any:
+        from tests.support.inprocess import RUNNING, AsgiConnection
+
+        server = RUNNING.get(base_url)
+        if server is not None:
+            return AsgiConnection(server)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, S3_TEST_PART_SIZE, MotoServer, start_server
+from tests.support.s3 import S3_TEST_PART_SIZE, MotoServer
+from tests.support.servers import ROOT, start_server
 
 PART = S3_TEST_PART_SIZE
 
@@ -105,7 +106,7 @@ def test_s3_without_a_bucket_is_refused_at_start(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_unreachable_object_store_answers_503(tmp_path: Path, database_url: str) -> None:
-    from tests.conftest import free_port
+    from tests.support.servers import free_port
 
     env = {
         "ARTIFACTS_BLOB_BACKEND": "s3",

@@ -38,7 +38,8 @@ import httpx
 import pytest
 
 from storage.digest import blob_relpath
-from tests.conftest import Server, count_rows, start_server
+from tests.support.databases import count_rows
+from tests.support.servers import Server, start_server
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -123,9 +124,9 @@ int fdatasync(int fd) {
 """
 
 ENOSPC_SITECUSTOMIZE = '''
-"""Test fault injector (tests/test_faults_http.py): while $ENOSPC_FAULT_TRIGGER exists, holding
-"<path prefix> <budget>", os.write on a file under the prefix writes at most up to <budget>
-bytes of file size (a short write), then fails with ENOSPC; each failure is logged."""
+"""Test fault injector (tests/system/test_faults_http.py): while $ENOSPC_FAULT_TRIGGER exists,
+holding "<path prefix> <budget>", os.write on a file under the prefix writes at most up to
+<budget> bytes of file size (a short write), then fails with ENOSPC; each failure is logged."""
 import errno
 import os
 

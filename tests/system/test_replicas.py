@@ -53,7 +53,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.conftest import BACKENDS, ROOT, Server, count_rows, start_server
+from tests.support.databases import BACKENDS, count_rows
+from tests.support.servers import ROOT, Server, start_server
 
 T = TypeVar("T")
 KiB = 1 << 10

@@ -5,14 +5,14 @@ against the document; negative data rejected, positive data accepted; missing re
 headers, unsupported methods and `Allow`; use after free, resource availability, ignored auth,
 object-level authorization) in every phase (the document's examples, coverage, fuzzing, and
 stateful sequences along the links Schemathesis infers), bounded and derandomised by
-tests/schemathesis.toml. What is switched off, and why, is said where it is: EXCLUDED below and
-tests/schemathesis.toml (positive_data_acceptance for the two opaque-cursor listings; the
-event feed read as JSON pages, not as an endless SSE stream), and `ignored_auth` in open mode.
-tests/schemathesis_hooks.py makes the client follow the rules OpenAPI cannot state (a fresh
-Idempotency-Key per request, the file part last and its real sha256, JSON form fields) and
-drops three precisely described kinds of failure that are the API's documented behaviour.
-Each run leaves schemathesis.log, a JUnit report and filtered.jsonl (what the hooks dropped) in
-the test's tmp_path.
+tests/system/schemathesis.toml. What is switched off, and why, is said where it is: EXCLUDED
+below and tests/system/schemathesis.toml (positive_data_acceptance for the two opaque-cursor
+listings; the event feed read as JSON pages, not as an endless SSE stream), and `ignored_auth`
+in open mode. tests/support/schemathesis_hooks.py makes the client follow the rules OpenAPI
+cannot state (a fresh Idempotency-Key per request, the file part last and its real sha256, JSON
+form fields) and drops three precisely described kinds of failure that are the API's documented
+behaviour. Each run leaves schemathesis.log, a JUnit report and filtered.jsonl (what the hooks
+dropped) in the test's tmp_path.
 
 Two runs: open mode (no API key exists), and with an admin key sent as Bearer (rate limiting
 off, so a 429 never hides an answer). Imports point at the CrowNest fake, so POST
@@ -34,14 +34,14 @@ from schemathesis.checks import CHECKS, load_all_checks
 
 from storage.apikeys import ApiKeys
 from storage.db.engine import Database
-from tests.conftest import ROOT, Server, start_server
-from tests.fake_crownest import FakeCrowNest, crownest_fake  # noqa: F401  (a fixture)
+from tests.support.crownest import FakeCrowNest, crownest_fake  # noqa: F401  (a fixture)
+from tests.support.servers import ROOT, Server, start_server
 
 SCHEMA = ROOT / "openapi" / "openapi.json"
-CONFIG = ROOT / "tests" / "schemathesis.toml"
-HOOKS = ROOT / "tests" / "schemathesis_hooks.py"
+CONFIG = ROOT / "tests" / "system" / "schemathesis.toml"
+HOOKS = ROOT / "tests" / "support" / "schemathesis_hooks.py"
 RUN_TIMEOUT = 240  # seconds; a run takes well under a minute here
-# (operation, check) pairs tests/schemathesis.toml turns off, and why it does, is said there.
+# (operation, check) pairs tests/system/schemathesis.toml turns off, and why it does, is said there.
 EXCLUDED = {
     ("GET /artifacts", "positive_data_acceptance"),
     ("GET /workflows", "positive_data_acceptance"),

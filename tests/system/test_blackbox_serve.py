@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.support.servers import ROOT, free_port
 
 
 @pytest.fixture

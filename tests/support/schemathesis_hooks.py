@@ -1,6 +1,6 @@
-"""Hooks for tests/test_schemathesis.py (loaded through SCHEMATHESIS_HOOKS): where a rule of the
-API cannot be written in OpenAPI, or Schemathesis reads the document differently from the API,
-the harness behaves like a client that follows the rule. Each hook names its rule.
+"""Hooks for tests/system/test_schemathesis.py (loaded through SCHEMATHESIS_HOOKS): where a rule
+of the API cannot be written in OpenAPI, or Schemathesis reads the document differently from the
+API, the harness behaves like a client that follows the rule. Each hook names its rule.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from schemathesis.transport import SerializationContext
 from schemathesis.transport.requests import REQUESTS_TRANSPORT, multipart_serializer
 from schemathesis.transport.serialization import Binary, serialize_binary
 
-SCHEMA = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
+SCHEMA = Path(__file__).resolve().parent.parent.parent / "openapi" / "openapi.json"
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # app/idempotency.py: IdempotencyKey
 EVENT_ID = re.compile(r"[0-9]{0,18}")  # app/events.py: EVENT_ID

@@ -40,7 +40,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, count_rows, start_server
+from tests.support.databases import count_rows
+from tests.support.servers import ROOT, Server, start_server
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -3,7 +3,7 @@
 Written from the CrowNest docs (spec seeds 000-003) and held to the official `crownest` SDK by
 tests/test_fake_crownest.py. Plain ASGI, served by uvicorn in a background thread.
 
-Quick use (import the fixture into the test module, ``from tests.fake_crownest import
+Quick use (import the fixture into the test module, ``from tests.support.crownest import
 crownest_fake  # noqa: F401``, or re-export it from a conftest)::
 
     def test_x(crownest_fake):                      # fixture defined below

@@ -1,0 +1,1 @@
+"""Shared test helpers and fixtures (no test module imports another: they all import from here)."""
