@@ -1,6 +1,7 @@
-"""The bench-only virtual environment: MLflow (the byte-path peer), Litestar and granian (the
-small-request references), installed from scripts/bench-requirements.lock into var/bench-venv on
-first use, and again only when the lock changes. Never the project's environment."""
+"""The bench-only virtual environment: MLflow (the byte-path peer) and granian (a small-request
+reference), installed from scripts/bench-requirements.lock into var/bench-venv on first use, and
+again only when the lock changes. Never the project's environment. (The plain Litestar reference,
+bench/litestar_ref.py, runs from the project's environment: Litestar is a runtime dependency.)"""
 
 from __future__ import annotations
 

@@ -105,8 +105,8 @@ def request_references(
     duration: float,
     warmup: float,
 ) -> dict[str, Any]:
-    """Fixed-small-JSON requests/s of: the bare ASGI app on uvicorn (this environment, the same
-    uvicorn as ours), a plain Litestar handler on uvicorn and the bare app on granian (the
+    """Fixed-small-JSON requests/s of: the bare ASGI app and a plain Litestar handler on uvicorn
+    (this environment: the same uvicorn and Litestar as ours), and the bare app on granian (the
     bench-only environment, when there is one). Each on a fresh server pinned like ours."""
     out: dict[str, Any] = {}
     log = work / "references.log"
@@ -123,22 +123,20 @@ def request_references(
                 env=env,
                 log=log,
             ),
-        )
+        ),
+        (
+            "litestar_uvicorn",
+            lambda: uvicorn_server(
+                "Litestar",
+                sys.executable,
+                "bench.litestar_ref:app",
+                core,
+                ready_path="/json",
+                log=log,
+            ),
+        ),
     ]
     if bench_python:
-        servers.append(
-            (
-                "litestar_uvicorn",
-                lambda: uvicorn_server(
-                    "Litestar",
-                    bench_python,
-                    "bench.litestar_ref:app",
-                    core,
-                    ready_path="/json",
-                    log=log,
-                ),
-            )
-        )
         servers.append(("bare_asgi_granian", lambda: granian_server(bench_python, core, log)))
     for name, start in servers:
         try:
