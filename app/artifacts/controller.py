@@ -98,7 +98,7 @@ PageLimit = Annotated[int, Field(ge=1, le=200)]
 class ListParams(params.Params):
     workflow_id: schemas.Text | None = None
     phase_id: schemas.Text | None = None
-    artifact_type: str | None = None
+    artifact_type: schemas.Text | None = None  # matched exactly; empty: no filter
     session_id: schemas.Text | None = None
     content_type: schemas.Text | None = None
     is_primary_deliverable: bool | None = None
@@ -227,15 +227,10 @@ class ArtifactController(Controller):
         """Newest first (created_at, id descending). When more rows exist, `Link: <…>;
         rel="next"` and `X-Next-Cursor` give the next page."""
         p = params.parse(request, ListParams)
-        artifact_type = p.artifact_type
-        if artifact_type is not None:
-            allowed = settings_of(request).artifact_types
-            try:
-                artifact_type = schemas.check_artifact_type(artifact_type, allowed)
-            except PydanticCustomError as exc:
-                raise validation_error(
-                    ("query", "artifact_type"), "enum", exc.message(), artifact_type, exc.context
-                ) from None
+        # CONTRACT.md: a free string (an unknown type matches nothing, as Syntropic's
+        # dashboard expects of its type filter); an empty value is no filter. Matched in any
+        # case, as a create takes the type.
+        artifact_type = p.artifact_type.lower() if p.artifact_type else None
         after = None
         if p.cursor is not None:
             try:
