@@ -33,6 +33,7 @@ from app.auth import caller_of
 from app.errors import ApiError
 from app.http import Answer
 from app.params import Params, query_items
+from app.urls import escaped_path
 from storage.errors import BlobTooLarge
 from storage.idempotency import (
     Claimed,
@@ -73,8 +74,7 @@ def canonical(value: Any) -> bytes:
 
 def fingerprint(request: Request[Any, Any, Any], *parts: bytes | str | None) -> str:
     """sha256 of the operation (method, path, query) and what the body means (`parts`)."""
-    path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
-    path = path.removeprefix("/api/v1")
+    path = escaped_path(request.scope["path"]).removeprefix("/api/v1")
     query = sorted(query_items(request))
     items: list[bytes | str | None] = [request.scope["method"], path, canonical(query), *parts]
     h = hashlib.sha256()

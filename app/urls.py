@@ -45,12 +45,17 @@ def _host_header(scope: dict[str, Any]) -> str | None:
     return None
 
 
+def escaped_path(path: str) -> str:
+    """A decoded path as it stands in a URL the reference builds (`?`, `#`, `\\` escaped)."""
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+
+
 def url_of(scope: dict[str, Any], path: str | None = None, query: str | None = None) -> str:
     """The request's URL (or the same origin with another path or query)."""
     scheme = scope.get("scheme", "http")
     if path is None:
         path = scope["path"]
-    path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    path = escaped_path(path)
     if query is None:
         query = scope.get("query_string", b"").decode()
     netloc = _authority(_host_header(scope))

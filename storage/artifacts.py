@@ -69,17 +69,6 @@ RECLAIMED = (
     "The content was reclaimed by garbage collection while it was being stored; retry the request."
 )
 
-# The statements of a load by id, built once: building a select and its cache key anew each
-# time was a tenth of a get's CPU.
-BY_ID = sa.select(artifacts).where(
-    artifacts.c.id == sa.bindparam("id"), artifacts.c.tenant == sa.bindparam("tenant"), LIVE
-)
-PARENTS_OF = (
-    sa.select(lineage.c.parent_id)
-    .where(lineage.c.child_id == sa.bindparam("id"))
-    .order_by(lineage.c.position)
-)
-
 SUMMARY_COLUMNS = tuple(artifacts.c[name] for name in SUMMARY_FIELDS)
 
 Content = bytes | AsyncIterable[bytes | memoryview]
@@ -280,7 +269,7 @@ class ArtifactService:
         def write(conn: sa.Connection, epoch: int | None) -> Artifact:
             now = self.clock()
             self._ensure_blob_row(conn, put, now, epoch)
-            before = self._load_sync(conn, artifact_id)
+            before = self._load_one(conn, artifact_id)
             result = conn.execute(
                 artifacts.update()
                 .where(artifacts.c.id == artifact_id, self.mine, LIVE)
@@ -295,7 +284,7 @@ class ArtifactService:
             )
             if result.rowcount == 0:
                 raise ArtifactNotFound(artifact_id)
-            after = self._load_sync(conn, artifact_id)
+            after = self._load_one(conn, artifact_id)
             event = _event("artifact.content_replaced", after, previous_hash=before.content_hash)
             append(conn, [event], now, tenant=self.tenant)
             if hook is not None:
@@ -310,7 +299,7 @@ class ArtifactService:
         self, artifact_id: str, changes: ArtifactChanges, *, hook: WriteHook | None = None
     ) -> Artifact:
         def write(conn: sa.Connection) -> Artifact:
-            current = self._load_sync(conn, artifact_id)
+            current = self._load_one(conn, artifact_id)
             now = self.clock()
             values: dict[str, Any] = {"updated_at": now}
             if changes.title is not None:
@@ -329,7 +318,7 @@ class ArtifactService:
             conn.execute(
                 artifacts.update().where(artifacts.c.id == artifact_id, self.mine).values(values)
             )
-            after = self._load_sync(conn, artifact_id)
+            after = self._load_one(conn, artifact_id)
             changed = sorted(k for k in values if k != "updated_at")
             feed.insert(0, _event("artifact.updated", after, changed=changed))
             append(conn, feed, now, tenant=self.tenant)
@@ -347,7 +336,7 @@ class ArtifactService:
 
         def write(conn: sa.Connection) -> Artifact:
             now = self.clock()
-            current = self._load_sync(conn, artifact_id)
+            current = self._load_one(conn, artifact_id)
             conn.execute(
                 artifacts.update()
                 .where(artifacts.c.id == artifact_id, self.mine, LIVE)
@@ -372,7 +361,7 @@ class ArtifactService:
 
         def find(conn: sa.Connection) -> Artifact | None:
             found = self._source_id(conn, source, source_ref)
-            return None if found is None else self._load_sync(conn, found)
+            return None if found is None else self._load_one(conn, found)
 
         return await self.db.run_read(find)
 
@@ -582,13 +571,6 @@ class ArtifactService:
         if row is None:
             raise ArtifactNotFound(artifact_id)
         return artifact_sql.artifact_from_row(row)
-
-    def _load_sync(self, conn: sa.Connection, artifact_id: str) -> Artifact:
-        row = conn.execute(BY_ID, {"id": artifact_id, "tenant": self.tenant}).first()
-        if row is None:
-            raise ArtifactNotFound(artifact_id)
-        parents = conn.execute(PARENTS_OF, {"id": artifact_id}).scalars().all()
-        return row_to_artifact(row, tuple(parents))
 
     def _live_parents(
         self, conn: sa.Connection, parent_ids: Sequence[str]

@@ -69,7 +69,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _too_deep(value: Any, limit: int) -> bool:
+def too_deep(value: Any, limit: int) -> bool:
     """Whether arrays/objects nest more than `limit` levels (level by level: no recursion)."""
     level = [value] if isinstance(value, dict | list) else []
     for _ in range(limit):
@@ -126,7 +126,7 @@ def parse_json(body: bytes) -> Any:
         raise _json_invalid(0, "Nested too deeply") from None
     except ValueError as exc:
         raise _json_invalid(0, str(exc)) from None
-    if _too_deep(data, MAX_JSON_DEPTH):
+    if too_deep(data, MAX_JSON_DEPTH):
         raise _json_invalid(0, "Nested too deeply")
     position = _lone_surrogate_at(body, data)
     if position is not None:

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
-from app.artifacts.body import parse_json
+from app.artifacts.body import parse_json, too_deep
 from app.errors import InvalidInput
 from app.settings import Settings
 
@@ -261,7 +261,7 @@ def fast_create(body: bytes, settings: Settings) -> CreateArtifactIn | None:
         return None
     metadata = data.metadata
     if metadata:
-        if _nested_deeper(metadata, _MAX_METADATA_DEPTH):
+        if too_deep(metadata, _MAX_METADATA_DEPTH):
             return None
         size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
         if size > settings.max_metadata_bytes:
@@ -269,18 +269,3 @@ def fast_create(body: bytes, settings: Settings) -> CreateArtifactIn | None:
     if data.artifact_type not in settings.artifact_types:
         data.artifact_type = data.artifact_type.lower()
     return data
-
-
-def _nested_deeper(value: Any, limit: int) -> bool:
-    """Whether arrays/objects nest more than `limit` levels (level by level: no recursion)."""
-    level = [value]
-    for _ in range(limit):
-        level = [
-            child
-            for node in level
-            for child in (node.values() if isinstance(node, dict) else node)
-            if isinstance(child, dict | list)
-        ]
-        if not level:
-            return False
-    return True
