@@ -32,6 +32,7 @@ from tests.support.abuse import (
     only_error,
     part,
     problem,
+    stopped_cleanly,
     too_long,
 )
 from tests.support.inprocess import AppServer, start_app
@@ -39,12 +40,8 @@ from tests.support.inprocess import AppServer, start_app
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    server = start_app(tmp_path_factory.mktemp("tight") / "data", env=TIGHT)
-    try:
+    with stopped_cleanly(start_app(tmp_path_factory.mktemp("tight") / "data", env=TIGHT)) as server:
         yield server
-    finally:
-        server.stop()
-        assert "Traceback" not in server.log.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,10 @@ from typing import Any
 import httpx
 import pytest
 
-from storage.db.engine import sqlite_url
-from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.databases import (
+    BACKENDS,
+    fresh_database,
+)
 from tests.support.inprocess import AppServer, start_app
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -72,18 +74,12 @@ class Live:
 @pytest.fixture(scope="module", params=BACKENDS)
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("events")
-    if request.param == "sqlite":
-        url, drop = sqlite_url(root / "artifacts.db"), None
-    else:
-        assert POSTGRES_URL
-        url = drop = create_pg_database(POSTGRES_URL)
-    server = start_app(root / "data", database_url=url)
-    try:
-        yield Live(server, url, root)
-    finally:
-        server.stop()
-        if drop is not None:
-            drop_pg_database(POSTGRES_URL or "", drop)
+    with fresh_database(root, request.param) as url:
+        server = start_app(root / "data", database_url=url)
+        try:
+            yield Live(server, url, root)
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")

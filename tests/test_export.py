@@ -22,8 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from storage.db.engine import sqlite_url
-from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.databases import (
+    BACKENDS,
+    fresh_database,
+)
 from tests.support.exports import (
     HOSTILE_TITLES,
     MEDIA,
@@ -42,18 +44,12 @@ from tests.support.inprocess import start_app
 @pytest.fixture(scope="module", params=BACKENDS)
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("export")
-    if request.param == "sqlite":
-        url, drop = sqlite_url(root / "artifacts.db"), None
-    else:
-        assert POSTGRES_URL
-        url = drop = create_pg_database(POSTGRES_URL)
-    server = start_app(root / "data", database_url=url)
-    try:
-        yield Live(server, url)
-    finally:
-        server.stop()
-        if drop is not None:
-            drop_pg_database(POSTGRES_URL or "", drop)
+    with fresh_database(root, request.param) as url:
+        server = start_app(root / "data", database_url=url)
+        try:
+            yield Live(server, url)
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from app.settings import Settings
 from tests.support import rawhttp
+from tests.support.inprocess import AppServer
 from tests.support.servers import Server
 
 KiB = 1 << 10
@@ -285,3 +286,17 @@ JUNK = {
     "junk before the first boundary": (b"garbage!", True),
     "CR/LF after the closing boundary": (b"\r\n", False),
 }
+
+
+S = TypeVar("S", AppServer, Server)
+
+
+@contextmanager
+def stopped_cleanly(server: S) -> Iterator[S]:
+    """A server for a module of hostile requests: stopped afterwards, and its log may hold no
+    traceback, whatever was thrown at it."""
+    try:
+        yield server
+    finally:
+        server.stop()
+        assert "Traceback" not in server.log.read_text()

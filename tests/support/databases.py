@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+from storage.db.engine import sqlite_url
 
 POSTGRES_URL = os.environ.get("ARTIFACTS_TEST_POSTGRES_URL")
 
@@ -55,6 +60,21 @@ def create_pg_database(base_url: str, template: str | None = None) -> str:
 def drop_pg_database(base_url: str, test_url: str) -> None:
     name = make_url(test_url).database
     asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def fresh_database(root: Path, backend: str) -> Iterator[str]:
+    """An empty database for a server that migrates at start: a SQLite file under `root`, or a
+    new PostgreSQL database, dropped afterwards."""
+    if backend == "sqlite":
+        yield sqlite_url(root / "artifacts.db")
+        return
+    assert POSTGRES_URL
+    url = create_pg_database(POSTGRES_URL)
+    try:
+        yield url
+    finally:
+        drop_pg_database(POSTGRES_URL, url)
 
 
 def count_rows(database_url: str, table: str) -> int:

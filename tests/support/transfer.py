@@ -20,14 +20,11 @@ import httpx
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from storage.db.engine import sqlite_url
 from storage.digest import blob_relpath
 from tests.support import rawhttp
 from tests.support.databases import (
-    POSTGRES_URL,
     count_rows,
-    create_pg_database,
-    drop_pg_database,
+    fresh_database,
 )
 from tests.support.inprocess import AppServer, start_app
 
@@ -85,20 +82,12 @@ class Live:
 @contextmanager
 def running(root: Path, backend: str, env: dict[str, str] | None = None) -> Iterator[Live]:
     """The app on a fresh database (migrated at start, as `artifacts serve` does)."""
-    if backend == "sqlite":
-        url = sqlite_url(root / "artifacts.db")
-        drop = None
-    else:
-        assert POSTGRES_URL
-        url = create_pg_database(POSTGRES_URL)
-        drop = url
-    server = start_app(root / "data", database_url=url, env=env)
-    try:
-        yield Live(server, url)
-    finally:
-        server.stop()
-        if drop is not None:
-            drop_pg_database(POSTGRES_URL or "", drop)
+    with fresh_database(root, backend) as url:
+        server = start_app(root / "data", database_url=url, env=env)
+        try:
+            yield Live(server, url)
+        finally:
+            server.stop()
 
 
 def sha(data: bytes) -> str:

@@ -45,6 +45,7 @@ from tests.support.abuse import (
     post_json_bytes,
     problem,
     repeat,
+    stopped_cleanly,
     trickle,
 )
 from tests.support.servers import Server, start_server
@@ -52,23 +53,15 @@ from tests.support.servers import Server, start_server
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("tight") / "data", env=TIGHT)
-    try:
-        yield server
-    finally:
-        server.stop()
-        assert "Traceback" not in server.log.read_text()
+    with stopped_cleanly(start_server(tmp_path_factory.mktemp("tight") / "data", env=TIGHT)) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {"ARTIFACTS_BODY_IDLE_TIMEOUT": str(HOSTILE_IDLE)}
-    server = start_server(tmp_path_factory.mktemp("hostile") / "data", env=env)
-    try:
-        yield server
-    finally:
-        server.stop()
-        assert "Traceback" not in server.log.read_text()
+    with stopped_cleanly(start_server(tmp_path_factory.mktemp("hostile") / "data", env=env)) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
