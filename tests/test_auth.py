@@ -35,11 +35,11 @@ POLICY = {
     ("HEAD", "/artifacts/{artifact_id}/download"): "artifact:read",
     ("GET", "/artifacts/{artifact_id}/lineage"): "artifact:read",
     ("POST", "/artifacts/{artifact_id}/download-url"): "artifact:read",
-    ("GET", "/workflows"): "artifact:read",
-    ("GET", "/workflows/{workflow_id}"): "artifact:read",
-    ("GET", "/workflows/{workflow_id}/deliverables"): "artifact:read",
-    ("GET", "/workflows/{workflow_id}/export"): "artifact:read",
-    ("GET", "/events"): "artifact:read",
+    ("GET", "/store/workflows"): "artifact:read",
+    ("GET", "/store/workflows/{workflow_id}"): "artifact:read",
+    ("GET", "/store/workflows/{workflow_id}/deliverables"): "artifact:read",
+    ("GET", "/store/workflows/{workflow_id}/export"): "artifact:read",
+    ("GET", "/store/events"): "artifact:read",
     ("POST", "/imports/crownest"): "import:run",
     ("GET", "/imports/{import_id}"): "artifact:read",
     ("POST", "/imports/{import_id}/resume"): "import:run",
@@ -109,7 +109,7 @@ def test_every_route_against_every_scope_set(keyed_server: tuple[AppServer, Keys
                 continue
             needed = declared[0][0]
             target = fill(path, ids)
-            if path.endswith("/events"):
+            if path.endswith("/store/events"):
                 target += "?after=0"
             for bad in (None, "wfa_not-a-key", keys.revoked, keys.expired):
                 headers = {} if bad is None else bearer(bad)

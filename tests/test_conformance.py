@@ -75,8 +75,8 @@ def test_upload_content_type_must_be_a_media_type(client: httpx.Client) -> None:
     [
         ("/artifacts", "created_after"),
         ("/artifacts", "created_before"),
-        ("/workflows", "active_after"),
-        ("/workflows", "active_before"),
+        ("/store/workflows", "active_after"),
+        ("/store/workflows", "active_before"),
     ],
 )
 def test_date_filters_take_iso_8601_not_unix_time(

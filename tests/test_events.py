@@ -1,4 +1,4 @@
-"""GET /events, the change feed, against the real app in process.
+"""GET /store/events, the change feed, against the real app in process.
 
 Every kind of write is made over HTTP and the feed must then hold exactly the events it
 documents, with exact payloads (storage/artifacts.py); failed writes must add none. JSON pages
@@ -164,7 +164,7 @@ def deliverable_event(
 
 
 def page(http: httpx.Client, **params: Any) -> tuple[list[dict[str, Any]], str]:
-    r = http.get("/events", params=params, headers=JSON)
+    r = http.get("/store/events", params=params, headers=JSON)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/json"
     body = r.json()
@@ -268,7 +268,7 @@ def sse(
     client: httpx.Client, headers: dict[str, str] | None = None, **params: Any
 ) -> Iterator[Iterator[Frame]]:
     """An open stream, past its opening `retry:` frame; yields the event frames."""
-    with client.stream("GET", "/events", params=params, headers=headers or {}) as r:
+    with client.stream("GET", "/store/events", params=params, headers=headers or {}) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
         assert r.headers["cache-control"] == "no-cache"
@@ -511,7 +511,7 @@ def test_json_pages_walk_the_feed_without_gap_or_repeat(http: httpx.Client) -> N
     assert page(http, after="0007", limit=1000)[0] == everything[7:]
     assert page(http, after="0999999999", limit=5) == ([], "999999999")  # normalised
     # the /api/v1 alias is the same feed
-    r = http.get("/api/v1/events", params={"after": "3", "limit": 4}, headers=JSON)
+    r = http.get("/api/v1/store/events", params={"after": "3", "limit": 4}, headers=JSON)
     assert r.json() == {"events": everything[3:7], "next_cursor": everything[6]["id"]}
 
 
@@ -556,7 +556,7 @@ def validation_body(loc: list[str], value: str) -> dict[str, Any]:
 )
 def test_bad_cursor_is_422(http: httpx.Client, value: str) -> None:
     for headers in (JSON, {}):  # JSON page and SSE alike, before any stream starts
-        r = http.get("/events", params={"after": value}, headers=headers)
+        r = http.get("/store/events", params={"after": value}, headers=headers)
         assert r.status_code == 422, r.text
         assert r.json() == validation_body(["query", "after"], value)
 
@@ -564,17 +564,17 @@ def test_bad_cursor_is_422(http: httpx.Client, value: str) -> None:
 def test_last_event_id_header(http: httpx.Client) -> None:
     for value in ("abc", "-1", "1.5"):
         for headers in (JSON, {}):
-            r = http.get("/events", headers={**headers, "last-event-id": value})
+            r = http.get("/store/events", headers={**headers, "last-event-id": value})
             assert r.status_code == 422
             assert r.json() == validation_body(["header", "last-event-id"], value)
     create(http, f"wf-leid-{uuid.uuid4().hex[:6]}")
     create(http, f"wf-leid-{uuid.uuid4().hex[:6]}")
     events = read_all(http)
     second_last = events[-2]["id"]
-    r = http.get("/events", headers={**JSON, "last-event-id": second_last})
+    r = http.get("/store/events", headers={**JSON, "last-event-id": second_last})
     assert r.json()["events"] == events[-1:]
     # `after` wins over the header (even a malformed one)
-    r = http.get("/events", params={"after": "1"}, headers={**JSON, "last-event-id": "junk"})
+    r = http.get("/store/events", params={"after": "1"}, headers={**JSON, "last-event-id": "junk"})
     assert r.status_code == 200
     assert r.json()["events"][0]["id"] == "2"
 
@@ -584,14 +584,14 @@ def test_limit_bounds(http: httpx.Client) -> None:
         ("0", {"ge": 1}, "Input should be greater than or equal to 1", "greater_than_equal"),
         ("1001", {"le": 1000}, "Input should be less than or equal to 1000", "less_than_equal"),
     ):
-        r = http.get("/events", params={"limit": value}, headers=JSON)
+        r = http.get("/store/events", params={"limit": value}, headers=JSON)
         assert r.status_code == 422
         assert r.json() == {
             "detail": [
                 {"type": kind, "loc": ["query", "limit"], "msg": msg, "input": value, "ctx": ctx}
             ]
         }
-    r = http.get("/events", params={"limit": "many"}, headers=JSON)
+    r = http.get("/store/events", params={"limit": "many"}, headers=JSON)
     assert r.status_code == 422
     assert r.json()["detail"][0]["type"] == "int_parsing"
 

@@ -1,4 +1,4 @@
-"""GET /workflows/{id}/export against the real app in process, checked through real archives.
+"""GET /store/workflows/{id}/export against the real app in process, checked through real archives.
 
 One workflow per backend holds every kind of content (JSON-created text, raw and multipart
 uploads, invalid UTF-8, an empty file, a few MiB of binary), several phases (a null one, one
@@ -89,7 +89,7 @@ def test_export_matches_manifest_api_and_downloads(
             "/artifacts", params={"workflow_id": mixed.id, "is_primary_deliverable": "true"}
         )
         assert {a["id"] for a in listed.json()} == primaries
-        deliverables = http.get(f"/workflows/{mixed.id}/deliverables")
+        deliverables = http.get(f"/store/workflows/{mixed.id}/deliverables")
         assert {a["id"] for a in deliverables.json()} == primaries
     else:
         assert ids == {i.id for i in mixed.live()}
@@ -140,7 +140,7 @@ def test_deliverables_scope_without_primaries_is_just_the_manifest(http: httpx.C
 
 
 def test_bad_format_or_scope_is_422(http: httpx.Client, mixed: Workflow) -> None:
-    r = http.get(f"/workflows/{mixed.id}/export", params={"format": "rar"})
+    r = http.get(f"/store/workflows/{mixed.id}/export", params={"format": "rar"})
     assert r.status_code == 422
     assert r.json() == {
         "detail": [
@@ -153,7 +153,7 @@ def test_bad_format_or_scope_is_422(http: httpx.Client, mixed: Workflow) -> None
             }
         ]
     }
-    r = http.get(f"/workflows/{mixed.id}/export", params={"scope": "some"})
+    r = http.get(f"/store/workflows/{mixed.id}/export", params={"scope": "some"})
     assert r.status_code == 422
     assert r.json() == {
         "detail": [
@@ -166,13 +166,13 @@ def test_bad_format_or_scope_is_422(http: httpx.Client, mixed: Workflow) -> None
             }
         ]
     }
-    r = http.get("/workflows/no-such-workflow/export", params={"format": "ZIP"})
+    r = http.get("/store/workflows/no-such-workflow/export", params={"format": "ZIP"})
     assert r.status_code == 422  # validated before the lookup; case matters
 
 
 def test_unknown_or_emptied_workflow_is_404(http: httpx.Client) -> None:
     for fmt in ("zip", "tar"):
-        r = http.get("/workflows/no-such-workflow/export", params={"format": fmt})
+        r = http.get("/store/workflows/no-such-workflow/export", params={"format": fmt})
         assert r.status_code == 404
         assert r.json() == {
             "detail": "Workflow 'no-such-workflow' has no artifacts.",
@@ -181,10 +181,10 @@ def test_unknown_or_emptied_workflow_is_404(http: httpx.Client) -> None:
     b = Builder(http, f"wf-emptied-{uuid.uuid4().hex[:8]}")
     b.delete(b.create("only", "p", "x", primary=True))
     for scope in ("all", "deliverables"):
-        r = http.get(f"/workflows/{b.wf.id}/export", params={"scope": scope})
+        r = http.get(f"/store/workflows/{b.wf.id}/export", params={"scope": scope})
         assert r.status_code == 404
         assert r.json()["code"] == "workflow_not_found"
-    r = http.get("/api/v1/workflows/no-such-workflow/export")
+    r = http.get("/api/v1/store/workflows/no-such-workflow/export")
     assert r.status_code == 404 and r.json()["code"] == "workflow_not_found"
 
 

@@ -75,9 +75,9 @@ PROBES = [
     ("POST", "/artifacts/{id}/upload"),
     ("POST", "/artifacts/{id}/download-url"),
     ("GET", "/artifacts/{prefix}"),
-    ("GET", "/workflows/{wf}"),
-    ("GET", "/workflows/{wf}/deliverables"),
-    ("GET", "/workflows/{wf}/export"),
+    ("GET", "/store/workflows/{wf}"),
+    ("GET", "/store/workflows/{wf}/deliverables"),
+    ("GET", "/store/workflows/{wf}/export"),
     ("GET", "/imports/{job}"),
     ("POST", "/imports/{job}/resume"),
 ]
@@ -154,17 +154,17 @@ def test_lists_feeds_and_workflows_never_include_the_other_tenant(
     assert sorted(listed) == sorted(mine)
     assert b.get("/artifacts", params={"derived_from": theirs[0]}).json() == []
     assert b.get("/artifacts", params={"workflow_id": "only-a"}).json() == []
-    flows = {w["workflow_id"]: w for w in b.get("/workflows").json()}
+    flows = {w["workflow_id"]: w for w in b.get("/store/workflows").json()}
     assert set(flows) == {"shared"} and flows["shared"]["artifact_count"] == 3
     assert flows["shared"]["phases"] == [None]
-    shared = b.get("/workflows/shared").json()
+    shared = b.get("/store/workflows/shared").json()
     assert [p["artifact_count"] for p in shared["phases"]] == [3]
-    events = b.get("/events", params={"after": 0}, headers={"Accept": "application/json"})
+    events = b.get("/store/events", params={"after": 0}, headers={"Accept": "application/json"})
     assert events.status_code == 200, events.text
     body = events.json()
     seen = {e["artifact_id"] for e in (body["events"] if isinstance(body, dict) else body)}
     assert seen == set(mine)
-    export = b.get("/workflows/shared/export", params={"format": "tar"})
+    export = b.get("/store/workflows/shared/export", params={"format": "tar"})
     assert export.status_code == 200
     import io
     import tarfile

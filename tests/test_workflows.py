@@ -1,4 +1,5 @@
-"""Workflow views (`GET /workflows`, `/workflows/{id}`, `/workflows/{id}/deliverables`).
+"""Workflow views (`GET /store/workflows`, `/store/workflows/{id}`,
+`/store/workflows/{id}/deliverables`).
 
 A data set per backend (module scope) is written in-process through ArtifactService with a
 hand-driven clock (so several workflows share a last activity, phases share a first activity,
@@ -411,7 +412,7 @@ def ok(http: httpx.Client, url: str, **params: Any) -> httpx.Response:
     return response
 
 
-# -- the data set is what the tests need -------------------------------------------------------
+# -- the data set is what the tests need ----------------------------------------------------------
 
 
 def test_the_data_set_exercises_what_it_should(env: Env) -> None:
@@ -430,7 +431,7 @@ def test_the_data_set_exercises_what_it_should(env: Env) -> None:
     assert {0, 1, 2, 3} <= counts
 
 
-# -- GET /workflows -----------------------------------------------------------------------------
+# -- GET /store/workflows -------------------------------------------------------------------------
 
 
 def test_list_is_exact(env: Env, http: httpx.Client) -> None:
@@ -438,7 +439,7 @@ def test_list_is_exact(env: Env, http: httpx.Client) -> None:
     expected = [model.listing(w) for w in model.workflow_ids()]
     for prefix in ("", "/api/v1"):
         for params in ({}, {"limit": 200}, {"limit": 16}):
-            response = ok(http, f"{prefix}/workflows", **params)
+            response = ok(http, f"{prefix}/store/workflows", **params)
             assert response.json() == expected, (prefix, params)
             assert "x-next-cursor" not in response.headers and "link" not in response.headers
 
@@ -470,10 +471,10 @@ def test_pagination_returns_every_workflow_once_in_order(env: Env, http: httpx.C
     for limit in (1, 2, 3, 4, 7, 14):
         for by_link in (False, True):
             for prefix in ("", "/api/v1"):
-                pages = walk(http, f"{prefix}/workflows", {"limit": limit}, by_link)
+                pages = walk(http, f"{prefix}/store/workflows", {"limit": limit}, by_link)
                 assert pages == [expected[i : i + limit] for i in range(0, len(expected), limit)]
     # the three-way tie on last activity is cut between pages and still walked in order
-    pages = walk(http, "/workflows", {"limit": 2}, False)
+    pages = walk(http, "/store/workflows", {"limit": 2}, False)
     assert [w["workflow_id"] for w in pages[0]] == ["wfz", "wfphasetie"]
     assert pages[1][0]["workflow_id"] == "wfmixed"
 
@@ -513,9 +514,9 @@ def test_active_after_and_before_are_exclusive_bounds_on_last_activity(
                 params["active_before"] = us_to_iso(before)
             want = expected(after, before)
             seen.add(len(want))
-            assert ok(http, "/workflows", **params).json() == want, params
+            assert ok(http, "/store/workflows", **params).json() == want, params
             # the same bounds hold across pages
-            pages = walk(http, "/workflows", {**params, "limit": 2}, True)
+            pages = walk(http, "/store/workflows", {**params, "limit": 2}, True)
             assert [w for page in pages for w in page] == want, params
     assert 0 in seen and len(order) - 1 in seen and len(seen) >= 6
     # another offset, and no offset at all (taken as UTC), mean the same instants
@@ -524,9 +525,9 @@ def test_active_after_and_before_are_exclusive_bounds_on_last_activity(
     shifted = f"{int(iso[11:13]) + 2:02d}"
     assert iso[11:13] < "22"
     plus_two = iso[:11] + shifted + iso[13:-1] + "+02:00"
-    assert ok(http, "/workflows", active_before=plus_two).json() == expected(None, t)
-    assert ok(http, "/workflows", active_after=iso[:-1]).json() == expected(t, None)
-    response = http.get("/workflows", params={"active_after": "yesterday"})
+    assert ok(http, "/store/workflows", active_before=plus_two).json() == expected(None, t)
+    assert ok(http, "/store/workflows", active_after=iso[:-1]).json() == expected(t, None)
+    response = http.get("/store/workflows", params={"active_after": "yesterday"})
     assert response.status_code == 422
     assert [(d["type"], d["loc"]) for d in response.json()["detail"]] == [
         ("datetime_from_date_parsing", ["query", "active_after"])
@@ -558,14 +559,14 @@ def test_bad_cursor_and_limit_are_422(env: Env, http: httpx.Client) -> None:
         cursor_of(["w1", 5, "wf\u0000a"]),
     ):
         for prefix in ("", "/api/v1"):
-            response = http.get(f"{prefix}/workflows", params={"cursor": bad})
+            response = http.get(f"{prefix}/store/workflows", params={"cursor": bad})
             assert response.status_code == 422, (bad, response.text)
             assert response.text == (
                 '{"detail":[{"type":"cursor_invalid","loc":["query","cursor"],'
                 f'"msg":"Not a cursor this service issued","input":{json.dumps(bad)}}}]}}'
             )
     # a well-formed cursor past everything is just an empty page
-    assert ok(http, "/workflows", cursor=cursor_of(["w1", 0, ""])).json() == []
+    assert ok(http, "/store/workflows", cursor=cursor_of(["w1", 0, ""])).json() == []
     for limit, text in (
         (
             "0",
@@ -578,11 +579,11 @@ def test_bad_cursor_and_limit_are_422(env: Env, http: httpx.Client) -> None:
             '"msg":"Input should be less than or equal to 200","input":"201","ctx":{"le":200}}]}',
         ),
     ):
-        response = http.get("/workflows", params={"limit": limit})
+        response = http.get("/store/workflows", params={"limit": limit})
         assert (response.status_code, response.text) == (422, text)
 
 
-# -- GET /workflows/{id} ----------------------------------------------------------------------
+# -- GET /store/workflows/{id} --------------------------------------------------------------------
 
 
 def test_each_workflow_by_phase(env: Env, http: httpx.Client) -> None:
@@ -590,10 +591,10 @@ def test_each_workflow_by_phase(env: Env, http: httpx.Client) -> None:
     for workflow_id in model.workflow_ids():
         expected = model.detail(workflow_id)
         for prefix in ("", "/api/v1"):
-            assert ok(http, f"{prefix}/workflows/{path(workflow_id)}").json() == expected
+            assert ok(http, f"{prefix}/store/workflows/{path(workflow_id)}").json() == expected
     # spot checks that do not lean on the model
     n = env.world.names
-    body = ok(http, "/workflows/wfphasetie").json()
+    body = ok(http, "/store/workflows/wfphasetie").json()
     assert [p["phase_id"] for p in body["phases"]] == [None, "alpha", "beta", "gamma"]
     assert [p["sessions"] for p in body["phases"]] == [["s1"], ["s0", "s3"], ["s2"], []]
     assert [(p["primary_deliverable"] or {}).get("id") for p in body["phases"]] == [
@@ -602,14 +603,14 @@ def test_each_workflow_by_phase(env: Env, http: httpx.Client) -> None:
         None,
         None,
     ]
-    flip = ok(http, "/workflows/wfflip").json()
+    flip = ok(http, "/store/workflows/wfflip").json()
     assert [(p["phase_id"], p["artifact_count"]) for p in flip["phases"]] == [
         ("late", 1),
         ("early", 1),
     ]
     sizes = [len(model.arts[n[name]].content) for name in ("flip2", "flip3")]
     assert flip["artifact_count"] == 2 and flip["total_bytes"] == sum(sizes) == 32 + 11
-    mixed = ok(http, "/workflows/wfmixed").json()
+    mixed = ok(http, "/store/workflows/wfmixed").json()
     assert mixed["phases"][0]["primary_deliverable"]["size_bytes"] == len(
         b"replaced content, much longer than before"
     )
@@ -621,7 +622,7 @@ def test_unknown_workflow_is_404(env: Env, http: httpx.Client) -> None:
     for workflow_id in ("wfgone", "nope", "WFA", "wfa ", "%", "wfa\x00", "\x00"):
         for prefix in ("", "/api/v1"):
             for suffix in ("", "/deliverables"):
-                response = http.get(f"{prefix}/workflows/{path(workflow_id)}{suffix}")
+                response = http.get(f"{prefix}/store/workflows/{path(workflow_id)}{suffix}")
                 assert response.status_code == 404, (workflow_id, suffix)
                 assert response.json() == {
                     "detail": f"Workflow {workflow_id!r} has no artifacts.",
@@ -629,7 +630,7 @@ def test_unknown_workflow_is_404(env: Env, http: httpx.Client) -> None:
                 }
 
 
-# -- GET /workflows/{id}/deliverables -----------------------------------------------------------
+# -- GET /store/workflows/{id}/deliverables -------------------------------------------------------
 
 
 def test_deliverables_of_every_workflow(env: Env, http: httpx.Client) -> None:
@@ -639,7 +640,7 @@ def test_deliverables_of_every_workflow(env: Env, http: httpx.Client) -> None:
     for workflow_id in model.workflow_ids():
         arts = model.deliverables(workflow_id)
         shapes.add(len(arts))
-        url = f"/workflows/{path(workflow_id)}/deliverables"
+        url = f"/store/workflows/{path(workflow_id)}/deliverables"
         for params, include in (({}, False), ({"include_content": "false"}, False)):
             assert ok(http, url, **params).json() == [a.record(base, include) for a in arts]
         body = ok(http, url, include_content="true").json()
@@ -648,7 +649,9 @@ def test_deliverables_of_every_workflow(env: Env, http: httpx.Client) -> None:
         assert v1 == [a.record(base + "/api/v1", True) for a in arts]
     assert {0, 1, 2, 3} <= shapes
     n = env.world.names
-    unicode = ok(http, f"/workflows/{path(UNICODE_WF)}/deliverables", include_content=1).json()
+    unicode = ok(
+        http, f"/store/workflows/{path(UNICODE_WF)}/deliverables", include_content=1
+    ).json()
     assert [(d["id"], d["derived_from"]) for d in unicode] == [
         (n["u2"], [n["u1"]]),
         (n["u3"], []),
@@ -657,7 +660,7 @@ def test_deliverables_of_every_workflow(env: Env, http: httpx.Client) -> None:
     assert unicode[1]["content"] is None  # binary: never inlined
 
 
-# -- the deliverables follow every promotion and demotion (over HTTP, step by step) ----------
+# -- the deliverables follow every promotion and demotion (over HTTP, step by step) ---------------
 
 
 @dataclass
@@ -730,7 +733,7 @@ def test_deliverables_follow_promotions_and_demotions(
         compared with the bookkeeping)."""
         assert [live.primary[p] for p in live.order if p in live.primary] == expected
         for prefix in ("", "/api/v1"):
-            url = f"{prefix}/workflows/{wf}/deliverables"
+            url = f"{prefix}/store/workflows/{wf}/deliverables"
             for include in (False, True):
                 response = client.get(url, params={"include_content": include})
                 assert response.status_code == 200
@@ -746,12 +749,12 @@ def test_deliverables_follow_promotions_and_demotions(
                     assert d["download_url"] == f"{server.url}{prefix}/artifacts/{d['id']}/download"
             assert client.get(url).json() == client.get(url, params={"include_content": 0}).json()
         # the workflow view, the list of workflows and the flags of the artifacts agree
-        view = client.get(f"/workflows/{wf}").json()
+        view = client.get(f"/store/workflows/{wf}").json()
         assert [p["phase_id"] for p in view["phases"]] == live.order
         assert [(p["primary_deliverable"] or {}).get("id") for p in view["phases"]] == [
             live.primary.get(p) for p in live.order
         ]
-        [summary] = [w for w in client.get("/workflows").json() if w["workflow_id"] == wf]
+        [summary] = [w for w in client.get("/store/workflows").json() if w["workflow_id"] == wf]
         assert summary["primary_deliverables"] == len(expected)
         assert summary["phases"] == live.order
         listed = client.get("/artifacts", params={"workflow_id": wf, "limit": 200}).json()
@@ -779,7 +782,7 @@ def test_deliverables_follow_promotions_and_demotions(
     check([a1, b1])
     other = create("research", True, workflow="wfother")  # another workflow, same phase name
     check([a1, b1])
-    assert [d["id"] for d in client.get("/workflows/wfother/deliverables").json()] == [other]
+    assert [d["id"] for d in client.get("/store/workflows/wfother/deliverables").json()] == [other]
     delete(a1)  # the primary is deleted: a2 is not promoted in its place, and research now
     assert live.order == ["design", "research"]  # starts with a2, after design's b1
     check([b1])
@@ -821,7 +824,7 @@ def test_deliverables_follow_promotions_and_demotions(
         if artifact_id not in live.deleted:
             delete(artifact_id)
     for suffix in ("", "/deliverables"):
-        response = client.get(f"/workflows/{wf}{suffix}")
+        response = client.get(f"/store/workflows/{wf}{suffix}")
         assert response.status_code == 404
         assert response.json() == {
             "detail": f"Workflow {wf!r} has no artifacts.",

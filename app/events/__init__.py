@@ -1,1 +1,1 @@
-"""The change feed over HTTP (GET /events): app/events/controller.py."""
+"""The change feed over HTTP (GET /store/events): app/events/controller.py."""

@@ -1,4 +1,4 @@
-"""GET /events: the change feed, as Server-Sent Events or as JSON pages.
+"""GET /store/events: the change feed, as Server-Sent Events or as JSON pages.
 
 Resumable by cursor (`after=`, or the SSE `Last-Event-ID` header a browser sends on reconnect):
 events are written in the transaction of the change they describe and numbered in commit order
@@ -100,7 +100,7 @@ class EventController(Controller):
     path = "/"
 
     @get(
-        "/events",
+        "/store/events",
         opt={
             "scope": "artifact:read",
             "statuses": (200, 401, 403, 422, 429, 503),

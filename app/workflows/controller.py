@@ -48,7 +48,7 @@ def _opt(statuses: tuple[int, ...], model: type[params.Params] | None = None) ->
 
 
 class WorkflowController(Controller):
-    path = "/workflows"
+    path = "/store/workflows"
 
     @get("/", opt=_opt((200, 401, 403, 422, 429, 503), ListParams))
     async def list_workflows(self, request: AnyRequest, service: Service) -> Answer:

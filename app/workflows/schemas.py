@@ -11,7 +11,7 @@ from storage.records import us_to_iso
 
 
 class WorkflowSummary(msgspec.Struct):
-    """A row of GET /workflows."""
+    """A row of GET /store/workflows."""
 
     workflow_id: str
     artifact_count: int
@@ -34,7 +34,7 @@ class Phase(msgspec.Struct):
 
 
 class Workflow(msgspec.Struct):
-    """GET /workflows/{workflow_id}: the workflow, phase by phase."""
+    """GET /store/workflows/{workflow_id}: the workflow, phase by phase."""
 
     workflow_id: str
     artifact_count: int

@@ -347,7 +347,7 @@ def extract(fmt: str, data: bytes, into: Path) -> dict[str, bytes]:
 
 
 def export(http: httpx.Client, workflow_id: str, fmt: str, scope: str = "all") -> httpx.Response:
-    r = http.get(f"/workflows/{workflow_id}/export", params={"format": fmt, "scope": scope})
+    r = http.get(f"/store/workflows/{workflow_id}/export", params={"format": fmt, "scope": scope})
     assert r.status_code == 200, r.text
     return r
 

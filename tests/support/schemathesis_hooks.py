@@ -171,7 +171,7 @@ def filter_failure(
 
 
 def _last_event_id_unread(case: schemathesis.Case, negative: set[ParameterLocation]) -> bool:
-    """GET /events with a valid `after` (which wins, so Last-Event-ID is not read) and valid
+    """GET /store/events with a valid `after` (which wins, so Last-Event-ID is not read) and valid
     declared query parameters: what is left invalid is the header and, at most, undeclared
     query parameters, which the server ignores (as Schemathesis itself allows)."""
     if not negative <= {ParameterLocation.HEADER, ParameterLocation.QUERY}:
@@ -196,7 +196,7 @@ def _keep(failure: Failure, case: schemathesis.Case, response: schemathesis.Resp
     if not isinstance(failure, AcceptedNegativeData) or case.meta is None:
         return True
     negative = {loc for loc, part in case.meta.components.items() if part.mode.is_negative}
-    if case.operation.label == "GET /events" and ParameterLocation.HEADER in negative:
+    if case.operation.label == "GET /store/events" and ParameterLocation.HEADER in negative:
         return not _last_event_id_unread(case, negative)
     if negative != {ParameterLocation.BODY} or case.media_type not in BODIES_READ_LAXLY:
         return True

@@ -169,7 +169,9 @@ def test_the_crownest_key_never_leaves_in_clear(
             bodies.append(state.text)
             assert state.json()["counts"]["failed"] == 2
             bodies.append(
-                c.get("/events", params={"after": 0}, headers={"Accept": "application/json"}).text
+                c.get(
+                    "/store/events", params={"after": 0}, headers={"Accept": "application/json"}
+                ).text
             )
             bodies.append(c.get("/artifacts").text)
     finally:

@@ -1,4 +1,4 @@
-"""GET /workflows/{id}/export streamed, seen from the outside of a real server process.
+"""GET /store/workflows/{id}/export streamed, seen from the outside of a real server process.
 
 200 MiB exported with the server's peak RSS measured (/proc/<pid>/status, VmHWM reset through
 clear_refs) and its data directory and open files watched while the archive flows. A client
@@ -83,7 +83,7 @@ def test_client_disconnect_mid_export_leaves_the_server_sound(
         for cut in (64 * 1024, 1 * MiB, 3 * MiB, 5 * MiB, 9 * MiB, 20 * MiB):
             received = 0
             with live.server.client() as other:  # its own connection, dropped half way
-                with other.stream("GET", f"/workflows/{medium.id}/export?format={fmt}") as r:
+                with other.stream("GET", f"/store/workflows/{medium.id}/export?format={fmt}") as r:
                     assert r.status_code == 200
                     for chunk in r.iter_raw(64 * 1024):
                         received += len(chunk)
@@ -98,7 +98,7 @@ def test_client_disconnect_mid_export_leaves_the_server_sound(
         assert data_files(live) == before
         # and the next export, of the same workflow, is whole
         out = tmp_path / f"after-disconnect.{fmt}"
-        stream_to_file(http, f"/workflows/{medium.id}/export?format={fmt}", out)
+        stream_to_file(http, f"/store/workflows/{medium.id}/export?format={fmt}", out)
         verify_big_archive(fmt, out, medium)
     assert http.get("/healthz").status_code == 200
 
@@ -122,7 +122,7 @@ def test_missing_blob_never_ends_as_a_clean_archive(live: Live, http: httpx.Clie
     for fmt in ("zip", "tar"):
         received = bytearray()
         with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
-            with http.stream("GET", f"/workflows/{b.wf.id}/export?format={fmt}") as r:
+            with http.stream("GET", f"/store/workflows/{b.wf.id}/export?format={fmt}") as r:
                 assert r.status_code == 200
                 for chunk in r.iter_raw():
                     received += chunk
@@ -174,7 +174,7 @@ def test_200_mib_export_streams_in_bounded_memory(
         baseline = vm(live.pid, "VmRSS")
         with watching(live) as seen:
             began = time.monotonic()
-            url = f"/workflows/{big.id}/export?format={fmt}"
+            url = f"/store/workflows/{big.id}/export?format={fmt}"
             first_byte, size = stream_to_file(http, url, out)
             took = time.monotonic() - began
         peak = vm(live.pid, "VmHWM")

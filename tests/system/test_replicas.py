@@ -487,7 +487,7 @@ class Traffic:
         after = ""
         for page in range(100):
             r = self.replicas.client((start + page) % 2).get(
-                "/events",
+                "/store/events",
                 params={"workflow_id": self.workflow_id, "after": after, "limit": 200},
                 headers={"Accept": "application/json"},
             )
