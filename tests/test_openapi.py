@@ -25,7 +25,13 @@ DOC_METHODS = ("get", "head", "post", "put", "patch", "delete", "options", "trac
 # Served, public and not in the document: the document itself and the pages that render it.
 DOC_PAGES = {
     (method, path)
-    for path in ("/schema/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect")
+    for path in (
+        "/schema/openapi.json",
+        "/docs",
+        "/redoc",
+        "/docs/oauth2-redirect",
+        "/docs/assets/{name}",
+    )
     for method in ("GET", "HEAD")
 }
 

@@ -8,7 +8,15 @@ from pathlib import Path
 from app.asgi import create_app
 from app.settings import Settings
 
-PUBLIC = {"/healthz", "/readyz", "/schema/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/schema/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/docs/assets/{name}",
+    "/redoc",
+}
 
 
 def app_routes() -> list[tuple[str, str, list[tuple[str, ...]]]]:
