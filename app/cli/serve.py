@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from app.cli.base import DataDir, cli, load_settings, migrate_database
+from app.cli.base import DataDir, cli, load_settings, migrate_database, require_store
 from app.settings import Settings
 from storage.db.engine import Database
 
@@ -18,12 +18,16 @@ def serve(
     host: Annotated[str | None, typer.Option(help="default: ARTIFACTS_HOST or 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="default: ARTIFACTS_PORT or 8000")] = None,
     data_dir: DataDir = None,
-    no_migrate: Annotated[bool, typer.Option(help="skip migrations at start-up")] = False,
+    no_migrate: Annotated[
+        bool, typer.Option(help="skip migrations at start-up (the store must exist)")
+    ] = False,
     insecure_no_auth: Annotated[
         bool, typer.Option(help="serve with no API keys on a non-loopback address")
     ] = False,
 ) -> None:
-    """Migrate, then serve the HTTP API. With no API keys it runs open, on loopback only."""
+    """Migrate (creating the store if there is none), then serve the HTTP API.
+
+    With no API keys it runs open, and only on a loopback address."""
     settings = load_settings(data_dir)
     if host is not None:
         settings = settings.model_copy(update={"host": host})
@@ -31,8 +35,10 @@ def serve(
         settings = settings.model_copy(update={"port": port})
     if insecure_no_auth:
         settings = settings.model_copy(update={"insecure_no_auth": True})
-    if not no_migrate:
-        migrate_database(settings)
+    if no_migrate:
+        require_store(settings)
+    else:
+        migrate_database(settings, create=True)
     # The HTTP app (Litestar and every controller) is imported only by the command that serves
     # it: it doubles the start-up time of every other command (~0.6 s measured), none of which
     # needs it.
