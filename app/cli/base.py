@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
-from app.settings import Settings
+from app.settings import Settings, parse_duration
 from storage.db.engine import Database
 from storage.db.migrate import store_exists, upgrade
 
@@ -47,6 +47,17 @@ def load_settings(data_dir: Path | None = None) -> Settings:
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
     return settings
+
+
+def duration_flag(flag: str, value: str | None, default: float) -> float:
+    """A duration flag's seconds (`default` when not given); a bad one ends the command with a
+    line naming the flag and the forms it takes."""
+    if value is None:
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        refuse(f"{flag}: {exc}")
 
 
 def _hint(settings: Settings) -> str:

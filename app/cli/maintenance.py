@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from app.blobstore import open_blob_store
-from app.cli.base import DataDir, cli, load_settings, open_database
-from app.settings import Settings, parse_duration
+from app.cli.base import DataDir, cli, duration_flag, load_settings, open_database
+from app.settings import DURATION_FORMAT, Settings
 from storage.db.engine import Database
 from storage.maintenance import FsckReport, GcReport, collect_garbage
 from storage.maintenance import fsck as check
@@ -19,20 +19,19 @@ from storage.maintenance import fsck as check
 @cli.command()
 def gc(
     grace: Annotated[
-        str | None, typer.Option(help="e.g. 1h, 30m, 0 (default: ARTIFACTS_GC_GRACE)")
+        str | None,
+        typer.Option(help=f"{DURATION_FORMAT}, e.g. 0 (default: ARTIFACTS_GC_GRACE)"),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="report what would be reclaimed")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Reclaim unreferenced blobs past the grace period, stale staging files and soft-deleted
-    artifacts past ARTIFACTS_DELETED_RETENTION. Safe while the server runs."""
+    """Reclaim unreferenced blobs, leftovers and old soft-deleted artifacts.
+
+    Blobs past the grace period, stale staging files, soft-deleted artifacts past
+    ARTIFACTS_DELETED_RETENTION and expired idempotency keys. Safe while the server runs."""
     settings = load_settings(data_dir)
-    try:
-        grace_s = parse_duration(grace) if grace is not None else settings.gc_grace
-    except ValueError as exc:
-        typer.echo(f"--grace: {exc}", err=True)
-        raise typer.Exit(2) from None
+    grace_s = duration_flag("--grace", grace, settings.gc_grace)
     db = open_database(settings)
     report = asyncio.run(_collect(db, settings, grace_s, dry_run))
     if as_json:
