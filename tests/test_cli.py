@@ -6,10 +6,13 @@ fsck's text: tests/test_maintenance.py."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
@@ -156,3 +159,28 @@ def test_an_unreachable_database_is_one_line_without_its_password(elsewhere: Pat
         assert done.stderr.endswith(" (ARTIFACTS_DATABASE_URL)\n")
         assert done.stderr.count("\n") == 1 and "hunter2" not in done.output
     assert list(elsewhere.iterdir()) == []
+
+
+# -- help --------------------------------------------------------------------------------------
+
+
+def test_help_lists_and_describes_every_command() -> None:
+    group = typer.main.get_command(cli)
+    assert isinstance(group, TyperGroup)
+    names = set(group.commands)
+    assert names == {"serve", "migrate", "gc", "fsck", "import", "keys"}
+    done = run("--help")
+    assert done.exit_code == 0
+    listed = set(re.findall(r"^│ (\w+) ", done.stdout, flags=re.MULTILINE))
+    assert listed == names
+    # The one-line description of the whole command names each command, so adding one means
+    # saying so there (it once said "serve, migrate (more subcommands come later)").
+    assert cli.info.help is not None
+    described = set(re.findall(r"\w+", cli.info.help))
+    assert names <= described
+    for name, sub in group.commands.items():
+        if isinstance(sub, TyperGroup):
+            done = run(name, "--help")
+            assert set(re.findall(r"^│ (\w+) ", done.stdout, flags=re.MULTILINE)) == set(
+                sub.commands
+            )

@@ -21,7 +21,8 @@ from storage.db.migrate import store_exists, upgrade
 cli = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="The `artifacts` command: serve, migrate (more subcommands come with later issues).",
+    help="The artifact store of agent workflows: serve its HTTP API, migrate its database, "
+    "check it (fsck), collect its garbage (gc), import from CrowNest, manage API keys.",
 )
 
 DataDir = Annotated[Path | None, typer.Option(help="default: ARTIFACTS_DATA_DIR or ./var")]
