@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from storage.db.engine import sqlite_url
 
@@ -22,22 +32,51 @@ MiB = 1 << 20
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_FORMAT = "30s, 15m, 2h, 7d or a number of seconds"
 
 
 def parse_duration(value: str | float) -> float:
-    """Seconds from `90`, `90s`, `30m`, `1h` or `7d`; ValueError otherwise."""
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = value.strip().lower()
-        unit = _UNITS.get(text[-1:]) if text else None
-        seconds = float(text[:-1]) * unit if unit else float(text)
+    """Seconds from `90`, `90s`, `30m`, `1.5h` or `7d`; otherwise a ValueError that names the
+    forms accepted (every duration setting and flag reads through here)."""
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        else:
+            text = value.strip().lower()
+            unit = _UNITS.get(text[-1:]) if text else None
+            seconds = float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        seconds = math.nan
     if not 0 <= seconds < 10**10:
-        raise ValueError(f"not a duration: {value!r}")
+        raise ValueError(f"not a duration: {value!r} (want {DURATION_FORMAT})")
     return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_ASYNC_DRIVERS = {  # what a database URL may name, and the async driver each means
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+_URL_FORMAT = "want postgresql+asyncpg://user:password@host/database or sqlite:////path/to/file.db"
+
+
+def check_database_url(value: str | None) -> str | None:
+    """A database URL with its async driver filled in (`postgresql://` means asyncpg); '' for
+    the default. The error never repeats the value: it may hold a password."""
+    if value is None or not value.strip():
+        return None
+    try:
+        url = make_url(value.strip())
+    except ArgumentError:
+        raise ValueError(f"not a database URL ({_URL_FORMAT})") from None
+    driver = _ASYNC_DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ValueError(f"{url.drivername}:// is not a supported database ({_URL_FORMAT})")
+    return url.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def check_rate(value: str) -> str:
@@ -55,8 +94,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     data_dir: Path = Path("var")
-    database_url: str | None = Field(
-        None, description="SQLAlchemy async URL; default: SQLite at <data_dir>/artifacts.db"
+    database_url: Annotated[str | None, AfterValidator(check_database_url)] = Field(
+        None, description="SQLAlchemy URL; default: SQLite at <data_dir>/artifacts.db"
     )
     public_url: str | None = Field(
         None, description="Base URL clients reach us at (for storage_url); default: request's"
@@ -89,7 +128,10 @@ class Settings(BaseSettings):
         30.0, description="408 once no byte of a request body arrived for this long; 0: off"
     )
     extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
-    log_level: str = "info"
+    log_level: Annotated[  # uvicorn's levels, any case
+        Literal["critical", "error", "warning", "info", "debug", "trace"],
+        BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v),
+    ] = "info"
     # access control
     insecure_no_auth: bool = Field(
         False, description="allow open mode (no API keys) on a non-loopback bind"
@@ -150,8 +192,8 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("CROWNEST_API_KEY", "ARTIFACTS_CROWNEST_API_KEY")
     )
     crownest_max_attempts: int = Field(5, ge=1, le=20)
-    crownest_backoff_base: float = Field(0.5, ge=0)
-    crownest_retry_after_max: float = Field(60.0, ge=0)
+    crownest_backoff_base: Duration = Field(0.5, ge=0)
+    crownest_retry_after_max: Duration = Field(60.0, ge=0)
 
     @model_validator(mode="after")
     def _bucket_for_s3(self) -> Self:

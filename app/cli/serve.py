@@ -8,22 +8,29 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from app.cli.base import DataDir, cli, load_settings, migrate_database
+from app.cli.base import DataDir, cli, load_settings, migrate_database, refuse, require_store
 from app.settings import Settings
+from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
 
 
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="default: ARTIFACTS_HOST or 127.0.0.1")] = None,
-    port: Annotated[int | None, typer.Option(help="default: ARTIFACTS_PORT or 8000")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="default: ARTIFACTS_PORT or 8000")
+    ] = None,
     data_dir: DataDir = None,
-    no_migrate: Annotated[bool, typer.Option(help="skip migrations at start-up")] = False,
+    no_migrate: Annotated[
+        bool, typer.Option(help="skip migrations at start-up (the store must exist)")
+    ] = False,
     insecure_no_auth: Annotated[
         bool, typer.Option(help="serve with no API keys on a non-loopback address")
     ] = False,
 ) -> None:
-    """Migrate, then serve the HTTP API. With no API keys it runs open, on loopback only."""
+    """Migrate (creating the store if there is none), then serve the HTTP API.
+
+    With no API keys it runs open, and only on a loopback address."""
     settings = load_settings(data_dir)
     if host is not None:
         settings = settings.model_copy(update={"host": host})
@@ -31,8 +38,12 @@ def serve(
         settings = settings.model_copy(update={"port": port})
     if insecure_no_auth:
         settings = settings.model_copy(update={"insecure_no_auth": True})
-    if not no_migrate:
-        migrate_database(settings)
+    check_signing_key(settings)
+    if no_migrate:
+        require_store(settings)
+    else:
+        migrate_database(settings, create=True)
+    check_files(settings)
     # The HTTP app (Litestar and every controller) is imported only by the command that serves
     # it: it doubles the start-up time of every other command (~0.6 s measured), none of which
     # needs it.
@@ -48,8 +59,7 @@ def serve(
     try:
         asyncio.run(check(settings))
     except OpenModeRefused as exc:
-        typer.echo(f"artifacts serve: {exc}", err=True)
-        raise typer.Exit(2) from None
+        refuse(str(exc))
 
     uvicorn.run(
         create_app(settings),
@@ -60,3 +70,39 @@ def serve(
         http="auto",
         timeout_graceful_shutdown=10,
     )
+
+
+def check_signing_key(settings: Settings) -> None:
+    """ARTIFACTS_SIGNING_KEY, when set, checked before anything is made."""
+    from app.signing import SigningKeyError, decode_signing_key
+
+    if settings.signing_key is not None:
+        try:
+            decode_signing_key(settings.signing_key.get_secret_value())
+        except SigningKeyError as exc:
+            refuse(str(exc))
+
+
+def check_files(settings: Settings) -> None:
+    """What the app's start-up would otherwise fail on with a traceback: the signing key
+    (ARTIFACTS_SIGNING_KEY, or the key file it makes in the data directory) and the blob
+    directory, each made now if missing, or the line saying why it cannot be."""
+    from app.signing import SigningKeyError, load_signing_secret
+
+    try:
+        load_signing_secret(settings)
+    except SigningKeyError as exc:
+        refuse(str(exc))
+    except OSError as exc:
+        refuse(
+            f"cannot create the signing key in {settings.data_dir.resolve()}: "
+            f"{exc.strerror or exc} (ARTIFACTS_DATA_DIR or --data-dir, or ARTIFACTS_SIGNING_KEY)"
+        )
+    if settings.blob_backend == "filesystem":
+        try:
+            FilesystemBlobStore(settings.blob_dir)
+        except OSError as exc:
+            refuse(
+                f"cannot create the blob directory {settings.blob_dir.resolve()}: "
+                f"{exc.strerror or exc} (ARTIFACTS_DATA_DIR or --data-dir)"
+            )

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.imports.crownest import CrowNestClient
 from app.imports.importer import CrowNestImporter, ImportOptions
 from storage.artifacts import ArtifactService
+from storage.db.engine import sqlite_url
+from storage.db.migrate import upgrade
 from storage.db.tables import artifacts as artifacts_table
 from storage.imports import ImportJobs, Item, Job
 from tests.support.crownest import (
@@ -252,6 +254,9 @@ def cli_env(fake: FakeCrowNest, data_dir: Path, database_url: str | None) -> dic
     )
     if database_url is not None:
         env["ARTIFACTS_DATABASE_URL"] = database_url
+    else:  # the store the command imports into: only `serve` and `migrate` create one
+        data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(sqlite_url(data_dir.resolve() / "artifacts.db"))
     return env
 
 

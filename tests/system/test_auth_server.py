@@ -93,6 +93,7 @@ def test_open_mode_is_refused_off_loopback(tmp_path: Path) -> None:
 
 def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    assert cli("migrate", data=data).returncode == 0  # keys never create a store
     made = cli(
         "keys", "create", "--project", "proj", "--scopes", "artifact:read,artifact:create",
         "--expires", "30d", "--name", "ci", data=data,
