@@ -1,4 +1,7 @@
-"""`artifacts keys create | list | revoke`: API keys, each bound to a project (the tenant)."""
+"""`artifacts keys create | list | revoke | reopen`: API keys, each bound to a project (the
+tenant). Each command says what it changes for a running server: the first key ends open mode,
+revoking the last active one leaves a server that refuses every request, and only `reopen`
+brings open mode back."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from rich.table import Table
 
 from app.cli.base import DataDir, cli, load_settings, migrate_database
 from app.settings import parse_duration
-from storage.apikeys import SCOPES, ApiKey, ApiKeyNotFound, ApiKeys
+from storage.apikeys import SCOPES, ApiKey, ApiKeyNotFound, ApiKeys, KeysStillActive
 from storage.db.engine import Database
 from storage.records import now_us, us_to_iso
 
@@ -48,6 +51,12 @@ def _as_json(key: ApiKey) -> dict[str, object]:
         "expires_at": None if key.expires_at is None else us_to_iso(key.expires_at),
         "revoked_at": None if key.revoked_at is None else us_to_iso(key.revoked_at),
     }
+
+
+def _say(message: str) -> None:
+    """One line for the operator on stderr (stdout carries what a script reads, e.g. the key);
+    not wrapped here, so it stays one line in a log."""
+    typer.echo(message, err=True)
 
 
 @keys_group.command()
@@ -111,10 +120,60 @@ def revoke(
     key: Annotated[str, typer.Argument(help="the key's id or its prefix (from `keys list`)")],
     data_dir: DataDir = None,
 ) -> None:
-    """Revoke a key: requests with it answer 401 from now on."""
+    """Revoke a key: requests with it answer 401 from now on. The key stays on record, so
+    revoking the last one never reopens the server (see `keys reopen`)."""
+    ref = key.strip().removesuffix("…")
+
+    async def job(keys: ApiKeys) -> tuple[ApiKey, bool, int]:
+        done, revoked = await keys.revoke(ref)
+        return done, revoked, (await keys.access()).active
+
     try:
-        done = _run(data_dir, lambda keys: keys.revoke(key.removesuffix("…")))
+        done, revoked, active = _run(data_dir, job)
     except ApiKeyNotFound as exc:
-        typer.echo(f"keys revoke: {exc}", err=True)
+        typer.echo(f"keys revoke: {exc} `artifacts keys list` shows every key's prefix.", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"revoked {done.id} ({done.prefix}…, project {done.tenant!r})")
+    if not revoked:
+        assert done.revoked_at is not None
+        typer.echo(
+            f"{done.prefix} (project {done.tenant!r}) was already revoked, at "
+            f"{us_to_iso(done.revoked_at)}"
+        )
+        return
+    typer.echo(f"revoked {done.prefix} (id {done.id}, project {done.tenant!r})")
+    if not active:
+        _say(
+            "That was the last active key: a running server now refuses every request (401) "
+            "until `artifacts keys create` makes a key. It does not go back to open mode; "
+            "`artifacts keys reopen` does that."
+        )
+
+
+@keys_group.command()
+def reopen(
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Forget every revoked and expired key so that open mode applies again: a server on
+    loopback (or with --insecure-no-auth) then serves every request as the project `default`
+    with every scope, until the next key is created. Refused while a key is active."""
+    if not yes:
+        typer.confirm(
+            "Forget every revoked and expired key and let a server with no key serve anyone "
+            "who reaches it?",
+            abort=True,
+        )
+    try:
+        forgotten = _run(data_dir, lambda keys: keys.forget_all())
+    except KeysStillActive as exc:
+        typer.echo(f"keys reopen: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not forgotten:
+        typer.echo("No key is on record: open mode already applies.")
+        return
+    typer.echo(f"forgot {forgotten} revoked or expired key{'s' if forgotten > 1 else ''}")
+    _say(
+        "OPEN MODE is back: within a second a running server on loopback (or started with "
+        "--insecure-no-auth) serves every request as the project 'default' with every scope, "
+        "and says so in its log; the next `artifacts keys create` ends it."
+    )
