@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import math
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,22 @@ def secret_from(header: str | None) -> str | None:
         if sep and password:
             return password
     raise invalid_key("Send the API key as 'Authorization: Bearer <key>' or as the Basic password.")
+
+
+_ANNOUNCED: dict[int, tuple[weakref.ref[object], str]] = {}
+
+
+def announce(config: object, level: int, message: str) -> None:
+    """Log a start-up banner once per configuration object (the same message again for the
+    same object is not repeated). `artifacts serve` checks its settings before uvicorn starts
+    and the app's lifespan checks them again, both with one Settings object: the operator
+    reads the banner once."""
+    key = id(config)
+    seen = _ANNOUNCED.get(key)
+    if seen is not None and seen[0]() is config and seen[1] == message:
+        return
+    _ANNOUNCED[key] = (weakref.ref(config, lambda _: _ANNOUNCED.pop(key, None)), message)
+    log.log(level, "%s", message)
 
 
 class Authenticator:

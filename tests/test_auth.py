@@ -1,6 +1,6 @@
 """Access control, in process: every route's declared scope, every route against every scope set,
-revoked and expired keys, Bearer and Basic, rate limits; open mode off loopback, and never back
-by itself once a key has existed. Open mode in a real process's
+revoked and expired keys, Bearer and Basic, rate limits; open mode off loopback, never back by
+itself once a key has existed, and its start-up banner said once. Open mode in a real process's
 log, the keys CLI, and no secret in logs, bodies or the database:
 tests/system/test_auth_server.py."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -274,3 +275,33 @@ def test_forgetting_the_keys_is_refused_while_one_is_active(database_url: str) -
     assert with_keys(database_url, lambda keys: keys.access()) == Access(on_record=2, active=0)
     assert with_keys(database_url, lambda keys: keys.forget_all()) == 2
     assert with_keys(database_url, lambda keys: keys.access()).open
+
+
+def test_the_start_up_banner_is_said_once_per_configuration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`artifacts serve` runs authenticator() on its settings before uvicorn starts, and the
+    app's lifespan runs it again on the same settings: one banner. (In a real process:
+    tests/system/test_auth_server.py.)"""
+    from app.asgi import authenticator
+
+    url = sqlite_url(tmp_path / "a.db")
+    upgrade(url)
+
+    async def start(settings: Settings) -> None:
+        db = Database(url)
+        try:
+            await authenticator(db, settings)
+        finally:
+            await db.dispose()
+
+    def banners() -> int:
+        return sum("OPEN MODE" in r.getMessage() for r in caplog.records)
+
+    settings = Settings(data_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="artifacts"):
+        asyncio.run(start(settings))
+        asyncio.run(start(settings))
+        assert banners() == 1
+        asyncio.run(start(Settings(data_dir=tmp_path)))  # another configuration: said again
+        assert banners() == 2
