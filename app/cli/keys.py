@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from app.cli.base import DataDir, cli, load_settings, migrate_database
 from app.settings import parse_duration
@@ -96,28 +98,38 @@ def create(
 @keys_group.command("list")
 def list_keys(
     project: Annotated[str | None, typer.Option(help="only this project's keys")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable, with ids")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Every key's id, prefix, project, scopes and state (never the key itself)."""
+    """Every key's prefix (what `keys revoke` takes), project, scopes and state; never the
+    key itself. Made to be read at 80 columns: the prefix is never cut."""
     found = _run(data_dir, lambda keys: keys.list(tenant=project))
     if as_json:
         typer.echo(json.dumps([_as_json(k) for k in found], indent=2))
         return
-    table = Table("id", "prefix", "project", "scopes", "state", "created", "name")
+    if not found:
+        typer.echo("No API key is on record." if project is None else f"No key of {project!r}.")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("prefix", no_wrap=True, min_width=12)
+    table.add_column("project", overflow="fold", ratio=1, min_width=7)
+    table.add_column("scopes", no_wrap=True, min_width=15)
+    table.add_column("state", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("name", overflow="fold", ratio=1, min_width=4)
     now = now_us()
     for k in found:
         state = "revoked" if k.revoked_at else "expired" if not k.active(now) else "active"
         table.add_row(
-            k.id, k.prefix + "…", k.tenant, ",".join(k.scopes), state,
-            us_to_iso(k.created_at), k.name or "",
+            k.prefix, Text(k.tenant), "\n".join(k.scopes), state,
+            us_to_iso(k.created_at)[:10], Text(k.name or ""),
         )  # fmt: skip
-    Console().print(table)
+    Console(highlight=False).print(table)
 
 
 @keys_group.command()
 def revoke(
-    key: Annotated[str, typer.Argument(help="the key's id or its prefix (from `keys list`)")],
+    key: Annotated[str, typer.Argument(help="the key's prefix as `keys list` shows it, or its id")],
     data_dir: DataDir = None,
 ) -> None:
     """Revoke a key: requests with it answer 401 from now on. The key stays on record, so

@@ -1,6 +1,7 @@
-"""Access control seen from outside a real `artifacts serve` process: open mode said in its log
-and refused off loopback, the keys CLI, and no secret in its logs (access log included), bodies
-or the database. The rest of access control is tests/test_auth.py, in process."""
+"""Access control seen from outside a real `artifacts serve` process: open mode said once in its
+log and refused off loopback; the keys CLI as a new operator meets it (at 80 columns); no secret
+in its logs (access log included), bodies or the database. The rest of access control is
+tests/test_auth.py, in process."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.apikeys import ApiKeys
+from storage.apikeys import SCOPES, ApiKeys
 from storage.db.engine import Database
 from tests.support.crownest import (  # noqa: F401  (crownest_fake is a fixture)
     FakeCrowNest,
@@ -72,13 +73,15 @@ def test_open_mode_on_loopback_says_so_and_ends_with_the_first_key(
 
 
 def cli(*args: str, data: Path, database_url: str | None = None) -> subprocess.CompletedProcess:
+    """`artifacts *args` as typed in an 80-column terminal (no input: a prompt is declined)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACTS_")}
     env["ARTIFACTS_DATA_DIR"] = str(data)
+    env["COLUMNS"] = "80"
     if database_url:
         env["ARTIFACTS_DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -114,6 +117,32 @@ def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(tmp_path: Path) -
     gone = cli("keys", "revoke", secret[:12], data=data)
     assert gone.returncode == 0, gone.stderr
     assert "revoked" in cli("keys", "list", data=data).stdout
+
+
+def test_keys_list_at_80_columns_shows_the_prefix_revoke_takes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    made = []
+    for i, project in enumerate(("a-rather-long-project-name-for-team-1", "p2", "default")):
+        done = cli(
+            "keys", "create", "--project", project, "--scopes", ",".join(SCOPES[:4]),
+            "--name", f"the nightly runner of team {i} [deploy]", data=data,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        made.append(done.stdout.strip())
+    listed = cli("keys", "list", data=data)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, listed.stdout
+    assert "[deploy]" in listed.stdout  # names are shown as written (no rich markup)
+    shown = [line.split()[0] for line in lines if line.startswith("wfa_")]
+    assert shown == [secret[:12] for secret in made], listed.stdout
+    # what list shows is what revoke takes (a trailing "…", as older versions showed, too)
+    for token, suffix in zip(shown, ("", "…", ""), strict=True):
+        gone = cli("keys", "revoke", token + suffix, data=data)
+        assert gone.returncode == 0 and f"revoked {token}" in gone.stdout, gone.stderr
+    again = cli("keys", "revoke", shown[0], data=data)
+    assert again.returncode == 0 and "already revoked" in again.stdout
+    assert cli("keys", "list", data=data).stdout.count(" revoked ") == 3
 
 
 def test_no_secret_in_logs_or_error_bodies(keyed_server: tuple[Server, Keys]) -> None:
