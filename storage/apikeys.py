@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from storage.db.engine import Database
-from storage.db.tables import api_keys
+from storage.db.tables import api_keys, artifacts
 from storage.errors import StorageError
 from storage.records import now_us
 
@@ -207,6 +207,13 @@ class ApiKeys:
             return conn.execute(api_keys.delete().where(sa.not_(_active(now)))).rowcount or 0
 
         return await self.db.run_write(forget)
+
+    async def visible_artifacts(self, tenant: str) -> int:
+        """How many live artifacts a key of `tenant` sees."""
+        query = sa.select(sa.func.count()).where(
+            artifacts.c.tenant == tenant, artifacts.c.deleted_at.is_(None)
+        )
+        return await self.db.run_read(lambda conn: int(conn.execute(query).scalar_one()))
 
 
 def _active(now: int) -> sa.ColumnElement[bool]:

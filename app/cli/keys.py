@@ -21,6 +21,7 @@ from app.cli.base import DataDir, cli, load_settings, migrate_database
 from app.settings import parse_duration
 from storage.apikeys import SCOPES, ApiKey, ApiKeyNotFound, ApiKeys, KeysStillActive
 from storage.db.engine import Database
+from storage.db.tables import DEFAULT_TENANT
 from storage.records import now_us, us_to_iso
 
 keys_group = typer.Typer(no_args_is_help=True, help="Manage API keys (each bound to one project).")
@@ -63,10 +64,13 @@ def _say(message: str) -> None:
 
 @keys_group.command()
 def create(
-    project: Annotated[str, typer.Option(help="the tenant this key reads and writes")],
     scopes: Annotated[
         list[str], typer.Option(help=f"comma-separated or repeated: {', '.join(SCOPES)}")
     ],
+    project: Annotated[
+        str,
+        typer.Option(help="the tenant this key reads and writes; `default` is open mode's"),
+    ] = DEFAULT_TENANT,
     expires: Annotated[str | None, typer.Option(help="lifetime, e.g. 30d, 12h")] = None,
     name: Annotated[str | None, typer.Option(help="what the key is for")] = None,
     data_dir: DataDir = None,
@@ -80,19 +84,40 @@ def create(
         except ValueError as exc:
             typer.echo(f"--expires: {exc}", err=True)
             raise typer.Exit(2) from None
+
+    async def job(keys: ApiKeys) -> tuple[ApiKey, str, bool, int]:
+        first = (await keys.access()).open
+        key, secret = await keys.create(project, wanted, name=name, expires_at=expires_at)
+        unseen = 0  # artifacts of `default` that no active key sees, this one neither
+        if key.tenant != DEFAULT_TENANT:
+            now = now_us()
+            if not any(k.active(now) for k in await keys.list(tenant=DEFAULT_TENANT)):
+                unseen = await keys.visible_artifacts(DEFAULT_TENANT)
+        return key, secret, first, unseen
+
     try:
-        key, secret = _run(
-            data_dir, lambda keys: keys.create(project, wanted, name=name, expires_at=expires_at)
-        )
+        key, secret, first, unseen = _run(data_dir, job)
     except ValueError as exc:
         typer.echo(f"keys create: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(secret)
-    Console(stderr=True).print(
-        f"key {key.prefix}… for project {key.tenant!r} with {', '.join(key.scopes)}"
+    _say(
+        f"key {key.prefix} for project {key.tenant!r} with {', '.join(key.scopes)}"
         f"{'' if expires_at is None else ', expires ' + us_to_iso(expires_at)}. "
         "It is shown only now: store it somewhere safe."
     )
+    if first:
+        _say(
+            "This is the first key: open mode is over. A running server asks every request "
+            "for a key within a second."
+        )
+    if unseen:
+        _say(
+            f"Note: {unseen} artifact{'s are' if unseen > 1 else ' is'} in the project "
+            f"{DEFAULT_TENANT!r} (open mode's), which this key does not see and no active key "
+            f"does; `artifacts keys create --project {DEFAULT_TENANT} --scopes artifact:read` "
+            "makes one that does."
+        )
 
 
 @keys_group.command("list")
