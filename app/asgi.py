@@ -12,7 +12,7 @@ from litestar.di import Provide
 
 from app import deps, docs, errors, health
 from app.artifacts.controller import ArtifactController
-from app.auth import Authenticator, authorize, is_loopback
+from app.auth import Authenticator, announce, authorize, is_loopback
 from app.blobstore import open_blob_store
 from app.events.controller import EventController
 from app.imports.controller import ImportController
@@ -76,30 +76,51 @@ class OpenModeRefused(RuntimeError):
 
 
 async def authenticator(db: Database, settings: Settings) -> Authenticator:
-    """Keys, or open mode: said out loud at start-up, and refused off loopback unless asked."""
+    """Keys, or open mode: said once at start-up (app.auth.announce), and refused off loopback
+    unless asked. A store whose keys are all revoked or expired is not open: it starts, says
+    that it refuses every request, and stays so until a key is created or `keys reopen`."""
     keys = ApiKeys(db)
     loopback = is_loopback(settings.host)
-    auth = Authenticator(
-        keys, open_allowed=loopback or settings.insecure_no_auth, rate=settings.rate_limit or None
-    )
-    if await keys.any_active():
-        log.info("API keys are configured: every request needs one")
+    access = await keys.access()
+    if access.active:
+        announce(settings, logging.INFO, "API keys are configured: every request needs one")
+    elif not access.open:
+        announce(
+            settings,
+            logging.WARNING,
+            "NO ACTIVE API KEY: "
+            + ("the one key" if access.on_record == 1 else f"all {access.on_record} keys")
+            + f" on record {'is' if access.on_record == 1 else 'are'} revoked or expired, so "
+            "every request is refused (401) until `artifacts keys create` makes one. Open mode "
+            "does not come back by itself: `artifacts keys reopen` forgets the old keys.",
+        )
     elif loopback:
-        log.warning(
-            "OPEN MODE: no API keys exist, so anyone who can reach %s has full access; "
-            "create one with `artifacts keys create --project P --scopes ...`",
-            settings.host,
+        announce(
+            settings,
+            logging.WARNING,
+            f"OPEN MODE: no API key exists, so anyone who can reach {settings.host} has full "
+            "access, as the project 'default'. `artifacts keys create --scopes admin` makes the "
+            "first key (of the project 'default', which sees what open mode created) and ends it.",
         )
     elif settings.insecure_no_auth:
-        log.warning(
-            "OPEN MODE on %s with --insecure-no-auth: anyone can read and write", settings.host
+        announce(
+            settings,
+            logging.WARNING,
+            f"OPEN MODE on {settings.host} with --insecure-no-auth: anyone can read and write, "
+            "as the project 'default'",
         )
     else:
         raise OpenModeRefused(
             f"No API keys exist and {settings.host} is not a loopback address: refusing to serve "
             "openly. Create a key (`artifacts keys create`) or pass --insecure-no-auth."
         )
-    return auth
+    return Authenticator(
+        keys,
+        open_allowed=loopback or settings.insecure_no_auth,
+        rate=settings.rate_limit or None,
+        host=settings.host,
+        open_now=access.open,
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

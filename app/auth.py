@@ -7,11 +7,15 @@ key as the password (the `syn` CLI sends either), one declared scope per route.
     key without the route's scope  -> 403 forbidden, naming the scope
     key past its request rate      -> 429 rate_limited, Retry-After
 
-Open mode is "no active API key exists" (checked at most once a second, so the first key
-created locks a running server within a second); it is allowed only on a loopback bind unless
-the operator passes --insecure-no-auth. Every route declares its scope as `opt={"scope": ...}`,
-which the app's guard `authorize` enforces (a test fails for a route that has none);
-`/healthz`, `/readyz` and the docs declare none: they are public.
+Open mode is "no API key is on record" (checked at most once a second, so the first key created
+locks a running server within a second). Revoked and expired keys stay on record: revoking the
+last key leaves a server that refuses every request, and only `artifacts keys reopen` (which
+forgets them) brings open mode back, said in the log when a running server sees it. Open mode is
+allowed only on a loopback bind unless the operator passes --insecure-no-auth.
+
+Every route declares its scope as `opt={"scope": ...}`, which the app's guard `authorize`
+enforces (a test fails for a route that has none); `/healthz`, `/readyz` and the docs declare
+none: they are public.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import ipaddress
 import logging
 import math
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,14 +93,41 @@ def secret_from(header: str | None) -> str | None:
     raise invalid_key("Send the API key as 'Authorization: Bearer <key>' or as the Basic password.")
 
 
+_ANNOUNCED: dict[int, tuple[weakref.ref[object], str]] = {}
+
+
+def announce(config: object, level: int, message: str) -> None:
+    """Log a start-up banner once per configuration object (the same message again for the
+    same object is not repeated). `artifacts serve` checks its settings before uvicorn starts
+    and the app's lifespan checks them again, both with one Settings object: the operator
+    reads the banner once."""
+    key = id(config)
+    seen = _ANNOUNCED.get(key)
+    if seen is not None and seen[0]() is config and seen[1] == message:
+        return
+    _ANNOUNCED[key] = (weakref.ref(config, lambda _: _ANNOUNCED.pop(key, None)), message)
+    log.log(level, "%s", message)
+
+
 class Authenticator:
     """One per app: verifies keys, knows whether the service is open, limits request rates."""
 
-    def __init__(self, keys: ApiKeys, *, open_allowed: bool, rate: str | None) -> None:
+    def __init__(
+        self,
+        keys: ApiKeys,
+        *,
+        open_allowed: bool,
+        rate: str | None,
+        host: str = "this server",
+        open_now: bool | None = None,
+    ) -> None:
+        """`open_now`: open mode as found at start-up (None: not known yet), so that a change
+        before the first request is still said in the log."""
         self.keys = keys
         self.open_allowed = open_allowed
-        self._open: bool | None = None
-        self._open_checked = 0.0
+        self.host = host
+        self._open: bool | None = open_now
+        self._open_checked = time.monotonic() if open_now is not None else 0.0
         self._checking: asyncio.Future[bool] | None = None
         self.rate: RateLimitItem | None = parse(rate) if rate else None
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -116,10 +148,16 @@ class Authenticator:
     async def _check(self) -> bool:
         try:
             was = self._open
-            self._open = open_now = not await self.keys.any_active()
+            self._open = open_now = (await self.keys.access()).open
             self._open_checked = time.monotonic()
             if was and not open_now:
                 log.warning("an API key exists now: open mode is over, every request needs a key")
+            elif was is False and open_now:
+                log.warning(
+                    "OPEN MODE again: every API key was forgotten (`artifacts keys reopen`), so "
+                    "anyone who can reach %s has full access as the project 'default'",
+                    self.host,
+                )
             return open_now
         finally:
             self._checking = None

@@ -4,10 +4,16 @@ A key is `wfa_` + 43 characters of URL-safe base64 (256 random bits). Only its s
 first 12 characters (to recognise it in `keys list`) are stored: a fast hash is enough for a
 secret of that entropy, and it makes the lookup one indexed equality. The key itself is shown
 once, when it is created.
+
+Revoked and expired keys stay on record, and open mode is "no key on record" (`Access.open`):
+once a key has existed, revoking or outliving the last one leaves a store that refuses every
+request, never an open one. Only `forget_all` (`artifacts keys reopen`), refused while a key is
+active, empties the record and so brings open mode back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -19,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from storage.db.engine import Database
-from storage.db.tables import api_keys
+from storage.db.tables import api_keys, artifacts
 from storage.errors import StorageError
 from storage.records import now_us
 
@@ -29,8 +35,33 @@ SHOWN = 12  # characters of the key kept in clear, to tell keys apart
 
 
 class ApiKeyNotFound(StorageError):
-    def __init__(self, ref: str) -> None:
-        super().__init__(f"No API key matches {ref!r}.")
+    def __init__(self, ref: str, matches: int = 0) -> None:
+        if matches > 1:
+            super().__init__(f"{ref!r} matches {matches} API keys: give the id instead.")
+        else:
+            super().__init__(f"No API key matches {ref!r}.")
+
+
+class KeysStillActive(StorageError):
+    def __init__(self, active: int) -> None:
+        super().__init__(
+            f"{active} API key{'s are' if active > 1 else ' is'} still active: revoke "
+            f"{'them' if active > 1 else 'it'} first (`artifacts keys revoke`)."
+        )
+        self.active = active
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The keys on record as a whole."""
+
+    on_record: int  # every key ever created and not forgotten: revoked and expired ones count
+    active: int  # of them, the ones a request may use now
+
+    @property
+    def open(self) -> bool:
+        """Open mode applies: no key was ever created (or every one was forgotten)."""
+        return self.on_record == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,21 +151,23 @@ class ApiKeys:
             stmt = stmt.where(api_keys.c.tenant == tenant)
         return await self.db.run_read(lambda conn: [_row_to_key(r) for r in conn.execute(stmt)])
 
-    async def revoke(self, ref: str) -> ApiKey:
-        """Revoke by id or by the shown prefix (which must match exactly one key)."""
+    async def revoke(self, ref: str) -> tuple[ApiKey, bool]:
+        """Revoke by id or by the shown prefix (which must match exactly one key): the key as it
+        is now, and whether this call revoked it (False: it already was). The key stays on
+        record (see the module's docstring)."""
 
-        def revoke(conn: sa.Connection) -> ApiKey:
+        def revoke(conn: sa.Connection) -> tuple[ApiKey, bool]:
             rows = conn.execute(
                 sa.select(api_keys).where(sa.or_(api_keys.c.id == ref, api_keys.c.prefix == ref))
             ).all()
             if len(rows) != 1:
-                raise ApiKeyNotFound(ref)
+                raise ApiKeyNotFound(ref, len(rows))
             key = _row_to_key(rows[0])
-            if key.revoked_at is None:
-                conn.execute(
-                    api_keys.update().where(api_keys.c.id == key.id).values(revoked_at=now_us())
-                )
-            return key
+            if key.revoked_at is not None:
+                return key, False
+            at = now_us()
+            conn.execute(api_keys.update().where(api_keys.c.id == key.id).values(revoked_at=at))
+            return dataclasses.replace(key, revoked_at=at), True
 
         return await self.db.run_write(revoke)
 
@@ -154,14 +187,41 @@ class ApiKeys:
         key = _key_from_columns(row)
         return key if key.active(now_us()) else None
 
-    async def any_active(self) -> bool:
-        now = now_us()
-        query = (
-            sa.select(api_keys.c.id)
-            .where(
-                api_keys.c.revoked_at.is_(None),
-                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
-            )
-            .limit(1)
+    async def access(self) -> Access:
+        """How many keys are on record, and how many of them are active."""
+        query = sa.select(sa.func.count(), _count(_active(now_us())))
+        on_record, active = await self.db.run_read(lambda conn: conn.execute(query).one())
+        return Access(int(on_record), int(active))
+
+    async def forget_all(self) -> int:
+        """Delete every key on record, so that open mode applies again; how many there were.
+        Refused (KeysStillActive, nothing deleted) while any key is active. Only inactive keys
+        are deleted, so one that another process creates meanwhile survives (and keeps the
+        store closed)."""
+
+        def forget(conn: sa.Connection) -> int:
+            now = now_us()
+            active = int(conn.execute(sa.select(_count(_active(now)))).scalar_one())
+            if active:
+                raise KeysStillActive(active)
+            return conn.execute(api_keys.delete().where(sa.not_(_active(now)))).rowcount or 0
+
+        return await self.db.run_write(forget)
+
+    async def visible_artifacts(self, tenant: str) -> int:
+        """How many live artifacts a key of `tenant` sees."""
+        query = sa.select(sa.func.count()).where(
+            artifacts.c.tenant == tenant, artifacts.c.deleted_at.is_(None)
         )
-        return await self.db.run_read(lambda conn: conn.execute(query).first() is not None)
+        return await self.db.run_read(lambda conn: int(conn.execute(query).scalar_one()))
+
+
+def _active(now: int) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        api_keys.c.revoked_at.is_(None),
+        sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+    )
+
+
+def _count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)

@@ -1,23 +1,28 @@
 """Access control, in process: every route's declared scope, every route against every scope set,
-revoked and expired keys, Bearer and Basic, open mode off loopback, rate limits. Open mode's log
-line, the keys CLI, and no secret in logs, bodies or the database:
+revoked and expired keys, Bearer and Basic, rate limits; open mode off loopback, never back by
+itself once a key has existed, and its start-up banner said once. Open mode in a real process's
+log, the keys CLI, and no secret in logs, bodies or the database:
 tests/system/test_auth_server.py."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
 from app.settings import Settings
-from storage.apikeys import ApiKeys
-from storage.db.engine import Database
+from storage.apikeys import Access, ApiKeys, KeysStillActive
+from storage.db.engine import Database, sqlite_url
+from storage.db.migrate import upgrade
+from storage.records import now_us
 from tests.support.inprocess import AppServer, start_app
 from tests.support.keys import Keys, basic, bearer, make_keys
 from tests.support.routes import PUBLIC, ROUTES
@@ -178,13 +183,26 @@ def test_rate_limit_per_key(tmp_path: Path, database_url: str) -> None:
         srv.stop()
 
 
-# -- open mode off loopback ------------------------------------------------------------------
+# -- open mode --------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def with_keys(database_url: str, job: Callable[[ApiKeys], Awaitable[T]]) -> T:
+    """`job` on the real key store of this database (as another process, e.g. the CLI)."""
+
+    async def go() -> T:
+        db = Database(database_url)
+        try:
+            return await job(ApiKeys(db))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
 
 
 def test_open_mode_off_loopback_needs_the_flag(tmp_path: Path) -> None:
     from app.asgi import OpenModeRefused, authenticator
-    from storage.db.engine import sqlite_url
-    from storage.db.migrate import upgrade
 
     url = sqlite_url(tmp_path / "a.db")
     upgrade(url)
@@ -200,3 +218,90 @@ def test_open_mode_off_loopback_needs_the_flag(tmp_path: Path) -> None:
     with pytest.raises(OpenModeRefused):
         asyncio.run(check())
     assert asyncio.run(check(insecure_no_auth=True)) is True
+    # a store whose only key is revoked is not open: it starts anywhere, closed
+    key, _ = with_keys(url, lambda keys: keys.create("p", ["admin"]))
+    with_keys(url, lambda keys: keys.revoke(key.prefix))
+    assert asyncio.run(check()) is False
+    assert asyncio.run(check(insecure_no_auth=True)) is False
+
+
+def test_revoking_the_last_key_never_reopens_the_server(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not while it runs, not at its next start: only forgetting the keys (`keys reopen`) does,
+    and the running server says so in its log, once."""
+    monkeypatch.setattr("app.auth.OPEN_CHECK_SECONDS", 0.0)  # every request re-checks: no waiting
+    key, secret = with_keys(database_url, lambda keys: keys.create("proj", ["admin"]))
+    with_keys(database_url, lambda keys: keys.create("proj", ["admin"], expires_at=now_us() - 1))
+    env = {"ARTIFACTS_RATE_LIMIT": ""}
+    srv = start_app(tmp_path / "data", database_url=database_url, env=env)
+    try:
+        with srv.client() as c:
+            assert_401(c.get("/artifacts"), "a key is active")
+            assert c.get("/artifacts", headers=bearer(secret)).status_code == 200
+            with_keys(database_url, lambda keys: keys.revoke(key.id))
+            for _ in range(3):
+                assert_401(c.get("/artifacts"), "the last active key was revoked")
+            assert_401(c.get("/artifacts", headers=bearer(secret)), "revoked")
+    finally:
+        srv.stop()
+    assert "OPEN MODE" not in srv.log.read_text()
+
+    srv = start_app(tmp_path / "data", database_url=database_url, env=env)
+    try:
+        with srv.client() as c:
+            assert_401(c.get("/artifacts"), "the next start")
+        said = srv.log.read_text()
+        assert said.count("NO ACTIVE API KEY: all 2 keys on record are revoked or expired") == 1
+        assert "OPEN MODE" not in said
+        assert with_keys(database_url, lambda keys: keys.forget_all()) == 2
+        with srv.client() as c:
+            for _ in range(3):
+                assert c.get("/artifacts").status_code == 200
+        assert srv.log.read_text().count("OPEN MODE again") == 1
+    finally:
+        srv.stop()
+
+
+def test_forgetting_the_keys_is_refused_while_one_is_active(database_url: str) -> None:
+    active, _ = with_keys(database_url, lambda keys: keys.create("p", ["artifact:read"]))
+    revoked, _ = with_keys(database_url, lambda keys: keys.create("p", ["admin"]))
+    with_keys(database_url, lambda keys: keys.revoke(revoked.id))
+    with pytest.raises(KeysStillActive, match="1 API key is still active"):
+        with_keys(database_url, lambda keys: keys.forget_all())
+    assert with_keys(database_url, lambda keys: keys.access()) == Access(on_record=2, active=1)
+    assert with_keys(database_url, lambda keys: keys.revoke(active.prefix))[1] is True
+    assert with_keys(database_url, lambda keys: keys.revoke(active.prefix))[1] is False
+    assert with_keys(database_url, lambda keys: keys.access()) == Access(on_record=2, active=0)
+    assert with_keys(database_url, lambda keys: keys.forget_all()) == 2
+    assert with_keys(database_url, lambda keys: keys.access()).open
+
+
+def test_the_start_up_banner_is_said_once_per_configuration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`artifacts serve` runs authenticator() on its settings before uvicorn starts, and the
+    app's lifespan runs it again on the same settings: one banner. (In a real process:
+    tests/system/test_auth_server.py.)"""
+    from app.asgi import authenticator
+
+    url = sqlite_url(tmp_path / "a.db")
+    upgrade(url)
+
+    async def start(settings: Settings) -> None:
+        db = Database(url)
+        try:
+            await authenticator(db, settings)
+        finally:
+            await db.dispose()
+
+    def banners() -> int:
+        return sum("OPEN MODE" in r.getMessage() for r in caplog.records)
+
+    settings = Settings(data_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="artifacts"):
+        asyncio.run(start(settings))
+        asyncio.run(start(settings))
+        assert banners() == 1
+        asyncio.run(start(Settings(data_dir=tmp_path)))  # another configuration: said again
+        assert banners() == 2

@@ -84,13 +84,13 @@ PROBES = [
 
 
 def test_the_probes_cover_every_route_that_names_a_resource() -> None:
-    from tests.support.routes import ROUTES
+    from tests.support.routes import PUBLIC, ROUTES
 
     names = {"{artifact_id}": "{id}", "{workflow_id}": "{wf}", "{import_id}": "{job}"}
     served = set()
     for method, path, _ in ROUTES:
         bare = path.removeprefix("/api/v1")
-        if "{" not in bare:
+        if "{" not in bare or path in PUBLIC:  # a public route (a docs asset) names no tenant's
             continue
         for old, new in names.items():
             bare = bare.replace(old, new)

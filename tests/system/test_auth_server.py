@@ -1,6 +1,7 @@
-"""Access control seen from outside a real `artifacts serve` process: open mode said in its log
-and refused off loopback, the keys CLI, and no secret in its logs (access log included), bodies
-or the database. The rest of access control is tests/test_auth.py, in process."""
+"""Access control seen from outside a real `artifacts serve` process: open mode said once in its
+log and refused off loopback; the keys CLI as a new operator meets it (at 80 columns), from the
+first key to the last revoked and `keys reopen`; no secret in its logs (access log included),
+bodies or the database. The rest of access control is tests/test_auth.py, in process."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from storage.apikeys import ApiKeys
+from storage.apikeys import SCOPES, ApiKeys
 from storage.db.engine import Database
 from tests.support.crownest import (  # noqa: F401  (crownest_fake is a fixture)
     FakeCrowNest,
@@ -51,7 +52,8 @@ def test_open_mode_on_loopback_says_so_and_ends_with_the_first_key(
     try:
         with srv.client() as c:
             assert c.get("/artifacts").status_code == 200
-            assert "OPEN MODE" in srv.log.read_text()
+            # once: `serve` checks before uvicorn starts and the lifespan again
+            assert srv.log.read_text().count("OPEN MODE") == 1
 
             async def first_key() -> str:
                 db = Database(database_url)
@@ -71,14 +73,30 @@ def test_open_mode_on_loopback_says_so_and_ends_with_the_first_key(
 
 
 def cli(*args: str, data: Path, database_url: str | None = None) -> subprocess.CompletedProcess:
+    """`artifacts *args` as typed in an 80-column terminal (no input: a prompt is declined)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACTS_")}
     env["ARTIFACTS_DATA_DIR"] = str(data)
+    env["COLUMNS"] = "80"
     if database_url:
         env["ARTIFACTS_DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def eventually(check: Callable[[], bool], what: str, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def throughout(check: Callable[[], bool], what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), what
+        time.sleep(0.1)
 
 
 def test_open_mode_is_refused_off_loopback(tmp_path: Path) -> None:
@@ -114,6 +132,97 @@ def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(tmp_path: Path) -
     gone = cli("keys", "revoke", secret[:12], data=data)
     assert gone.returncode == 0, gone.stderr
     assert "revoked" in cli("keys", "list", data=data).stdout
+
+
+def test_keys_list_at_80_columns_shows_the_prefix_revoke_takes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert cli("migrate", data=data).returncode == 0  # the store, as an operator makes it
+    made = []
+    for i, project in enumerate(("a-rather-long-project-name-for-team-1", "p2", "default")):
+        done = cli(
+            "keys", "create", "--project", project, "--scopes", ",".join(SCOPES[:4]),
+            "--name", f"the nightly runner of team {i} [deploy]", data=data,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        made.append(done.stdout.strip())
+    listed = cli("keys", "list", data=data)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, listed.stdout
+    assert "[deploy]" in listed.stdout  # names are shown as written (no rich markup)
+    shown = [line.split()[0] for line in lines if line.startswith("wfa_")]
+    assert shown == [secret[:12] for secret in made], listed.stdout
+    # what list shows is what revoke takes (a trailing "…", as older versions showed, too)
+    for token, suffix in zip(shown, ("", "…", ""), strict=True):
+        gone = cli("keys", "revoke", token + suffix, data=data)
+        assert gone.returncode == 0 and f"revoked {token}" in gone.stdout, gone.stderr
+    again = cli("keys", "revoke", shown[0], data=data)
+    assert again.returncode == 0 and "already revoked" in again.stdout
+    assert cli("keys", "list", data=data).stdout.count(" revoked ") == 3
+
+
+def test_a_new_operator_from_open_mode_to_the_last_revoked_key(tmp_path: Path) -> None:
+    """Open mode's artifacts and the first key's project meet or are said not to; revoking the
+    last key leaves the running server closed; `keys reopen` opens it, said in its log."""
+    data = tmp_path / "data"
+    srv = start_server(data, env={"ARTIFACTS_RATE_LIMIT": ""})
+    try:
+        with srv.client() as c:
+            for i in range(2):
+                body = {
+                    "workflow_id": "w",
+                    "artifact_type": "text",
+                    "title": "t",
+                    "content": f"{i}",
+                }
+                assert c.post("/artifacts", json=body).status_code == 201
+
+            first = cli("keys", "create", "--project", "team", "--scopes", "admin", data=data)
+            assert first.returncode == 0, first.stderr
+            assert "This is the first key: open mode is over" in first.stderr
+            (note,) = [line for line in first.stderr.splitlines() if "(open mode's)" in line]
+            assert "2 artifacts are in the project 'default'" in note
+            assert "`artifacts keys create --project default --scopes artifact:read`" in note
+            team = first.stdout.strip()
+            eventually(lambda: c.get("/artifacts").status_code == 401, "open mode outlived it")
+            assert c.get("/artifacts", headers=bearer(team)).json() == []
+
+            # --project defaults to open mode's project: this key sees what it created
+            mine = cli("keys", "create", "--scopes", "artifact:read", data=data)
+            assert mine.returncode == 0 and "default" in mine.stderr
+            assert "first key" not in mine.stderr and "(open mode's)" not in mine.stderr
+            assert len(c.get("/artifacts", headers=bearer(mine.stdout.strip())).json()) == 2
+            later = cli("keys", "create", "--project", "t2", "--scopes", "admin", data=data)
+            assert "(open mode's)" not in later.stderr  # a key of `default` sees them now
+
+            refused = cli("keys", "reopen", "--yes", data=data)
+            assert refused.returncode == 1 and "3 API keys are still active" in refused.stderr
+            for secret in (team, mine.stdout.strip()):
+                done = cli("keys", "revoke", secret[:12], data=data)
+                assert done.returncode == 0 and "last active key" not in done.stderr
+            last = cli("keys", "revoke", later.stdout.strip()[:12], data=data)
+            assert last.returncode == 0
+            assert "That was the last active key: a running server now refuses every request" in (
+                last.stderr
+            )
+            throughout(lambda: c.get("/artifacts").status_code == 401, "reopened", seconds=1.5)
+
+            declined = cli("keys", "reopen", data=data)  # asks, and no one says yes
+            assert declined.returncode == 1 and "Abort" in declined.stderr
+            throughout(lambda: c.get("/artifacts").status_code == 401, "reopened", seconds=1.2)
+            reopened = cli("keys", "reopen", "--yes", data=data)
+            assert reopened.returncode == 0 and "forgot 3 revoked or expired keys" in (
+                reopened.stdout
+            )
+            assert "OPEN MODE is back" in reopened.stderr
+            eventually(lambda: c.get("/artifacts").status_code == 200, "still closed")
+            assert len(c.get("/artifacts").json()) == 2
+    finally:
+        srv.stop()
+    log = srv.log.read_text()
+    assert log.count("OPEN MODE: no API key exists") == 1
+    assert log.count("open mode is over") == 1
+    assert log.count("OPEN MODE again") == 1
 
 
 def test_no_secret_in_logs_or_error_bodies(keyed_server: tuple[Server, Keys]) -> None:
