@@ -8,7 +8,7 @@ this package imports each module once, below, in the order `artifacts --help` li
     serve.py        artifacts serve
     maintenance.py  artifacts gc, artifacts fsck
     imports.py      artifacts import crownest
-    keys.py         artifacts keys create | list | revoke
+    keys.py         artifacts keys create | list | revoke | reopen
 
 A new command is a new module here that imports `cli` from app.cli.base (never from app.cli,
 which imports the command modules), plus its line below.

@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from app.cli.base import DataDir, cli, load_settings, migrate_database
-from app.settings import parse_duration
+from app.cli.base import DataDir, cli, duration_flag, load_settings, migrate_database
 from storage.apikeys import SCOPES, ApiKey, ApiKeyNotFound, ApiKeys, KeysStillActive
 from storage.db.engine import Database
 from storage.db.tables import DEFAULT_TENANT
@@ -79,11 +78,7 @@ def create(
     wanted = sorted({s.strip() for item in scopes for s in item.split(",") if s.strip()})
     expires_at = None
     if expires is not None:
-        try:
-            expires_at = now_us() + int(parse_duration(expires) * 1e6)
-        except ValueError as exc:
-            typer.echo(f"--expires: {exc}", err=True)
-            raise typer.Exit(2) from None
+        expires_at = now_us() + int(duration_flag("--expires", expires, 0) * 1e6)
 
     async def job(keys: ApiKeys) -> tuple[ApiKey, str, bool, int]:
         first = (await keys.access()).open

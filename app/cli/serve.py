@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging.config
 from typing import Annotated
 
 import typer
 import uvicorn
 
 from app.cli.base import DataDir, cli, load_settings, migrate_database, refuse, require_store
+from app.logconfig import log_config
 from app.settings import Settings
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database
@@ -56,6 +58,8 @@ def serve(
         finally:
             await db.dispose()
 
+    # uvicorn's log format from the first line on: the access banner below is said here, once.
+    logging.config.dictConfig(log_config(settings.log_level))
     try:
         asyncio.run(check(settings))
     except OpenModeRefused as exc:
@@ -66,6 +70,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
         loop="auto",
         http="auto",
         timeout_graceful_shutdown=10,

@@ -54,6 +54,8 @@ def test_open_mode_on_loopback_says_so_and_ends_with_the_first_key(
             assert c.get("/artifacts").status_code == 200
             # once: `serve` checks before uvicorn starts and the lifespan again
             assert srv.log.read_text().count("OPEN MODE") == 1
+            # with its level, in uvicorn's format (app/logconfig.py), like every line of ours
+            assert "WARNING:  OPEN MODE" in srv.log.read_text()
 
             async def first_key() -> str:
                 db = Database(database_url)
