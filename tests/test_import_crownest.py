@@ -35,6 +35,7 @@ from tests.support.imports import (
     PERSISTENT,
     TRANSIENT,
     WF,
+    MiB,
     assert_imported,
     blob_files,
     crownest_rows,
@@ -97,9 +98,9 @@ async def test_sandbox_across_pages_imports_exactly_the_live_artifacts(
         assert items[up.id] == Item(
             up.id, up.name, "skipped", f"deleted upstream at {up.deleted_at}", None, None
         )
-    assert hits(st, "download_url") and not any(
-        r.path.split("/")[3] in deleted for r in hits(st, "download_url")
-    )
+    downloaded = [r.path.split("/")[3] for r in hits(st, "download")]
+    assert sorted(downloaded) == sorted(live)  # each live one once, by the SDK's own route
+    assert hits(st, "download_url") == []
     for up in live.values():
         assert up.data is not None
         if up.id in special:
@@ -265,7 +266,7 @@ async def test_source_path_prefix_filter(service: ArtifactService, fake: FakeCro
     for name in ("c.py", "d.txt", "e.txt"):
         assert items[ups[name].id].status == "skipped"
         assert items[ups[name].id].reason == f"filtered: source path not under {prefix}"
-    assert hits(st, "download_url", ups["c.py"].id) == []
+    assert hits(st, "download", ups["c.py"].id) == []
     assert sorted(await crownest_rows(service)) == sorted([ups["a.md"].id, ups["b.json"].id])
 
 
@@ -338,7 +339,7 @@ async def test_transient_fault_is_retried_until_it_clears(
     st.inject(route, fault(), fault(), artifact_id=up.id)  # max_attempts is 3
     job, items = await run_import(make_importer(service, fake), sbx.id)
     assert (job.status, job.counts) == ("succeeded", tally(imported=2))
-    kind = "drop" if "drop" in case else "error"
+    kind = "drop" if "drop" in case else "raw" if "html" in case else "error"
     assert [r.fault for r in hits(st, route, up.id)] == [kind, kind, None]
     await assert_imported(
         service,
@@ -453,11 +454,7 @@ async def test_401_mid_job_stops_without_touching_the_rest(
     assert job.error == (
         "CrowNest rejected the API key (invalid_api_key): check CROWNEST_API_KEY. Key revoked."
     )
-    assert [(r.route, r.status) for r in st.requests] == [
-        ("list", 200),
-        ("download_url", 200),
-        ("download", 401),
-    ]
+    assert [(r.route, r.status) for r in st.requests] == [("list", 200), ("download", 401)]
     assert items == {} and await crownest_rows(service) == {}
 
 
@@ -533,45 +530,104 @@ async def test_broken_pagination_stops_with_an_error(
             r"CrowNest repeated the cursor 'cur_[\w-]+'; stopping to avoid a loop\.", job.error
         )
     assert len(hits(st, "list")) == len(faults)
-    assert hits(st, "download_url") == [] and await crownest_rows(service) == {}
+    assert hits(st, "download") == [] and await crownest_rows(service) == {}
 
 
 @pytest.mark.anyio
-async def test_foreign_download_url_or_redirect_is_refused_and_the_key_stays_home(
-    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+async def test_items_whose_download_url_points_elsewhere_import_through_the_api_route(
+    service: ArtifactService, fake: FakeCrowNest
 ) -> None:
+    """Issue 16: the importer used to ask for a download URL and fail the item when it named
+    another host. It downloads as the SDK's download() does: GET /v1/artifacts/{id}/download
+    on the configured host, with the key and Accept: application/octet-stream."""
     st = fake.state
     sbx = st.add_sandbox()
-    ups = {n: st.add_artifact(sbx.id, n * 10, name=f"{n}.txt") for n in "abcde"}
-    st.inject("download_url", Fault.foreign_url(), artifact_id=ups["a"].id)
-    st.inject(
-        "download_url",
-        Fault.foreign_url("{other_port}/v1/artifacts/{id}/download"),
-        artifact_id=ups["b"].id,
+    ups = [st.add_artifact(sbx.id, n * 10, name=f"{n}.txt") for n in "abc"]
+    elsewhere = (
+        "{foreign}/v1/artifacts/{id}/download",
+        "{other_port}/x/{id}",
+        "http://evil.example/x",
     )
-    st.inject("download_url", Fault.foreign_url("http://evil.example/x"), artifact_id=ups["c"].id)
-    st.inject("download", Fault.redirect(), artifact_id=ups["d"].id)
+    for up, url in zip(ups, elsewhere, strict=True):
+        st.inject("download_url", Fault.foreign_url(url), artifact_id=up.id)
     job, items = await run_import(make_importer(service, fake), sbx.id)
-    assert (job.status, job.counts) == ("failed", tally(imported=1, failed=4))
-    foreign = (fake.foreign_base_url or "http://evil.example").split("//")[1]
-    other = (fake.other_port_base_url or "http://127.0.0.1:1").split("//")[1]
-    assert {k: items[u.id].reason for k, u in ups.items() if k != "e"} == {
-        "a": f"CrowNest's download URL for {ups['a'].id} points at {foreign}, not the "
-        "configured CrowNest host; refusing to send the API key there.",
-        "b": f"CrowNest's download URL for {ups['b'].id} points at {other}, not the "
-        "configured CrowNest host; refusing to send the API key there.",
-        "c": f"CrowNest's download URL for {ups['c'].id} points at evil.example, not the "
-        "configured CrowNest host; refusing to send the API key there.",
-        "d": f"CrowNest redirected the download of {ups['d'].id} to http://{foreign}/v1/"
-        f"artifacts/{ups['d'].id}/download; refusing to follow with the key.",
+    assert (job.status, job.counts) == ("succeeded", tally(imported=3))
+    for up in ups:
+        assert up.data is not None
+        await assert_imported(
+            service, up, up.data, items[up.id], content_type="text/plain", artifact_type="other"
+        )
+        (got,) = hits(st, "download", up.id)
+        assert (got.method, got.path, got.server, got.status) == (
+            "GET", f"/v1/artifacts/{up.id}/download", fake.base_url.split("//")[1], 200,
+        )  # fmt: skip
+        assert got.authorization == f"Bearer {fake.api_key}"
+        assert got.headers["accept"] == "application/octet-stream"
+    assert hits(st, "download_url") == [] and len(st.pending_faults()) == 3
+    assert st.foreign_requests() == [] and st.leaks() == []
+
+
+@pytest.mark.anyio
+async def test_a_redirect_of_the_download_is_followed_and_the_key_stays_home(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+) -> None:
+    """A redirect (the docs' short-lived signed URL, say on object storage) is followed; the
+    key goes only to the configured origin, never to another host or port; the bytes are
+    streamed and checked as on the API host; a failure there fails only that item."""
+    if fake.foreign_base_url is None or fake.other_port_base_url is None:
+        pytest.skip("127.0.0.2 cannot be bound here")
+    st = fake.state
+    sbx = st.add_sandbox()
+    big = st.add_artifact(sbx.id, random.Random(7).randbytes(3 * MiB + 123), name="big.bin")
+    port = st.add_artifact(sbx.id, b"on another port", name="port.txt")
+    home = st.add_artifact(sbx.id, b"same origin", name="home.txt")
+    lying = st.add_artifact(sbx.id, b"12345", name="lying.bin", size_bytes=15)
+    gone = st.add_artifact(sbx.id, b"lost", name="gone.txt")
+    loop = st.add_artifact(sbx.id, b"loop", name="loop.txt")
+    redirects = [
+        (big, [Fault.redirect()]),  # to 127.0.0.2
+        (port, [Fault.redirect("{other_port}/v1/artifacts/{id}/download", status=307)]),
+        (home, [Fault.redirect("{base}/v1/artifacts/{id}/download?signed=1")]),
+        (lying, [Fault.redirect()]),
+        (gone, [Fault.redirect("{foreign}/storage/{id}?signature=s3cr3t")]),
+        (loop, [Fault.redirect("{base}/v1/artifacts/{id}/download")] * 6),
+    ]
+    for up, faults in redirects:
+        st.inject("download", *faults, artifact_id=up.id)
+
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+
+    assert (job.status, job.counts) == ("failed", tally(imported=3, failed=3))
+    for up in (big, port, home):
+        assert up.data is not None
+        await assert_imported(
+            service, up, up.data, items[up.id], content_type=up.content_type or
+            "application/octet-stream", artifact_type="other",
+        )  # fmt: skip
+    foreign = fake.foreign_base_url
+    assert {up.id: items[up.id].reason for up in (lying, gone, loop)} == {
+        lying.id: "CrowNest sent 5 of 15 bytes; not stored",
+        gone.id: f"{foreign}/storage/{gone.id} (where CrowNest redirected the download) "
+        "answered 404: Nothing here (foreign host).",  # the signature is not repeated
+        loop.id: "transfer failed: TooManyRedirects: Exceeded maximum allowed redirects.",
     }
-    assert st.leaks() == []
-    assert st.foreign_requests() == []
-    for k in "abcd":  # refused at once: not retried
-        assert len(hits(st, "download_url", ups[k].id)) == 1
-    assert [r.status for r in hits(st, "download", ups["d"].id)] == [302]
-    assert list(await crownest_rows(service)) == [ups["e"].id]
-    assert blob_files(blob_dir) == {sha(b"e" * 10)} and staging(blob_dir) == []
+    away = st.foreign_requests()
+    assert sorted((r.server, r.path) for r in away) == sorted(
+        [
+            (foreign.split("//")[1], f"/v1/artifacts/{big.id}/download"),
+            (fake.other_port_base_url.split("//")[1], f"/v1/artifacts/{port.id}/download"),
+            (foreign.split("//")[1], f"/v1/artifacts/{lying.id}/download"),
+            (foreign.split("//")[1], f"/storage/{gone.id}"),
+        ]
+    )
+    assert [r.authorization for r in away] == [None] * 4 and st.leaks() == []
+    at_home = [r for r in st.requests if not r.foreign]
+    assert all(r.authorization == f"Bearer {fake.api_key}" for r in at_home)
+    assert [r.query for r in hits(st, "download", home.id)] == ["", "signed=1"]
+    assert len(hits(st, "download", loop.id)) == 6  # five hops followed, then given up
+    assert st.pending_faults() == {}
+    assert blob_files(blob_dir) == {sha(u.data) for u in (big, port, home) if u.data}
+    assert staging(blob_dir) == []
 
 
 @pytest.mark.anyio

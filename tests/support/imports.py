@@ -198,11 +198,16 @@ MAPPING = [
 ]
 
 
+def proxy_page() -> Fault:
+    """A proxy's HTML 502 page in front of CrowNest: not CrowNest's body, still worth a retry."""
+    return Fault.raw(502, b"<html><body>502 Bad Gateway</body></html>")
+
+
 TRANSIENT = {
     "download-503": ("download", Fault.unavailable),
     "download-500": ("download", Fault.server_error),
     "download-drop": ("download", lambda: Fault.drop(after_bytes=100_000)),
-    "download_url-500": ("download_url", Fault.server_error),
+    "download-502-html": ("download", proxy_page),
 }
 
 
@@ -213,7 +218,7 @@ PERSISTENT = {
         lambda: Fault.drop(after_bytes=100_000),
         "transfer failed: RemoteProtocolError: ",
     ),
-    "download_url-500": ("download_url", Fault.server_error, "Injected 500."),
+    "download-502-html": ("download", proxy_page, "CrowNest answered 502"),
 }
 
 
