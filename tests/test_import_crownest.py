@@ -36,12 +36,15 @@ from tests.support.imports import (
     TRANSIENT,
     WF,
     MiB,
+    Recorded,
     assert_imported,
     blob_files,
+    closed_port,
     crownest_rows,
     finished,
     hits,
     make_importer,
+    not_crownest,
     poll,
     rows_of,
     run_import,
@@ -288,6 +291,62 @@ async def test_dry_run_stores_nothing(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("case", ["refused", "bad-url", "html-404", "html-200"])
+async def test_a_host_that_is_not_crownest_stops_the_job_naming_the_setting(
+    service: ArtifactService, fake: FakeCrowNest, case: str
+) -> None:
+    """Unreachable, not a URL, or some other web server: the job fails at once with one
+    sentence (the host, what went wrong, the setting to check), nothing is stored, and the
+    error reaches the progress (the CLI's exit 2)."""
+    with not_crownest() as web:
+        base, error = {
+            "refused": (
+                f"http://127.0.0.1:{closed_port()}",
+                r"Cannot reach CrowNest at http://127\.0\.0\.1:\d+: connection refused "
+                r"\(3 attempts\)\. Check ARTIFACTS_CROWNEST_BASE_URL\.",
+            ),
+            "bad-url": (
+                "localhost:8000",
+                r"ARTIFACTS_CROWNEST_BASE_URL 'localhost:8000' is not an http:// or https:// "
+                r"URL with a host\.",
+            ),
+            "html-404": (
+                web,
+                rf"{re.escape(web)} answered 404 with a body that is not CrowNest's: it does "
+                r"not look like the CrowNest API\. Check ARTIFACTS_CROWNEST_BASE_URL\.",
+            ),
+            "html-200": (
+                f"{web}/page",
+                rf"{re.escape(web)}/page answered /v1/sandboxes/sbx_1/artifacts with a body "
+                r"that is not CrowNest's JSON: it does not look like the CrowNest API\. "
+                r"Check ARTIFACTS_CROWNEST_BASE_URL\.",
+            ),
+        }[case]
+        progress = Recorded()
+        importer = make_importer(service, fake, base_url=base)
+        job, items = await run_import(importer, "sbx_1", progress)
+    assert (job.status, job.counts, items) == ("failed", tally(), {})
+    assert job.error is not None and re.fullmatch(error, job.error), job.error
+    (stopped,) = progress.errors
+    assert (str(stopped), stopped.setting) == (job.error, "ARTIFACTS_CROWNEST_BASE_URL")
+    assert fake.state.requests == [] and await crownest_rows(service) == {}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", sorted(AUTH))
+async def test_a_key_problem_reaches_the_progress_naming_the_key_setting(
+    service: ArtifactService, fake: FakeCrowNest, case: str
+) -> None:
+    key, error = AUTH[case]
+    sbx = fake.state.add_sandbox()
+    progress = Recorded()
+    job, _ = await run_import(make_importer(service, fake, api_key=key), sbx.id, progress)
+    (stopped,) = progress.errors
+    assert (str(stopped), stopped.setting) == (error.format(base=fake.base_url), "CROWNEST_API_KEY")
+    assert job.error == str(stopped)
+
+
+@pytest.mark.anyio
 async def test_429_waits_retry_after_then_imports(
     service: ArtifactService, fake: FakeCrowNest
 ) -> None:
@@ -431,7 +490,11 @@ async def test_401_403_stop_at_once_naming_the_key_problem(
     sbx = st.add_sandbox()
     st.add_artifacts(sbx.id, 3)
     job, items = await run_import(make_importer(service, fake, api_key=key), sbx.id)
-    assert (job.status, job.error, job.counts) == ("failed", error, tally())
+    assert (job.status, job.error, job.counts) == (
+        "failed",
+        error.format(base=fake.base_url),
+        tally(),
+    )
     assert [(r.route, r.status) for r in st.requests] == [
         ("list", 401 if case == "bad-key" else 403)
     ]
@@ -452,7 +515,8 @@ async def test_401_mid_job_stops_without_touching_the_rest(
     job, items = await run_import(make_importer(service, fake), sbx.id)
     assert (job.status, job.counts) == ("failed", tally())
     assert job.error == (
-        "CrowNest rejected the API key (invalid_api_key): check CROWNEST_API_KEY. Key revoked."
+        f"CrowNest at {fake.base_url} rejected the API key (invalid_api_key): "
+        "check CROWNEST_API_KEY. Key revoked."
     )
     assert [(r.route, r.status) for r in st.requests] == [("list", 200), ("download", 401)]
     assert items == {} and await crownest_rows(service) == {}
@@ -466,6 +530,7 @@ async def test_unknown_sandbox_is_a_clear_error(
     job, items = await run_import(make_importer(service, fake), "sbx_does_not_exist")
     assert (job.status, job.counts, items) == ("failed", tally(), {})
     assert job.error == "CrowNest has no sandbox 'sbx_does_not_exist' (not_found)."
+    assert job.error is not None and "ARTIFACTS_" not in job.error  # not a setting: exit 1
     assert [(r.route, r.status) for r in st.requests] == [("list", 404)]
 
 
@@ -773,6 +838,26 @@ def test_http_import_without_a_key_is_503(
             assert r.status_code == 503, r.text
             assert r.json() == {
                 "detail": "Imports need CROWNEST_API_KEY set on the server.",
+                "code": "crownest_not_configured",
+            }
+        assert count_rows(database_url, "imports") == 0
+        assert fake.state.requests == []
+    finally:
+        server.stop()
+
+
+def test_http_import_with_a_base_url_that_cannot_work_is_503(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    env = {**server_env(fake), "ARTIFACTS_CROWNEST_BASE_URL": "localhost:8000"}
+    server = start_app(tmp_path / "data", database_url=database_url, env=env)
+    try:
+        with server.client() as client:
+            r = client.post("/imports/crownest", json={"sandbox_id": "sbx_1", "workflow_id": WF})
+            assert r.status_code == 503, r.text
+            assert r.json() == {
+                "detail": "Imports cannot run: ARTIFACTS_CROWNEST_BASE_URL 'localhost:8000' is "
+                "not an http:// or https:// URL with a host.",
                 "code": "crownest_not_configured",
             }
         assert count_rows(database_url, "imports") == 0

@@ -1,4 +1,8 @@
-"""`artifacts import crownest …`: the importer from a terminal, with a progress bar and a table."""
+"""`artifacts import crownest …`: the importer from a terminal, with a progress bar and a table.
+
+Exit status: 0 when nothing failed, 1 when an item or the job failed, 2 when the configuration
+is wrong (no key, a bad --artifact-type, CrowNest unreachable or not CrowNest, the key rejected):
+those end with one line on stderr saying what happened and which setting to check."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -22,6 +27,7 @@ from rich.table import Table
 from app.artifacts.schemas import check_artifact_type
 from app.blobstore import open_blob_store
 from app.cli.base import cli, load_settings, migrate_database
+from app.imports.crownest import CrowNestError, check_base_url
 from app.imports.importer import ImportOptions
 from app.imports.importer import Progress as ImportProgress
 from app.imports.runner import importer_for
@@ -34,27 +40,51 @@ from storage.imports import Item, Job
 import_group = typer.Typer(no_args_is_help=True, help="Import artifacts from other systems.")
 cli.add_typer(import_group, name="import")
 console = Console(stderr=True)
+BYTES = (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+
+
+def fail(message: str) -> typer.Exit:
+    """One plain line on stderr (never wrapped or styled), and exit status 2."""
+    typer.echo(f"artifacts: {message}", err=True)
+    return typer.Exit(2)
 
 
 class BarProgress(ImportProgress):
-    """One bar of bytes, its label counting artifacts."""
+    """A transient "listing" spinner, then one bar of bytes, its label counting artifacts;
+    why a job stopped is kept for the summary."""
 
-    def __init__(self, bars: Progress) -> None:
-        self.bars = bars
+    def __init__(self, out: Console) -> None:
+        self.status = out.status("listing the sandbox's artifacts on CrowNest…")
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), *BYTES, console=out)
         self.done = 0
         self.total = 0
-        self.task: TaskID = bars.add_task("listing…", total=None)
+        self.task: TaskID | None = None
+        self.error: CrowNestError | None = None
+        if out.is_terminal:  # elsewhere a spinner leaves nothing but an empty line
+            self.status.start()
 
     def planned(self, items: int, total_bytes: int) -> None:
+        self.status.stop()
+        self.bars.start()
         self.total = items
-        self.bars.update(self.task, total=total_bytes, description=self._label())
+        self.task = self.bars.add_task(self._label(), total=total_bytes)
 
     def transferred(self, size: int) -> None:
-        self.bars.advance(self.task, size)
+        if self.task is not None:
+            self.bars.advance(self.task, size)
 
     def finished(self, item: Item) -> None:
         self.done += 1
-        self.bars.update(self.task, description=self._label())
+        if self.task is not None:
+            self.bars.update(self.task, description=self._label())
+
+    def stopped(self, error: CrowNestError) -> None:
+        self.error = error
+
+    def close(self) -> None:
+        self.status.stop()
+        if self.task is not None:  # stopping a bar never started still prints a line
+            self.bars.stop()
 
     def _label(self) -> str:
         return f"{self.done}/{self.total} artifacts"
@@ -68,12 +98,13 @@ def summary_table(job: Job, failures: list[Item], skipped: list[Item]) -> Table:
     table.add_row("imported", str(job.counts["imported"]), f"{job.bytes} bytes")
     table.add_row("unchanged", str(job.counts["unchanged"]), "already here, same size")
     reasons = sorted({(i.reason or "").split(":")[0] for i in skipped})
-    table.add_row("skipped", str(job.counts["skipped"]), ", ".join(reasons))
+    table.add_row("skipped", str(job.counts["skipped"]), escape(", ".join(reasons)))
     table.add_row("failed", str(job.counts["failed"]), "")
     for item in failures:
-        table.add_row("", "", f"[red]{item.upstream_id}[/red] {item.name or ''}: {item.reason}")
+        what = f"{item.upstream_id} {item.name or ''}: {item.reason}"
+        table.add_row("", "", f"[red]{escape(what)}[/red]")
     if job.error and not failures:
-        table.add_row("", "", f"[red]{job.error}[/red]")
+        table.add_row("", "", f"[red]{escape(job.error)}[/red]")
     return table
 
 
@@ -97,17 +128,18 @@ def crownest(
     ] = DEFAULT_TENANT,
 ) -> None:
     """Import a CrowNest sandbox's artifacts (CROWNEST_API_KEY; ARTIFACTS_CROWNEST_BASE_URL).
-    Exit status 0 only when nothing failed."""
+    Exit status 0 only when nothing failed; 2 when a setting is wrong."""
     settings = load_settings(data_dir)
     if settings.crownest_api_key is None:
-        console.print("[red]CROWNEST_API_KEY is not set.[/red]")
-        raise typer.Exit(2)
+        raise fail("CROWNEST_API_KEY is not set.")
+    problem = check_base_url(settings.crownest_base_url)
+    if problem is not None:
+        raise fail(problem)
     if artifact_type is not None:
         try:
             artifact_type = check_artifact_type(artifact_type, settings.artifact_types)
         except ValueError as exc:
-            console.print(f"[red]--artifact-type: {exc}[/red]")
-            raise typer.Exit(2) from None
+            raise fail(f"--artifact-type: {exc}") from None
     options = ImportOptions(
         sandbox_id=sandbox,
         workflow_id=workflow_id,
@@ -119,29 +151,31 @@ def crownest(
         dry_run=dry_run,
     )
     migrate_database(settings)
-    job = asyncio.run(_run(settings, options, project))
+    job, error = asyncio.run(_run(settings, options, project))
+    if error is not None and error.setting is not None:
+        raise fail(str(error))
     raise typer.Exit(0 if job.counts["failed"] == 0 and job.status == "succeeded" else 1)
 
 
-async def _run(settings: Settings, options: ImportOptions, project: str) -> Job:
+async def _run(
+    settings: Settings, options: ImportOptions, project: str
+) -> tuple[Job, CrowNestError | None]:
+    """The job run to its end, its summary printed unless a setting stopped it."""
     db = Database(settings.resolved_database_url)
     try:
         async with open_blob_store(settings) as blobs:
             service = ArtifactService(db, blobs, tenant=project)
             importer = importer_for(service, settings)
             job_id = await importer.start(options)
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-            )
-            with Progress(*columns, console=console, transient=False) as bars:
-                job = await importer.run(job_id, BarProgress(bars))
-            failures = await importer.jobs.items(job_id, "failed")
-            skipped = await importer.jobs.items(job_id, "skipped")
-            Console().print(summary_table(job, failures, skipped))
-            return job
+            progress = BarProgress(console)
+            try:
+                job = await importer.run(job_id, progress)
+            finally:
+                progress.close()
+            if progress.error is None or progress.error.setting is None:
+                failures = await importer.jobs.items(job_id, "failed")
+                skipped = await importer.jobs.items(job_id, "skipped")
+                Console().print(summary_table(job, failures, skipped))
+            return job, progress.error
     finally:
         await db.dispose()

@@ -10,10 +10,14 @@ The docs say downloads are short-lived signed URLs, so a redirect from that rout
 (at most MAX_REDIRECTS hops): a signed URL carries its own authorisation and needs no key. The
 API key is only ever sent to the configured origin (scheme, host and port): a request hook
 strips it from every request bound anywhere else, whatever httpx's own redirect rules.
+
+Errors that mean the configuration is wrong (host unreachable, not CrowNest, key rejected) name
+the setting to check in `CrowNestError.setting`; the CLI turns them into one line and exit 2.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +34,8 @@ from tenacity import (
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 5
+BASE_URL_SETTING = "ARTIFACTS_CROWNEST_BASE_URL"
+KEY_SETTING = "CROWNEST_API_KEY"
 
 
 class UpstreamArtifact(BaseModel):
@@ -52,16 +58,16 @@ class UpstreamArtifact(BaseModel):
 
 
 class CrowNestError(Exception):
-    """An answer (or a failure to get one) from CrowNest, with its code; `fatal` ones (the key
-    is wrong or lacks access) stop a job."""
+    """An answer (or a failure to get one) from CrowNest, with its code. `setting` names the
+    setting to check when the error means the configuration is wrong; `fatal` ones stop a job."""
 
     def __init__(
         self, message: str, *, status: int | None = None, code: str = "upstream_error",
-        retry_after: float | None = None, fatal: bool = False,
+        retry_after: float | None = None, setting: str | None = None, fatal: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.code, self.retry_after = status, code, retry_after
-        self.fatal = fatal
+        self.setting, self.fatal = setting, fatal
 
     @property
     def retryable(self) -> bool:
@@ -72,6 +78,17 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, CrowNestError):
         return exc.retryable
     return isinstance(exc, httpx.TransportError)  # refused, reset, cut-off body, timeouts
+
+
+def check_base_url(url: str) -> str | None:
+    """Why `url` cannot be CrowNest's base URL, or None when it can."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return f"{BASE_URL_SETTING} {url!r} is not a URL ({exc})."
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return f"{BASE_URL_SETTING} {url!r} is not an http:// or https:// URL with a host."
+    return None
 
 
 def _origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -100,6 +117,19 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _reason(exc: httpx.TransportError) -> str:
+    """'connection refused', 'name or service not known', 'ReadTimeout', …: the cause in words."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            text = os.strerror(cause.errno) if cause.errno > 0 else str(cause.strerror)
+            return text[:1].lower() + text[1:]
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer in time ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class CrowNestClient:
     def __init__(
         self,
@@ -113,6 +143,9 @@ class CrowNestClient:
         retry_after_max: float = 60.0,
         page_size: int = 100,
     ) -> None:
+        problem = check_base_url(base_url)
+        if problem is not None:
+            raise CrowNestError(problem, code="bad_base_url", setting=BASE_URL_SETTING)
         self.base_url = base_url.rstrip("/")
         self._origin = _origin_of(httpx.URL(self.base_url))
         self._auth = {"Authorization": f"Bearer {api_key}"}
@@ -153,16 +186,36 @@ class CrowNestClient:
                 f"answered {status}{said}",
                 status=status, code="redirect_target_error", retry_after=retry_after,
             )  # fmt: skip
+        if error is None and status != 429 and status < 500:
+            return self._not_crownest(response)
         code = str((error or {}).get("code") or "upstream_error")
-        message = str((error or {}).get("message") or f"CrowNest answered {status}")
-        if status == 401:
-            message = f"CrowNest rejected the API key ({code}): check CROWNEST_API_KEY. {message}"
-        elif status == 403:
-            message = (
-                f"The CrowNest API key lacks access ({code}): it needs artifact:read. {message}"
-            )
+        said = str((error or {}).get("message") or f"CrowNest answered {status}")
+        if status not in (401, 403):
+            return CrowNestError(said, status=status, code=code, retry_after=retry_after)
+        what = "rejected the API key" if status == 401 else "gave the API key no access"
+        need = "" if status == 401 else "it needs artifact:read; "
         return CrowNestError(
-            message, status=status, code=code, retry_after=retry_after, fatal=status in (401, 403)
+            f"CrowNest at {self.base_url} {what} ({code}): {need}check {KEY_SETTING}. {said}",
+            status=status, code=code, setting=KEY_SETTING, fatal=True,
+        )  # fmt: skip
+
+    def _not_crownest(self, response: httpx.Response) -> CrowNestError:
+        if response.has_redirect_location:
+            what = f"redirected to {_no_query(httpx.URL(response.headers['location']))}"
+        else:
+            what = f"answered {response.status_code} with a body that is not CrowNest's"
+        return CrowNestError(
+            f"{self.base_url} {what}: it does not look like the CrowNest API. "
+            f"Check {BASE_URL_SETTING}.",
+            status=response.status_code, code="not_crownest", setting=BASE_URL_SETTING,
+        )  # fmt: skip
+
+    def _unreachable(self, exc: httpx.TransportError) -> CrowNestError:
+        return CrowNestError(
+            f"Cannot reach CrowNest at {self.base_url}: {_reason(exc)} "
+            f"({self.max_attempts} attempts). Check {BASE_URL_SETTING}.",
+            code="unreachable",
+            setting=BASE_URL_SETTING,
         )
 
     def retrying(self) -> AsyncRetrying:
@@ -182,9 +235,12 @@ class CrowNestClient:
         )
 
     async def _json(self, method: str, path: str, **params: Any) -> dict[str, Any]:
-        async for attempt in self.retrying():
-            with attempt:
-                return await self._json_once(method, path, **params)
+        try:
+            async for attempt in self.retrying():
+                with attempt:
+                    return await self._json_once(method, path, **params)
+        except httpx.TransportError as exc:  # still failing after the retries
+            raise self._unreachable(exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _json_once(self, method: str, path: str, **params: Any) -> dict[str, Any]:
@@ -194,9 +250,14 @@ class CrowNestClient:
         try:
             body = response.json()
         except ValueError:
-            raise CrowNestError(f"CrowNest sent invalid JSON for {path}") from None
+            body = None
         if not isinstance(body, dict):
-            raise CrowNestError(f"CrowNest sent an unexpected body for {path}")
+            raise CrowNestError(
+                f"{self.base_url} answered {path} with a body that is not CrowNest's JSON: "
+                f"it does not look like the CrowNest API. Check {BASE_URL_SETTING}.",
+                code="not_crownest",
+                setting=BASE_URL_SETTING,
+            )
         return body
 
     async def list_artifacts(self, sandbox_id: str) -> AsyncIterator[UpstreamArtifact]:

@@ -1,12 +1,13 @@
 """Importing a CrowNest sandbox's artifacts into the store, through the one ingest path.
 
 Per upstream artifact: deleted upstream or filtered out -> skipped; already imported (one live
-artifact per CrowNest id, unique in the database) -> unchanged, or failed when the upstream size
-differs (reported, never silently overwritten); otherwise its bytes stream from CrowNest into the
-blob store (sha256 in the same pass, `sizeBytes` checked before anything is committed) and one
-artifact row is written. One item's failure never stops the others; a bad key, an unknown
-sandbox or broken pagination stop the job. Every outcome is recorded in the job's table, so an
-interrupted job is resumed by running it again: nothing is duplicated.
+artifact per CrowNest id, unique in the database) -> unchanged, or failed when the upstream
+size differs (reported, never silently overwritten); otherwise its bytes stream from CrowNest
+into the blob store (sha256 in the same pass, `sizeBytes` checked before anything is committed)
+and one artifact row is written. One item's failure never stops the others; a bad key, an
+unreachable host, an unknown sandbox or broken pagination stop the job. Every outcome is
+recorded in the job's table, so an interrupted job is resumed by running it again: nothing is
+duplicated.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class Progress:
 
     def finished(self, item: Item) -> None: ...
 
+    def stopped(self, error: CrowNestError) -> None:
+        """The job stopped early on this error (recorded as the job's error too)."""
+
 
 def artifact_type_for(name: str, chosen: str | None) -> str:
     return chosen or TYPE_BY_EXTENSION.get(PurePosixPath(name).suffix.lower(), "other")
@@ -130,6 +134,7 @@ class CrowNestImporter:
                     progress.finished(item)
         except CrowNestError as exc:
             await self.jobs.set_status(job_id, "failed", str(exc))
+            progress.stopped(exc)
             return await self.jobs.get(job_id)
         except BaseException:
             await self.jobs.set_status(job_id, "interrupted")
@@ -148,7 +153,7 @@ class CrowNestImporter:
         try:
             return [a async for a in client.list_artifacts(options.sandbox_id)]
         except CrowNestError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and exc.setting is None:  # CrowNest's own not_found
                 raise CrowNestError(
                     f"CrowNest has no sandbox {options.sandbox_id!r} ({exc.code}).",
                     status=404,
@@ -162,7 +167,7 @@ class CrowNestImporter:
         try:
             return await client.get_artifact(artifact_id)
         except CrowNestError as exc:
-            if exc.status != 404:
+            if exc.status != 404 or exc.setting is not None:
                 raise
             return artifact_id
 

@@ -31,8 +31,10 @@ from tests.support.imports import (
     LazyBytes,
     MiB,
     cli_env,
+    closed_port,
     finished,
     hits,
+    not_crownest,
     peak_of,
     poll,
     rows_of,
@@ -198,6 +200,45 @@ def test_cli_exits_2_without_a_key_or_with_a_bad_type(tmp_path: Path, fake: Fake
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--artifact-type" in done.stderr
     assert fake.state.requests == []
+
+
+@pytest.mark.parametrize("case", ["refused", "bad-url", "not-crownest", "bad-key", "no-scope"])
+def test_cli_says_what_is_wrong_in_one_line_and_exits_2(
+    tmp_path: Path, fake: FakeCrowNest, case: str
+) -> None:
+    """A setting that cannot work ends the command with one line naming the host, what went
+    wrong and the setting to check: no traceback, no table, exit 2 (issue 16)."""
+    sbx = fake.state.add_sandbox()
+    fake.state.add_artifacts(sbx.id, 2)
+    env = cli_env(fake, tmp_path / "data", None)
+    closed = f"http://127.0.0.1:{closed_port()}"
+    urls = {"refused": closed, "bad-url": "ftp://crownest.dev"}
+    keys = {"bad-key": "cn_test_wrong_key", "no-scope": FORBIDDEN_API_KEY}
+    with not_crownest() as web:
+        env["ARTIFACTS_CROWNEST_BASE_URL"] = {**urls, "not-crownest": web}.get(case, fake.base_url)
+        env["CROWNEST_API_KEY"] = keys.get(case, fake.api_key)
+        done = run_cli("--sandbox", sbx.id, "--workflow-id", WF, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    base, check = fake.base_url, "Check ARTIFACTS_CROWNEST_BASE_URL."
+    expected = {
+        "refused": f"Cannot reach CrowNest at {closed}: connection refused (3 attempts). {check}",
+        "bad-url": "ARTIFACTS_CROWNEST_BASE_URL 'ftp://crownest.dev' is not an http:// or "
+        "https:// URL with a host.",
+        "not-crownest": f"{web} answered 404 with a body that is not CrowNest's: it does not "
+        f"look like the CrowNest API. {check}",
+        "bad-key": f"CrowNest at {base} rejected the API key (invalid_api_key): "
+        "check CROWNEST_API_KEY. Invalid API key.",
+        "no-scope": f"CrowNest at {base} gave the API key no access (forbidden): "
+        "it needs artifact:read; check CROWNEST_API_KEY. API key lacks required scope.",
+    }[case]
+    assert line == f"artifacts: {expected}"
+    assert env["CROWNEST_API_KEY"] not in done.stderr
+    routes = [r.route for r in fake.state.requests]
+    assert routes == (["list"] if case in ("bad-key", "no-scope") else [])
+    if case == "bad-url":  # refused before any database or job exists
+        assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.slow
