@@ -274,20 +274,67 @@ async def test_source_path_prefix_filter(service: ArtifactService, fake: FakeCro
 
 
 @pytest.mark.anyio
-async def test_dry_run_stores_nothing(
+async def test_dry_run_stores_nothing_and_reports_what_it_would_import(
     service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
 ) -> None:
     st = fake.state
     sbx = st.add_sandbox()
     ups = st.add_artifacts(sbx.id, 8, kind="mixed")
-    job, items = await run_import(make_importer(service, fake), sbx.id, dry_run=True)
+    live = [u for u in ups if u.deleted_at is None]
+    progress = Recorded()
+    job, items = await run_import(
+        make_importer(service, fake), sbx.id, progress, phase_id="ph", dry_run=True
+    )
     assert (job.status, job.counts, job.bytes) == ("succeeded", tally(skipped=8), 0)
     for up in ups:
         want = DRY if up.deleted_at is None else f"deleted upstream at {up.deleted_at}"
         assert (items[up.id].status, items[up.id].reason) == ("skipped", want)
+    planned = {up.id: new for up, new in progress.would}
+    assert sorted(planned) == sorted(u.id for u in live) and progress.errors == []
+    for up in live:
+        new = planned[up.id]
+        assert (new.workflow_id, new.phase_id, new.title, new.source_ref) == (
+            WF, "ph", up.name, up.id,
+        )  # fmt: skip
+        assert new.content_type == up.content_type or (
+            up.content_type is None and new.content_type == "application/octet-stream"
+        )
     assert hits(st, "download_url") == [] and hits(st, "download") == []
     assert await crownest_rows(service) == {}
     assert blob_files(blob_dir) == set() and staging(blob_dir) == []
+
+
+@pytest.mark.anyio
+async def test_importing_again_elsewhere_says_where_the_artifacts_already_are(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    """One artifact per CrowNest id: a second import into another workflow (or phase) adds
+    nothing, and each item's reason names the workflow and phase that hold it."""
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 3)
+    importer = make_importer(service, fake)
+    job, first = await run_import(importer, sbx.id, workflow_id="wf-a", phase_id="p1")
+    assert job.counts == tally(imported=3)
+    rows = await crownest_rows(service)
+    for options, reason in (
+        ({"workflow_id": "wf-b"}, "already in workflow 'wf-a', phase 'p1'"),
+        ({"workflow_id": "wf-b", "dry_run": True}, "already in workflow 'wf-a', phase 'p1'"),
+        ({"workflow_id": "wf-a"}, "already in workflow 'wf-a', phase 'p1'"),
+        ({"workflow_id": "wf-a", "phase_id": "p1"}, None),
+    ):
+        progress = Recorded()
+        job, items = await run_import(importer, sbx.id, progress, **options)
+        assert (job.status, job.counts) == ("succeeded", tally(unchanged=3)), options
+        for up in ups:
+            assert items[up.id] == Item(
+                up.id, up.name, "unchanged", reason, first[up.id].artifact_id, None
+            )
+        assert progress.would == []
+    assert await crownest_rows(service) == rows
+    for up in ups:
+        a = await service.find_by_source("crownest", up.id)
+        assert a is not None and (a.workflow_id, a.phase_id) == ("wf-a", "p1")
 
 
 @pytest.mark.anyio

@@ -24,13 +24,14 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.imports.crownest import CrowNestClient, CrowNestError
+from app.imports.crownest import CrowNestClient, CrowNestError, UpstreamArtifact
 from app.imports.importer import CrowNestImporter, ImportOptions, Progress
 from storage.artifacts import ArtifactService
 from storage.db.engine import sqlite_url
 from storage.db.migrate import upgrade
 from storage.db.tables import artifacts as artifacts_table
 from storage.imports import ImportJobs, Item, Job
+from storage.records import NewArtifact
 from tests.support.crownest import (
     FORBIDDEN_API_KEY,
     Artifact,
@@ -78,10 +79,14 @@ def make_importer(
 
 
 class Recorded(Progress):
-    """What the importer reported besides bytes: why a job stopped."""
+    """What the importer reported besides bytes: a dry run's plan and why a job stopped."""
 
     def __init__(self) -> None:
+        self.would: list[tuple[UpstreamArtifact, NewArtifact]] = []
         self.errors: list[CrowNestError] = []
+
+    def would_import(self, upstream: UpstreamArtifact, artifact: NewArtifact) -> None:
+        self.would.append((upstream, artifact))
 
     def stopped(self, error: CrowNestError) -> None:
         self.errors.append(error)
@@ -315,16 +320,42 @@ def cli_env(fake: FakeCrowNest, data_dir: Path, database_url: str | None) -> dic
     return env
 
 
-def table_of(stdout: str) -> dict[str, list[str]]:
-    """The summary table's rows: first cell -> the other cells (failure rows under '')."""
-    rows: dict[str, list[str]] = {}
+OUTCOMES = ("imported", "would import", "unchanged", "skipped", "failed")
+
+
+def cells_of(stdout: str, width: int) -> list[list[str]]:
+    """The cells of every table row of `width` columns in the output."""
+    out = []
     for line in stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("│").split("│")]
-        if len(cells) == 3 and cells[0] in ("imported", "unchanged", "skipped", "failed", ""):
-            if cells[0] == "" and cells[2]:
-                rows.setdefault("", []).append(cells[2])
-            elif cells[0]:
-                rows[cells[0]] = cells[1:]
+        if "│" in line:
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            if len(cells) == width:
+                out.append(cells)
+    return out
+
+
+def table_of(stdout: str) -> dict[str, list[str]]:
+    """The summary table's rows: first cell -> the other cells (the detail rows beneath an
+    outcome, failures and where unchanged ones are, under '')."""
+    rows: dict[str, list[str]] = {}
+    for cells in cells_of(stdout, 3):
+        if cells[0] == "" and cells[2]:
+            rows.setdefault("", []).append(cells[2])
+        elif cells[0] in OUTCOMES:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def dry_run_of(stdout: str) -> dict[str, list[str]]:
+    """The dry run's listing: CrowNest id (or 'total: …') -> [name, source path (the name's
+    second line), bytes, content type, type]."""
+    rows: dict[str, list[str]] = {}
+    last: list[str] | None = None
+    for cells in cells_of(stdout, 5):
+        if cells[0].startswith(("art_", "total")):
+            last = rows[cells[0]] = [cells[1], "", *cells[2:]]
+        elif cells[0] == "" and last is not None and cells[1]:
+            last[1] += cells[1]
     return rows
 
 

@@ -32,6 +32,7 @@ from tests.support.imports import (
     MiB,
     cli_env,
     closed_port,
+    dry_run_of,
     finished,
     hits,
     not_crownest,
@@ -142,7 +143,7 @@ def test_cli_imports_and_prints_a_summary(
     assert table_of(done.stdout) == {
         "imported": ["9", f"{total} bytes"],
         "unchanged": ["0", "already here, same size"],
-        "skipped": ["3", "deleted upstream at 2026-06-09T15"],
+        "skipped": ["3", "deleted upstream"],
         "failed": ["0", ""],
     }
     # the progress bar (and its final "12/12 artifacts") goes to stderr, the table to stdout
@@ -239,6 +240,69 @@ def test_cli_says_what_is_wrong_in_one_line_and_exits_2(
     assert routes == (["list"] if case in ("bad-key", "no-scope") else [])
     if case == "bad-url":  # refused before any database or job exists
         assert not (tmp_path / "data").exists()
+
+
+def test_cli_dry_run_lists_what_it_would_import_and_where(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    notes = st.add_artifact(
+        sbx.id, "# notes\n", name="notes.md", source_path="/workspace/out/notes.md"
+    )
+    raw = st.add_artifact(sbx.id, b"\x00\x01\x02", name="raw", content_type=None, source_path=None)
+    data = st.add_artifact(sbx.id, '{"a": 1}', name="data.json")
+    st.add_artifact(sbx.id, "bye", name="gone.txt", deleted=True)
+    env = cli_env(fake, tmp_path / "data", database_url)
+    args = ["--sandbox", sbx.id, "--workflow-id", "wf-a", "--phase-id", "p"]
+    done = run_cli(*args, "--dry-run", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dry_run_of(done.stdout) == {
+        notes.id: ["notes.md", "/workspace/out/notes.md", "8", "text/markdown", "markdown"],
+        raw.id: ["raw", "", "3", "application/octet-stream", "other"],
+        data.id: ["data.json", "/workspace/data.json", "8", "application/json", "json"],
+        "total: 3 artifact(s)": ["", "", "19", "", ""],
+    }
+    assert "Dry run: would import 3 artifact(s), 19 bytes, into workflow 'wf-a', phase 'p'" in (
+        done.stdout
+    )
+    assert re.search(r"CrowNest dry run [0-9a-f-]{36}: succeeded \(nothing stored\)", done.stdout)
+    assert table_of(done.stdout) == {
+        "would import": ["3", "19 bytes"],
+        "unchanged": ["0", "already here, same size"],
+        "skipped": ["1", "deleted upstream"],
+        "failed": ["0", ""],
+    }
+    assert rows_of(database_url) == {} and hits(st, "download") == []
+
+
+def test_cli_importing_again_into_another_workflow_names_the_one_that_holds_them(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 3)
+    env = cli_env(fake, tmp_path / "data", database_url)
+    first = run_cli("--sandbox", sbx.id, "--workflow-id", "wf-a", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = rows_of(database_url)
+    extra = st.add_artifact(sbx.id, "new since", name="late.txt")
+    for dry in (["--dry-run"], []):  # the dry run first: it leaves nothing behind
+        done = run_cli("--sandbox", sbx.id, "--workflow-id", "wf-b", *dry, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        table = table_of(done.stdout)
+        assert table["unchanged"] == ["3", "already imported; not added again to workflow 'wf-b':"]
+        assert table[""] == ["3 already in workflow 'wf-a'"]
+        assert table["would import" if dry else "imported"] == ["1", f"{extra.size_bytes} bytes"]
+        if dry:
+            assert list(dry_run_of(done.stdout)) == [extra.id, "total: 1 artifact(s)"]
+            assert "would import 1 artifact(s), 9 bytes, into workflow 'wf-b'" in done.stdout
+    after = rows_of(database_url)
+    assert {k: v for k, v in after.items() if k != extra.id} == rows
+    for up in ups:
+        (row,) = after[up.id]
+        assert row["workflow_id"] == "wf-a"
+    assert [r["workflow_id"] for r in after[extra.id]] == ["wf-b"]
 
 
 @pytest.mark.slow
