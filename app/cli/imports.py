@@ -28,7 +28,7 @@ from rich.table import Table
 
 from app.artifacts.schemas import check_artifact_type
 from app.blobstore import open_blob_store
-from app.cli.base import cli, load_settings, migrate_database
+from app.cli.base import cli, load_settings, migrate_database, refuse
 from app.imports.crownest import CrowNestError, UpstreamArtifact, check_base_url
 from app.imports.importer import DRY_RUN, ImportOptions, place_of
 from app.imports.importer import Progress as ImportProgress
@@ -44,12 +44,6 @@ import_group = typer.Typer(no_args_is_help=True, help="Import artifacts from oth
 cli.add_typer(import_group, name="import")
 console = Console(stderr=True)
 BYTES = (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-
-
-def fail(message: str) -> typer.Exit:
-    """One plain line on stderr (never wrapped or styled), and exit status 2."""
-    typer.echo(f"artifacts: {message}", err=True)
-    return typer.Exit(2)
 
 
 class BarProgress(ImportProgress):
@@ -214,15 +208,15 @@ def crownest(
     Exit status 0 only when nothing failed; 2 when a setting is wrong."""
     settings = load_settings(data_dir)
     if settings.crownest_api_key is None:
-        raise fail("CROWNEST_API_KEY is not set.")
+        refuse("CROWNEST_API_KEY is not set.")
     problem = check_base_url(settings.crownest_base_url)
     if problem is not None:
-        raise fail(problem)
+        refuse(problem)
     if artifact_type is not None:
         try:
             artifact_type = check_artifact_type(artifact_type, settings.artifact_types)
         except ValueError as exc:
-            raise fail(f"--artifact-type: {exc}") from None
+            refuse(f"--artifact-type: {exc}")
     options = ImportOptions(
         sandbox_id=sandbox,
         workflow_id=workflow_id,
@@ -236,7 +230,7 @@ def crownest(
     migrate_database(settings)
     outcome = asyncio.run(_run(settings, options, project))
     if outcome.error is not None and outcome.error.setting is not None:
-        raise fail(str(outcome.error))
+        refuse(str(outcome.error))
     out = Console()
     if dry_run:
         out.print(dry_run_table(options, outcome.would))
