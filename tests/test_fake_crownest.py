@@ -1,6 +1,7 @@
-"""Holds tests/fake_crownest.py to the official `crownest` SDK (0.1.1) and to the CrowNest docs:
-the SDK pointed at the fake must behave as against the real service, and every scripted fault
-must do what the fake's docstring promises."""
+"""Holds tests/support/crownest.py to the official `crownest` SDK (0.1.1) and to the CrowNest
+docs: the SDK pointed at the fake must behave as against the real service, the importer's
+client must ask what the SDK asks, and every scripted fault must do what the fake's docstring
+promises."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from crownest import AsyncCrowNest, CrowNest, CrowNestApiError
 
+from app.imports.crownest import CrowNestClient
 from tests.support.crownest import (  # noqa: F401  (crownest_fake is a fixture)
     FORBIDDEN_API_KEY,
     FakeCrowNest,
@@ -153,6 +155,31 @@ def test_sdk_download_bytes_and_headers(fake, sdk, http):
     )
     dl = [r for r in st.requests_to("download") if r.headers.get("accept")]
     assert dl[0].headers["accept"] == "application/octet-stream"  # what the SDK sends
+
+
+def test_the_importer_downloads_exactly_as_the_sdk_does(fake, sdk):
+    """Our client and the SDK's download() send the same request to the API host's own route
+    (the importer streams what the SDK buffers) and get the same bytes."""
+    st = fake.state
+    sbx = st.add_sandbox()
+    art = st.add_artifact(sbx.id, bytes(range(256)) * 8192, name="two-mib.bin")  # > one chunk
+
+    async def ours() -> tuple[bytes, int]:
+        async with CrowNestClient(fake.base_url, fake.api_key) as client:
+            async with client.open_download(art.id) as chunks:
+                pieces = [chunk async for chunk in chunks]
+        return b"".join(pieces), len(pieces)
+
+    assert sdk.artifacts.download(art.id) == art.data
+    data, pieces = asyncio.run(ours())
+    assert data == art.data and pieces >= 2  # streamed, not one buffered body
+    theirs, mine = st.requests_to("download")
+    for r in (theirs, mine):
+        assert (r.status, r.foreign, r.query) == (200, False, "")
+    wire = ("method", "path", "authorization", "host", "server")
+    assert [getattr(mine, k) for k in wire] == [getattr(theirs, k) for k in wire]
+    assert mine.headers["accept"] == theirs.headers["accept"] == "application/octet-stream"
+    assert st.requests_to("download_url") == []
 
 
 def test_sdk_download_url_points_at_the_fake_and_works(fake, sdk):

@@ -35,12 +35,16 @@ from tests.support.imports import (
     PERSISTENT,
     TRANSIENT,
     WF,
+    MiB,
+    Recorded,
     assert_imported,
     blob_files,
+    closed_port,
     crownest_rows,
     finished,
     hits,
     make_importer,
+    not_crownest,
     poll,
     rows_of,
     run_import,
@@ -97,9 +101,9 @@ async def test_sandbox_across_pages_imports_exactly_the_live_artifacts(
         assert items[up.id] == Item(
             up.id, up.name, "skipped", f"deleted upstream at {up.deleted_at}", None, None
         )
-    assert hits(st, "download_url") and not any(
-        r.path.split("/")[3] in deleted for r in hits(st, "download_url")
-    )
+    downloaded = [r.path.split("/")[3] for r in hits(st, "download")]
+    assert sorted(downloaded) == sorted(live)  # each live one once, by the SDK's own route
+    assert hits(st, "download_url") == []
     for up in live.values():
         assert up.data is not None
         if up.id in special:
@@ -265,25 +269,128 @@ async def test_source_path_prefix_filter(service: ArtifactService, fake: FakeCro
     for name in ("c.py", "d.txt", "e.txt"):
         assert items[ups[name].id].status == "skipped"
         assert items[ups[name].id].reason == f"filtered: source path not under {prefix}"
-    assert hits(st, "download_url", ups["c.py"].id) == []
+    assert hits(st, "download", ups["c.py"].id) == []
     assert sorted(await crownest_rows(service)) == sorted([ups["a.md"].id, ups["b.json"].id])
 
 
 @pytest.mark.anyio
-async def test_dry_run_stores_nothing(
+async def test_dry_run_stores_nothing_and_reports_what_it_would_import(
     service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
 ) -> None:
     st = fake.state
     sbx = st.add_sandbox()
     ups = st.add_artifacts(sbx.id, 8, kind="mixed")
-    job, items = await run_import(make_importer(service, fake), sbx.id, dry_run=True)
+    live = [u for u in ups if u.deleted_at is None]
+    progress = Recorded()
+    job, items = await run_import(
+        make_importer(service, fake), sbx.id, progress, phase_id="ph", dry_run=True
+    )
     assert (job.status, job.counts, job.bytes) == ("succeeded", tally(skipped=8), 0)
     for up in ups:
         want = DRY if up.deleted_at is None else f"deleted upstream at {up.deleted_at}"
         assert (items[up.id].status, items[up.id].reason) == ("skipped", want)
+    planned = {up.id: new for up, new in progress.would}
+    assert sorted(planned) == sorted(u.id for u in live) and progress.errors == []
+    for up in live:
+        new = planned[up.id]
+        assert (new.workflow_id, new.phase_id, new.title, new.source_ref) == (
+            WF, "ph", up.name, up.id,
+        )  # fmt: skip
+        assert new.content_type == up.content_type or (
+            up.content_type is None and new.content_type == "application/octet-stream"
+        )
     assert hits(st, "download_url") == [] and hits(st, "download") == []
     assert await crownest_rows(service) == {}
     assert blob_files(blob_dir) == set() and staging(blob_dir) == []
+
+
+@pytest.mark.anyio
+async def test_importing_again_elsewhere_says_where_the_artifacts_already_are(
+    service: ArtifactService, fake: FakeCrowNest
+) -> None:
+    """One artifact per CrowNest id: a second import into another workflow (or phase) adds
+    nothing, and each item's reason names the workflow and phase that hold it."""
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 3)
+    importer = make_importer(service, fake)
+    job, first = await run_import(importer, sbx.id, workflow_id="wf-a", phase_id="p1")
+    assert job.counts == tally(imported=3)
+    rows = await crownest_rows(service)
+    for options, reason in (
+        ({"workflow_id": "wf-b"}, "already in workflow 'wf-a', phase 'p1'"),
+        ({"workflow_id": "wf-b", "dry_run": True}, "already in workflow 'wf-a', phase 'p1'"),
+        ({"workflow_id": "wf-a"}, "already in workflow 'wf-a', phase 'p1'"),
+        ({"workflow_id": "wf-a", "phase_id": "p1"}, None),
+    ):
+        progress = Recorded()
+        job, items = await run_import(importer, sbx.id, progress, **options)
+        assert (job.status, job.counts) == ("succeeded", tally(unchanged=3)), options
+        for up in ups:
+            assert items[up.id] == Item(
+                up.id, up.name, "unchanged", reason, first[up.id].artifact_id, None
+            )
+        assert progress.would == []
+    assert await crownest_rows(service) == rows
+    for up in ups:
+        a = await service.find_by_source("crownest", up.id)
+        assert a is not None and (a.workflow_id, a.phase_id) == ("wf-a", "p1")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", ["refused", "bad-url", "html-404", "html-200"])
+async def test_a_host_that_is_not_crownest_stops_the_job_naming_the_setting(
+    service: ArtifactService, fake: FakeCrowNest, case: str
+) -> None:
+    """Unreachable, not a URL, or some other web server: the job fails at once with one
+    sentence (the host, what went wrong, the setting to check), nothing is stored, and the
+    error reaches the progress (the CLI's exit 2)."""
+    with not_crownest() as web:
+        base, error = {
+            "refused": (
+                f"http://127.0.0.1:{closed_port()}",
+                r"Cannot reach CrowNest at http://127\.0\.0\.1:\d+: connection refused "
+                r"\(3 attempts\)\. Check ARTIFACTS_CROWNEST_BASE_URL\.",
+            ),
+            "bad-url": (
+                "localhost:8000",
+                r"ARTIFACTS_CROWNEST_BASE_URL 'localhost:8000' is not an http:// or https:// "
+                r"URL with a host\.",
+            ),
+            "html-404": (
+                web,
+                rf"{re.escape(web)} answered 404 with a body that is not CrowNest's: it does "
+                r"not look like the CrowNest API\. Check ARTIFACTS_CROWNEST_BASE_URL\.",
+            ),
+            "html-200": (
+                f"{web}/page",
+                rf"{re.escape(web)}/page answered /v1/sandboxes/sbx_1/artifacts with a body "
+                r"that is not CrowNest's JSON: it does not look like the CrowNest API\. "
+                r"Check ARTIFACTS_CROWNEST_BASE_URL\.",
+            ),
+        }[case]
+        progress = Recorded()
+        importer = make_importer(service, fake, base_url=base)
+        job, items = await run_import(importer, "sbx_1", progress)
+    assert (job.status, job.counts, items) == ("failed", tally(), {})
+    assert job.error is not None and re.fullmatch(error, job.error), job.error
+    (stopped,) = progress.errors
+    assert (str(stopped), stopped.setting) == (job.error, "ARTIFACTS_CROWNEST_BASE_URL")
+    assert fake.state.requests == [] and await crownest_rows(service) == {}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", sorted(AUTH))
+async def test_a_key_problem_reaches_the_progress_naming_the_key_setting(
+    service: ArtifactService, fake: FakeCrowNest, case: str
+) -> None:
+    key, error = AUTH[case]
+    sbx = fake.state.add_sandbox()
+    progress = Recorded()
+    job, _ = await run_import(make_importer(service, fake, api_key=key), sbx.id, progress)
+    (stopped,) = progress.errors
+    assert (str(stopped), stopped.setting) == (error.format(base=fake.base_url), "CROWNEST_API_KEY")
+    assert job.error == str(stopped)
 
 
 @pytest.mark.anyio
@@ -338,7 +445,7 @@ async def test_transient_fault_is_retried_until_it_clears(
     st.inject(route, fault(), fault(), artifact_id=up.id)  # max_attempts is 3
     job, items = await run_import(make_importer(service, fake), sbx.id)
     assert (job.status, job.counts) == ("succeeded", tally(imported=2))
-    kind = "drop" if "drop" in case else "error"
+    kind = "drop" if "drop" in case else "raw" if "html" in case else "error"
     assert [r.fault for r in hits(st, route, up.id)] == [kind, kind, None]
     await assert_imported(
         service,
@@ -430,7 +537,11 @@ async def test_401_403_stop_at_once_naming_the_key_problem(
     sbx = st.add_sandbox()
     st.add_artifacts(sbx.id, 3)
     job, items = await run_import(make_importer(service, fake, api_key=key), sbx.id)
-    assert (job.status, job.error, job.counts) == ("failed", error, tally())
+    assert (job.status, job.error, job.counts) == (
+        "failed",
+        error.format(base=fake.base_url),
+        tally(),
+    )
     assert [(r.route, r.status) for r in st.requests] == [
         ("list", 401 if case == "bad-key" else 403)
     ]
@@ -451,13 +562,10 @@ async def test_401_mid_job_stops_without_touching_the_rest(
     job, items = await run_import(make_importer(service, fake), sbx.id)
     assert (job.status, job.counts) == ("failed", tally())
     assert job.error == (
-        "CrowNest rejected the API key (invalid_api_key): check CROWNEST_API_KEY. Key revoked."
+        f"CrowNest at {fake.base_url} rejected the API key (invalid_api_key): "
+        "check CROWNEST_API_KEY. Key revoked."
     )
-    assert [(r.route, r.status) for r in st.requests] == [
-        ("list", 200),
-        ("download_url", 200),
-        ("download", 401),
-    ]
+    assert [(r.route, r.status) for r in st.requests] == [("list", 200), ("download", 401)]
     assert items == {} and await crownest_rows(service) == {}
 
 
@@ -469,6 +577,7 @@ async def test_unknown_sandbox_is_a_clear_error(
     job, items = await run_import(make_importer(service, fake), "sbx_does_not_exist")
     assert (job.status, job.counts, items) == ("failed", tally(), {})
     assert job.error == "CrowNest has no sandbox 'sbx_does_not_exist' (not_found)."
+    assert job.error is not None and "ARTIFACTS_" not in job.error  # not a setting: exit 1
     assert [(r.route, r.status) for r in st.requests] == [("list", 404)]
 
 
@@ -533,45 +642,104 @@ async def test_broken_pagination_stops_with_an_error(
             r"CrowNest repeated the cursor 'cur_[\w-]+'; stopping to avoid a loop\.", job.error
         )
     assert len(hits(st, "list")) == len(faults)
-    assert hits(st, "download_url") == [] and await crownest_rows(service) == {}
+    assert hits(st, "download") == [] and await crownest_rows(service) == {}
 
 
 @pytest.mark.anyio
-async def test_foreign_download_url_or_redirect_is_refused_and_the_key_stays_home(
-    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+async def test_items_whose_download_url_points_elsewhere_import_through_the_api_route(
+    service: ArtifactService, fake: FakeCrowNest
 ) -> None:
+    """Issue 16: the importer used to ask for a download URL and fail the item when it named
+    another host. It downloads as the SDK's download() does: GET /v1/artifacts/{id}/download
+    on the configured host, with the key and Accept: application/octet-stream."""
     st = fake.state
     sbx = st.add_sandbox()
-    ups = {n: st.add_artifact(sbx.id, n * 10, name=f"{n}.txt") for n in "abcde"}
-    st.inject("download_url", Fault.foreign_url(), artifact_id=ups["a"].id)
-    st.inject(
-        "download_url",
-        Fault.foreign_url("{other_port}/v1/artifacts/{id}/download"),
-        artifact_id=ups["b"].id,
+    ups = [st.add_artifact(sbx.id, n * 10, name=f"{n}.txt") for n in "abc"]
+    elsewhere = (
+        "{foreign}/v1/artifacts/{id}/download",
+        "{other_port}/x/{id}",
+        "http://evil.example/x",
     )
-    st.inject("download_url", Fault.foreign_url("http://evil.example/x"), artifact_id=ups["c"].id)
-    st.inject("download", Fault.redirect(), artifact_id=ups["d"].id)
+    for up, url in zip(ups, elsewhere, strict=True):
+        st.inject("download_url", Fault.foreign_url(url), artifact_id=up.id)
     job, items = await run_import(make_importer(service, fake), sbx.id)
-    assert (job.status, job.counts) == ("failed", tally(imported=1, failed=4))
-    foreign = (fake.foreign_base_url or "http://evil.example").split("//")[1]
-    other = (fake.other_port_base_url or "http://127.0.0.1:1").split("//")[1]
-    assert {k: items[u.id].reason for k, u in ups.items() if k != "e"} == {
-        "a": f"CrowNest's download URL for {ups['a'].id} points at {foreign}, not the "
-        "configured CrowNest host; refusing to send the API key there.",
-        "b": f"CrowNest's download URL for {ups['b'].id} points at {other}, not the "
-        "configured CrowNest host; refusing to send the API key there.",
-        "c": f"CrowNest's download URL for {ups['c'].id} points at evil.example, not the "
-        "configured CrowNest host; refusing to send the API key there.",
-        "d": f"CrowNest redirected the download of {ups['d'].id} to http://{foreign}/v1/"
-        f"artifacts/{ups['d'].id}/download; refusing to follow with the key.",
+    assert (job.status, job.counts) == ("succeeded", tally(imported=3))
+    for up in ups:
+        assert up.data is not None
+        await assert_imported(
+            service, up, up.data, items[up.id], content_type="text/plain", artifact_type="other"
+        )
+        (got,) = hits(st, "download", up.id)
+        assert (got.method, got.path, got.server, got.status) == (
+            "GET", f"/v1/artifacts/{up.id}/download", fake.base_url.split("//")[1], 200,
+        )  # fmt: skip
+        assert got.authorization == f"Bearer {fake.api_key}"
+        assert got.headers["accept"] == "application/octet-stream"
+    assert hits(st, "download_url") == [] and len(st.pending_faults()) == 3
+    assert st.foreign_requests() == [] and st.leaks() == []
+
+
+@pytest.mark.anyio
+async def test_a_redirect_of_the_download_is_followed_and_the_key_stays_home(
+    service: ArtifactService, fake: FakeCrowNest, blob_dir: Path
+) -> None:
+    """A redirect (the docs' short-lived signed URL, say on object storage) is followed; the
+    key goes only to the configured origin, never to another host or port; the bytes are
+    streamed and checked as on the API host; a failure there fails only that item."""
+    if fake.foreign_base_url is None or fake.other_port_base_url is None:
+        pytest.skip("127.0.0.2 cannot be bound here")
+    st = fake.state
+    sbx = st.add_sandbox()
+    big = st.add_artifact(sbx.id, random.Random(7).randbytes(3 * MiB + 123), name="big.bin")
+    port = st.add_artifact(sbx.id, b"on another port", name="port.txt")
+    home = st.add_artifact(sbx.id, b"same origin", name="home.txt")
+    lying = st.add_artifact(sbx.id, b"12345", name="lying.bin", size_bytes=15)
+    gone = st.add_artifact(sbx.id, b"lost", name="gone.txt")
+    loop = st.add_artifact(sbx.id, b"loop", name="loop.txt")
+    redirects = [
+        (big, [Fault.redirect()]),  # to 127.0.0.2
+        (port, [Fault.redirect("{other_port}/v1/artifacts/{id}/download", status=307)]),
+        (home, [Fault.redirect("{base}/v1/artifacts/{id}/download?signed=1")]),
+        (lying, [Fault.redirect()]),
+        (gone, [Fault.redirect("{foreign}/storage/{id}?signature=s3cr3t")]),
+        (loop, [Fault.redirect("{base}/v1/artifacts/{id}/download")] * 6),
+    ]
+    for up, faults in redirects:
+        st.inject("download", *faults, artifact_id=up.id)
+
+    job, items = await run_import(make_importer(service, fake), sbx.id)
+
+    assert (job.status, job.counts) == ("failed", tally(imported=3, failed=3))
+    for up in (big, port, home):
+        assert up.data is not None
+        await assert_imported(
+            service, up, up.data, items[up.id], content_type=up.content_type or
+            "application/octet-stream", artifact_type="other",
+        )  # fmt: skip
+    foreign = fake.foreign_base_url
+    assert {up.id: items[up.id].reason for up in (lying, gone, loop)} == {
+        lying.id: "CrowNest sent 5 of 15 bytes; not stored",
+        gone.id: f"{foreign}/storage/{gone.id} (where CrowNest redirected the download) "
+        "answered 404: Nothing here (foreign host).",  # the signature is not repeated
+        loop.id: "transfer failed: TooManyRedirects: Exceeded maximum allowed redirects.",
     }
-    assert st.leaks() == []
-    assert st.foreign_requests() == []
-    for k in "abcd":  # refused at once: not retried
-        assert len(hits(st, "download_url", ups[k].id)) == 1
-    assert [r.status for r in hits(st, "download", ups["d"].id)] == [302]
-    assert list(await crownest_rows(service)) == [ups["e"].id]
-    assert blob_files(blob_dir) == {sha(b"e" * 10)} and staging(blob_dir) == []
+    away = st.foreign_requests()
+    assert sorted((r.server, r.path) for r in away) == sorted(
+        [
+            (foreign.split("//")[1], f"/v1/artifacts/{big.id}/download"),
+            (fake.other_port_base_url.split("//")[1], f"/v1/artifacts/{port.id}/download"),
+            (foreign.split("//")[1], f"/v1/artifacts/{lying.id}/download"),
+            (foreign.split("//")[1], f"/storage/{gone.id}"),
+        ]
+    )
+    assert [r.authorization for r in away] == [None] * 4 and st.leaks() == []
+    at_home = [r for r in st.requests if not r.foreign]
+    assert all(r.authorization == f"Bearer {fake.api_key}" for r in at_home)
+    assert [r.query for r in hits(st, "download", home.id)] == ["", "signed=1"]
+    assert len(hits(st, "download", loop.id)) == 6  # five hops followed, then given up
+    assert st.pending_faults() == {}
+    assert blob_files(blob_dir) == {sha(u.data) for u in (big, port, home) if u.data}
+    assert staging(blob_dir) == []
 
 
 @pytest.mark.anyio
@@ -717,6 +885,26 @@ def test_http_import_without_a_key_is_503(
             assert r.status_code == 503, r.text
             assert r.json() == {
                 "detail": "Imports need CROWNEST_API_KEY set on the server.",
+                "code": "crownest_not_configured",
+            }
+        assert count_rows(database_url, "imports") == 0
+        assert fake.state.requests == []
+    finally:
+        server.stop()
+
+
+def test_http_import_with_a_base_url_that_cannot_work_is_503(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    env = {**server_env(fake), "ARTIFACTS_CROWNEST_BASE_URL": "localhost:8000"}
+    server = start_app(tmp_path / "data", database_url=database_url, env=env)
+    try:
+        with server.client() as client:
+            r = client.post("/imports/crownest", json={"sandbox_id": "sbx_1", "workflow_id": WF})
+            assert r.status_code == 503, r.text
+            assert r.json() == {
+                "detail": "Imports cannot run: ARTIFACTS_CROWNEST_BASE_URL 'localhost:8000' is "
+                "not an http:// or https:// URL with a host.",
                 "code": "crownest_not_configured",
             }
         assert count_rows(database_url, "imports") == 0

@@ -22,6 +22,7 @@ from app.deps import settings_of
 from app.errors import ApiError, InvalidInput, validation_error
 from app.http import Answer, encode, encode_user_json, header, json_answer
 from app.idempotency import Idempotency, KeyedParams, canonical, fingerprint, idempotent
+from app.imports.crownest import check_base_url
 from app.imports.importer import SOURCE, ImportOptions
 from app.imports.runner import ImportRunner
 from app.settings import ARTIFACT_TYPES, Settings
@@ -170,10 +171,16 @@ def _check_id_lengths(body: CrowNestImportRequest, limit: int) -> None:
             )
 
 
-def _not_configured() -> ApiError:
-    return ApiError(
-        503, "crownest_not_configured", "Imports need CROWNEST_API_KEY set on the server."
-    )
+def _check_configured(settings: Settings) -> None:
+    """A 503 before any job exists when the server cannot import: no key, or a base URL that
+    cannot be CrowNest's."""
+    if settings.crownest_api_key is None:
+        raise ApiError(
+            503, "crownest_not_configured", "Imports need CROWNEST_API_KEY set on the server."
+        )
+    problem = check_base_url(settings.crownest_base_url)
+    if problem is not None:
+        raise ApiError(503, "crownest_not_configured", f"Imports cannot run: {problem}")
 
 
 def _accepted(request: AnyRequest) -> Callable[[str], Answer]:
@@ -198,8 +205,7 @@ async def _start_crownest(
             raise validation_error(
                 ("body", "artifact_type"), "enum", exc.message(), body.artifact_type, exc.context
             ) from None
-    if settings.crownest_api_key is None:
-        raise _not_configured()
+    _check_configured(settings)
     runner = runner_of(request)
     options = ImportOptions(**body.model_dump())
     tenant = caller_of(request).tenant
@@ -216,8 +222,7 @@ async def _resume(
     task = runner.tasks.get(job.id)
     if task is not None and not task.done():
         raise ApiError(409, "import_running", f"Import {import_id!r} is still running.")
-    if settings.crownest_api_key is None:
-        raise _not_configured()
+    _check_configured(settings)
     # queued before answering, so a GET right after this 202 never shows the old final status
 
     def render(job_id: str) -> Answer:

@@ -3,16 +3,24 @@
 Written on httpx rather than the `crownest` SDK because the SDK's `list()` reads only the first
 page and its `download()` buffers the whole file in memory; the tests hold this client and the
 SDK to the same fake server. Retries (tenacity): 429 honours Retry-After; 5xx and dropped
-connections back off exponentially, bounded; 401/403 stop at once. The API key is only ever
-sent to the configured CrowNest host: a download URL or redirect elsewhere is refused.
+connections back off exponentially, bounded; 401/403 stop at once.
+
+Downloads use the SDK's own route, `GET /v1/artifacts/{id}/download` on the API host, streamed.
+The docs say downloads are short-lived signed URLs, so a redirect from that route is followed
+(at most MAX_REDIRECTS hops): a signed URL carries its own authorisation and needs no key. The
+API key is only ever sent to the configured origin (scheme, host and port): a request hook
+strips it from every request bound anywhere else, whatever httpx's own redirect rules.
+
+Errors that mean the configuration is wrong (host unreachable, not CrowNest, key rejected) name
+the setting to check in `CrowNestError.setting`; the CLI turns them into one line and exit 2.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +33,9 @@ from tenacity import (
 )
 
 CHUNK = 1 << 20
+MAX_REDIRECTS = 5
+BASE_URL_SETTING = "ARTIFACTS_CROWNEST_BASE_URL"
+KEY_SETTING = "CROWNEST_API_KEY"
 
 
 class UpstreamArtifact(BaseModel):
@@ -47,23 +58,20 @@ class UpstreamArtifact(BaseModel):
 
 
 class CrowNestError(Exception):
-    """An answer (or a failure to get one) from CrowNest, with its code."""
+    """An answer (or a failure to get one) from CrowNest, with its code. `setting` names the
+    setting to check when the error means the configuration is wrong; `fatal` ones stop a job."""
 
     def __init__(
         self, message: str, *, status: int | None = None, code: str = "upstream_error",
-        retry_after: float | None = None,
+        retry_after: float | None = None, setting: str | None = None, fatal: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.code, self.retry_after = status, code, retry_after
+        self.setting, self.fatal = setting, fatal
 
     @property
     def retryable(self) -> bool:
         return self.status == 429 or (self.status is not None and self.status >= 500)
-
-    @property
-    def fatal(self) -> bool:
-        """Nothing else can succeed: the key is wrong or lacks access."""
-        return self.status in (401, 403)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -72,25 +80,54 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)  # refused, reset, cut-off body, timeouts
 
 
-def _error_of(response: httpx.Response, body: bytes) -> CrowNestError:
-    code, message = "upstream_error", f"CrowNest answered {response.status_code}"
+def check_base_url(url: str) -> str | None:
+    """Why `url` cannot be CrowNest's base URL, or None when it can."""
     try:
-        error = httpx.Response(200, content=body).json().get("error") or {}
-        code = str(error.get("code") or code)
-        message = str(error.get("message") or message)
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return f"{BASE_URL_SETTING} {url!r} is not a URL ({exc})."
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return f"{BASE_URL_SETTING} {url!r} is not an http:// or https:// URL with a host."
+    return None
+
+
+def _origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host.lower(), port
+
+
+def _crownest_error(body: bytes) -> dict[str, Any] | None:
+    """CrowNest's `{"error": {"code", "message"}}`, or None when the body is something else."""
+    try:
+        error = httpx.Response(200, content=body).json().get("error")
     except (ValueError, AttributeError):
-        pass
-    retry_after = None
-    if response.status_code == 429:
-        try:
-            retry_after = float(response.headers.get("retry-after", ""))
-        except ValueError:
-            retry_after = None
-    if response.status_code == 401:
-        message = f"CrowNest rejected the API key ({code}): check CROWNEST_API_KEY. {message}"
-    elif response.status_code == 403:
-        message = f"The CrowNest API key lacks access ({code}): it needs artifact:read. {message}"
-    return CrowNestError(message, status=response.status_code, code=code, retry_after=retry_after)
+        return None
+    return error if isinstance(error, dict) and error.get("code") else None
+
+
+def _no_query(url: httpx.URL) -> str:
+    """The URL without its query: a signed URL's signature is a secret while it is valid."""
+    return str(url.copy_with(query=None, fragment=None))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """'connection refused', 'name or service not known', 'ReadTimeout', …: the cause in words."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            text = os.strerror(cause.errno) if cause.errno > 0 else str(cause.strerror)
+            return text[:1].lower() + text[1:]
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer in time ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class CrowNestClient:
@@ -106,8 +143,11 @@ class CrowNestClient:
         retry_after_max: float = 60.0,
         page_size: int = 100,
     ) -> None:
+        problem = check_base_url(base_url)
+        if problem is not None:
+            raise CrowNestError(problem, code="bad_base_url", setting=BASE_URL_SETTING)
         self.base_url = base_url.rstrip("/")
-        self._origin = self._origin_of(self.base_url)
+        self._origin = _origin_of(httpx.URL(self.base_url))
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self.max_attempts = max_attempts
         # jitter scales with the base: a fixed (default 1 s) jitter would dwarf a small base
@@ -117,7 +157,11 @@ class CrowNestClient:
         self.retry_after_max = retry_after_max
         self.page_size = page_size
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, follow_redirects=False
+            base_url=self.base_url,
+            timeout=timeout,
+            follow_redirects=False,
+            max_redirects=MAX_REDIRECTS,
+            event_hooks={"request": [self._key_stays_home]},
         )
 
     async def __aenter__(self) -> CrowNestClient:
@@ -126,11 +170,53 @@ class CrowNestClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    @staticmethod
-    def _origin_of(url: str) -> tuple[str, str, int | None]:
-        parts = urlsplit(url)
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-        return parts.scheme, (parts.hostname or "").lower(), port
+    async def _key_stays_home(self, request: httpx.Request) -> None:
+        """Every request, redirect hops included: no Authorization off the configured origin."""
+        if _origin_of(request.url) != self._origin:
+            request.headers.pop("Authorization", None)
+
+    def _error_of(self, response: httpx.Response, body: bytes) -> CrowNestError:
+        """What an answer of status >= 300 means, in words for a person."""
+        status, error = response.status_code, _crownest_error(body)
+        retry_after = _retry_after(response) if status == 429 else None
+        if response.history or _origin_of(response.url) != self._origin:
+            said = f": {error.get('message')}" if error and error.get("message") else "."
+            return CrowNestError(
+                f"{_no_query(response.url)} (where CrowNest redirected the download) "
+                f"answered {status}{said}",
+                status=status, code="redirect_target_error", retry_after=retry_after,
+            )  # fmt: skip
+        if error is None and status != 429 and status < 500:
+            return self._not_crownest(response)
+        code = str((error or {}).get("code") or "upstream_error")
+        said = str((error or {}).get("message") or f"CrowNest answered {status}")
+        if status not in (401, 403):
+            return CrowNestError(said, status=status, code=code, retry_after=retry_after)
+        what = "rejected the API key" if status == 401 else "gave the API key no access"
+        need = "" if status == 401 else "it needs artifact:read; "
+        return CrowNestError(
+            f"CrowNest at {self.base_url} {what} ({code}): {need}check {KEY_SETTING}. {said}",
+            status=status, code=code, setting=KEY_SETTING, fatal=True,
+        )  # fmt: skip
+
+    def _not_crownest(self, response: httpx.Response) -> CrowNestError:
+        if response.has_redirect_location:
+            what = f"redirected to {_no_query(httpx.URL(response.headers['location']))}"
+        else:
+            what = f"answered {response.status_code} with a body that is not CrowNest's"
+        return CrowNestError(
+            f"{self.base_url} {what}: it does not look like the CrowNest API. "
+            f"Check {BASE_URL_SETTING}.",
+            status=response.status_code, code="not_crownest", setting=BASE_URL_SETTING,
+        )  # fmt: skip
+
+    def _unreachable(self, exc: httpx.TransportError) -> CrowNestError:
+        return CrowNestError(
+            f"Cannot reach CrowNest at {self.base_url}: {_reason(exc)} "
+            f"({self.max_attempts} attempts). Check {BASE_URL_SETTING}.",
+            code="unreachable",
+            setting=BASE_URL_SETTING,
+        )
 
     def retrying(self) -> AsyncRetrying:
         """The retry policy: use as `async for attempt in client.retrying(): with attempt: …`."""
@@ -149,21 +235,29 @@ class CrowNestClient:
         )
 
     async def _json(self, method: str, path: str, **params: Any) -> dict[str, Any]:
-        async for attempt in self.retrying():
-            with attempt:
-                return await self._json_once(method, path, **params)
+        try:
+            async for attempt in self.retrying():
+                with attempt:
+                    return await self._json_once(method, path, **params)
+        except httpx.TransportError as exc:  # still failing after the retries
+            raise self._unreachable(exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _json_once(self, method: str, path: str, **params: Any) -> dict[str, Any]:
         response = await self._http.request(method, path, params=params or None, headers=self._auth)
         if response.status_code >= 300:
-            raise _error_of(response, response.content)
+            raise self._error_of(response, response.content)
         try:
             body = response.json()
         except ValueError:
-            raise CrowNestError(f"CrowNest sent invalid JSON for {path}") from None
+            body = None
         if not isinstance(body, dict):
-            raise CrowNestError(f"CrowNest sent an unexpected body for {path}")
+            raise CrowNestError(
+                f"{self.base_url} answered {path} with a body that is not CrowNest's JSON: "
+                f"it does not look like the CrowNest API. Check {BASE_URL_SETTING}.",
+                code="not_crownest",
+                setting=BASE_URL_SETTING,
+            )
         return body
 
     async def list_artifacts(self, sandbox_id: str) -> AsyncIterator[UpstreamArtifact]:
@@ -206,25 +300,12 @@ class CrowNestClient:
 
     @asynccontextmanager
     async def open_download(self, artifact_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The artifact's bytes as a stream (one attempt: the caller retries the whole
-        transfer). The signed URL must be on the configured host; redirects are refused."""
-        grant = await self._json_once("POST", f"/v1/artifacts/{artifact_id}/download-url")
-        url = urljoin(self.base_url + "/", str(grant.get("url") or ""))
-        if self._origin_of(url) != self._origin or str(grant.get("method", "GET")) != "GET":
-            raise CrowNestError(
-                f"CrowNest's download URL for {artifact_id} points at {urlsplit(url).netloc}, "
-                "not the configured CrowNest host; refusing to send the API key there.",
-                code="foreign_download_url",
-            )
-        headers = {str(k): str(v) for k, v in (grant.get("headers") or {}).items()}
-        headers.update(self._auth)
-        async with self._http.stream("GET", url, headers=headers) as response:
-            if response.is_redirect:
-                raise CrowNestError(
-                    f"CrowNest redirected the download of {artifact_id} to "
-                    f"{response.headers.get('location', '?')}; refusing to follow with the key.",
-                    code="foreign_download_url",
-                )
-            if response.status_code >= 300:
-                raise _error_of(response, await response.aread())
-            yield response.aiter_bytes(CHUNK)
+        """The artifact's bytes as a stream, from `GET /v1/artifacts/{id}/download` as the
+        SDK's download() (one attempt: the caller retries the whole transfer). Redirects are
+        followed; the key goes only to the configured origin (see the module docstring)."""
+        path = f"/v1/artifacts/{artifact_id}/download"
+        headers = {**self._auth, "Accept": "application/octet-stream"}
+        async with self._http.stream("GET", path, headers=headers, follow_redirects=True) as r:
+            if r.status_code >= 300:
+                raise self._error_of(r, await r.aread())
+            yield r.aiter_bytes(CHUNK)

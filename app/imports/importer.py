@@ -1,12 +1,14 @@
 """Importing a CrowNest sandbox's artifacts into the store, through the one ingest path.
 
 Per upstream artifact: deleted upstream or filtered out -> skipped; already imported (one live
-artifact per CrowNest id, unique in the database) -> unchanged, or failed when the upstream size
-differs (reported, never silently overwritten); otherwise its bytes stream from CrowNest into the
-blob store (sha256 in the same pass, `sizeBytes` checked before anything is committed) and one
-artifact row is written. One item's failure never stops the others; a bad key, an unknown
-sandbox or broken pagination stop the job. Every outcome is recorded in the job's table, so an
-interrupted job is resumed by running it again: nothing is duplicated.
+artifact per CrowNest id, unique in the database) -> unchanged, its reason naming the workflow
+and phase that hold it when they are not the ones asked for, or failed when the upstream size
+differs (reported, never silently overwritten); otherwise its bytes stream from CrowNest into
+the blob store (sha256 in the same pass, `sizeBytes` checked before anything is committed) and
+one artifact row is written. One item's failure never stops the others; a bad key, an
+unreachable host, an unknown sandbox or broken pagination stop the job. Every outcome is
+recorded in the job's table, so an interrupted job is resumed by running it again: nothing is
+duplicated.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from storage.imports import ImportJobs, Item, Job, JobHook
 from storage.records import NewArtifact, is_textual
 
 SOURCE = "crownest"
+DRY_RUN = "dry run: would import"
 TYPE_BY_EXTENSION = {
     ".md": "markdown",
     ".json": "json",
@@ -70,6 +73,16 @@ class Progress:
     def transferred(self, size: int) -> None: ...
 
     def finished(self, item: Item) -> None: ...
+
+    def would_import(self, upstream: UpstreamArtifact, artifact: NewArtifact) -> None:
+        """A dry run's item that a real run would import, as it would be stored."""
+
+    def stopped(self, error: CrowNestError) -> None:
+        """The job stopped early on this error (recorded as the job's error too)."""
+
+
+def place_of(workflow_id: str, phase_id: str | None) -> str:
+    return f"workflow {workflow_id!r}" + (f", phase {phase_id!r}" if phase_id else "")
 
 
 def artifact_type_for(name: str, chosen: str | None) -> str:
@@ -130,6 +143,7 @@ class CrowNestImporter:
                     progress.finished(item)
         except CrowNestError as exc:
             await self.jobs.set_status(job_id, "failed", str(exc))
+            progress.stopped(exc)
             return await self.jobs.get(job_id)
         except BaseException:
             await self.jobs.set_status(job_id, "interrupted")
@@ -148,7 +162,7 @@ class CrowNestImporter:
         try:
             return [a async for a in client.list_artifacts(options.sandbox_id)]
         except CrowNestError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and exc.setting is None:  # CrowNest's own not_found
                 raise CrowNestError(
                     f"CrowNest has no sandbox {options.sandbox_id!r} ({exc.code}).",
                     status=404,
@@ -162,7 +176,7 @@ class CrowNestImporter:
         try:
             return await client.get_artifact(artifact_id)
         except CrowNestError as exc:
-            if exc.status != 404:
+            if exc.status != 404 or exc.setting is not None:
                 raise
             return artifact_id
 
@@ -194,9 +208,13 @@ class CrowNestImporter:
                     f"{existing.size_bytes} when imported as {existing.id}; not overwritten",
                     existing.id,
                 )
+            where = (existing.workflow_id, existing.phase_id)
+            if where != (options.workflow_id, options.phase_id):  # not moved, and said so
+                return item("unchanged", f"already in {place_of(*where)}", existing.id)
             return item("unchanged", None, existing.id)
         if options.dry_run:
-            return item("skipped", "dry run: would import")
+            progress.would_import(upstream, self._mapping(options, upstream))
+            return item("skipped", DRY_RUN)
         try:
             artifact_id = await self._transfer(service, client, options, upstream, progress)
         except DuplicateSource as exc:  # a concurrent import of the same object won

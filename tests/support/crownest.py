@@ -18,7 +18,9 @@ Listeners (all loopback): the API on ``base_url`` (127.0.0.1:p1); a "foreign hos
 ``foreign_base_url`` (127.0.0.2:p2, None where 127.0.0.2 cannot be bound) and a same-host
 other-port origin on ``other_port_base_url`` (127.0.0.1:p3). The foreign listeners never check
 auth; they record every request and answer ``GET /v1/artifacts/{id}/download`` with the bytes
-(so a naive importer "succeeds" and only the request log shows the leak), anything else 404.
+(standing for object storage behind a signed URL that needs no key, and so that a careless
+importer "succeeds" and only the request log shows the leak), anything else a CrowNest-shaped
+404 ``not_found``.
 
 Behaviour decided where the docs are silent (the tests pin it down):
 
@@ -44,8 +46,11 @@ Behaviour decided where the docs are silent (the tests pin it down):
   org gets 403 ``forbidden`` on other orgs' resources.
 * Every error body is ``{"error": {"code", "message", "details"?}}``; unknown route 404
   ``not_found``, wrong method 405 ``method_not_allowed``.
-* Downloads: Content-Type = contentType or application/octet-stream, Content-Length, and
-  Content-Disposition; sent in 64 KiB chunks.
+* Downloads: ``GET /v1/artifacts/{id}/download`` on the API host is the official SDK's
+  ``download()`` route (it sends the key and ``Accept: application/octet-stream``, and follows
+  no redirect, so the real service answers the bytes itself): 200 with Content-Type =
+  contentType or application/octet-stream, Content-Length, and Content-Disposition; sent in
+  64 KiB chunks. ``Fault.redirect()`` scripts a redirect, for clients that follow one.
 
 Fault injection: ``state.inject(route, *faults, artifact_id=None, sandbox_id=None)`` queues
 faults; each request to ``route`` (``list``, ``create``, ``get``, ``delete``, ``download``,

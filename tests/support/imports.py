@@ -5,14 +5,18 @@ tests/system/test_import_crownest_process.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import http.server
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,14 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.imports.crownest import CrowNestClient
-from app.imports.importer import CrowNestImporter, ImportOptions
+from app.imports.crownest import CrowNestClient, CrowNestError, UpstreamArtifact
+from app.imports.importer import CrowNestImporter, ImportOptions, Progress
 from storage.artifacts import ArtifactService
 from storage.db.engine import sqlite_url
 from storage.db.migrate import upgrade
 from storage.db.tables import artifacts as artifacts_table
 from storage.imports import ImportJobs, Item, Job
+from storage.records import NewArtifact
 from tests.support.crownest import (
     FORBIDDEN_API_KEY,
     Artifact,
@@ -58,23 +63,72 @@ def tally(imported: int = 0, unchanged: int = 0, skipped: int = 0, failed: int =
 
 
 def make_importer(
-    service: ArtifactService, fake: FakeCrowNest, *, api_key: str | None = None, **client: Any
+    service: ArtifactService,
+    fake: FakeCrowNest,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    **client: Any,
 ) -> CrowNestImporter:
     options = {**FAST, **client}
     return CrowNestImporter(
         service,
         ImportJobs(service.db),
-        lambda: CrowNestClient(fake.base_url, api_key or fake.api_key, **options),
+        lambda: CrowNestClient(base_url or fake.base_url, api_key or fake.api_key, **options),
     )
 
 
+class Recorded(Progress):
+    """What the importer reported besides bytes: a dry run's plan and why a job stopped."""
+
+    def __init__(self) -> None:
+        self.would: list[tuple[UpstreamArtifact, NewArtifact]] = []
+        self.errors: list[CrowNestError] = []
+
+    def would_import(self, upstream: UpstreamArtifact, artifact: NewArtifact) -> None:
+        self.would.append((upstream, artifact))
+
+    def stopped(self, error: CrowNestError) -> None:
+        self.errors.append(error)
+
+
 async def run_import(
-    importer: CrowNestImporter, sandbox_id: str, **options: Any
+    importer: CrowNestImporter, sandbox_id: str, progress: Progress | None = None, **options: Any
 ) -> tuple[Job, dict[str, Item]]:
     options.setdefault("workflow_id", WF)
     job_id = await importer.start(ImportOptions(sandbox_id=sandbox_id, **options))
-    job = await importer.run(job_id)
+    job = await importer.run(job_id, progress)
     return job, {i.upstream_id: i for i in await importer.jobs.items(job_id)}
+
+
+class _NotCrowNest(http.server.BaseHTTPRequestHandler):
+    """Some other web server: an HTML page under /page, an HTML 404 anywhere else."""
+
+    def do_GET(self) -> None:
+        found = self.path.startswith("/page/")
+        body = b"<html><body>" + (b"a web page" if found else b"Not Found") + b"</body></html>"
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def not_crownest() -> Iterator[str]:
+    """A loopback web server that is not CrowNest; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotCrowNest)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 async def crownest_rows(service: ArtifactService) -> dict[str, list[str]]:
@@ -198,11 +252,16 @@ MAPPING = [
 ]
 
 
+def proxy_page() -> Fault:
+    """A proxy's HTML 502 page in front of CrowNest: not CrowNest's body, still worth a retry."""
+    return Fault.raw(502, b"<html><body>502 Bad Gateway</body></html>")
+
+
 TRANSIENT = {
     "download-503": ("download", Fault.unavailable),
     "download-500": ("download", Fault.server_error),
     "download-drop": ("download", lambda: Fault.drop(after_bytes=100_000)),
-    "download_url-500": ("download_url", Fault.server_error),
+    "download-502-html": ("download", proxy_page),
 }
 
 
@@ -213,19 +272,20 @@ PERSISTENT = {
         lambda: Fault.drop(after_bytes=100_000),
         "transfer failed: RemoteProtocolError: ",
     ),
-    "download_url-500": ("download_url", Fault.server_error, "Injected 500."),
+    "download-502-html": ("download", proxy_page, "CrowNest answered 502"),
 }
 
 
-AUTH = {
+AUTH = {  # {base}: the fake's base URL
     "bad-key": (
         "cn_test_wrong_key",
-        "CrowNest rejected the API key (invalid_api_key): check CROWNEST_API_KEY. Invalid API key.",
+        "CrowNest at {base} rejected the API key (invalid_api_key): check CROWNEST_API_KEY. "
+        "Invalid API key.",
     ),
     "no-read-scope": (
         FORBIDDEN_API_KEY,
-        "The CrowNest API key lacks access (forbidden): it needs artifact:read. "
-        "API key lacks required scope.",
+        "CrowNest at {base} gave the API key no access (forbidden): it needs artifact:read; "
+        "check CROWNEST_API_KEY. API key lacks required scope.",
     ),
 }
 
@@ -260,17 +320,50 @@ def cli_env(fake: FakeCrowNest, data_dir: Path, database_url: str | None) -> dic
     return env
 
 
-def table_of(stdout: str) -> dict[str, list[str]]:
-    """The summary table's rows: first cell -> the other cells (failure rows under '')."""
-    rows: dict[str, list[str]] = {}
+OUTCOMES = ("imported", "would import", "unchanged", "skipped", "failed")
+
+
+def cells_of(stdout: str, width: int) -> list[list[str]]:
+    """The cells of every table row of `width` columns in the output."""
+    out = []
     for line in stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("│").split("│")]
-        if len(cells) == 3 and cells[0] in ("imported", "unchanged", "skipped", "failed", ""):
-            if cells[0] == "" and cells[2]:
-                rows.setdefault("", []).append(cells[2])
-            elif cells[0]:
-                rows[cells[0]] = cells[1:]
+        if "│" in line:
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            if len(cells) == width:
+                out.append(cells)
+    return out
+
+
+def table_of(stdout: str) -> dict[str, list[str]]:
+    """The summary table's rows: first cell -> the other cells (the detail rows beneath an
+    outcome, failures and where unchanged ones are, under '')."""
+    rows: dict[str, list[str]] = {}
+    for cells in cells_of(stdout, 3):
+        if cells[0] == "" and cells[2]:
+            rows.setdefault("", []).append(cells[2])
+        elif cells[0] in OUTCOMES:
+            rows[cells[0]] = cells[1:]
     return rows
+
+
+def dry_run_of(stdout: str) -> dict[str, list[str]]:
+    """The dry run's listing: CrowNest id (or 'total: …') -> [name, source path (the name's
+    second line), bytes, content type, type]."""
+    rows: dict[str, list[str]] = {}
+    last: list[str] | None = None
+    for cells in cells_of(stdout, 5):
+        if cells[0].startswith(("art_", "total")):
+            last = rows[cells[0]] = [cells[1], "", *cells[2:]]
+        elif cells[0] == "" and last is not None and cells[1]:
+            last[1] += cells[1]
+    return rows
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed: nobody else takes it so soon)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class LazyBytes:

@@ -31,8 +31,11 @@ from tests.support.imports import (
     LazyBytes,
     MiB,
     cli_env,
+    closed_port,
+    dry_run_of,
     finished,
     hits,
+    not_crownest,
     peak_of,
     poll,
     rows_of,
@@ -140,7 +143,7 @@ def test_cli_imports_and_prints_a_summary(
     assert table_of(done.stdout) == {
         "imported": ["9", f"{total} bytes"],
         "unchanged": ["0", "already here, same size"],
-        "skipped": ["3", "deleted upstream at 2026-06-09T15"],
+        "skipped": ["3", "deleted upstream"],
         "failed": ["0", ""],
     }
     # the progress bar (and its final "12/12 artifacts") goes to stderr, the table to stdout
@@ -198,6 +201,106 @@ def test_cli_exits_2_without_a_key_or_with_a_bad_type(tmp_path: Path, fake: Fake
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--artifact-type" in done.stderr
     assert fake.state.requests == []
+
+
+@pytest.mark.parametrize("case", ["refused", "bad-url", "not-crownest", "bad-key", "no-scope"])
+def test_cli_says_what_is_wrong_in_one_line_and_exits_2(
+    tmp_path: Path, fake: FakeCrowNest, case: str
+) -> None:
+    """A setting that cannot work ends the command with one line naming the host, what went
+    wrong and the setting to check: no traceback, no table, exit 2 (issue 16)."""
+    sbx = fake.state.add_sandbox()
+    fake.state.add_artifacts(sbx.id, 2)
+    env = cli_env(fake, tmp_path / "data", None)
+    closed = f"http://127.0.0.1:{closed_port()}"
+    urls = {"refused": closed, "bad-url": "ftp://crownest.dev"}
+    keys = {"bad-key": "cn_test_wrong_key", "no-scope": FORBIDDEN_API_KEY}
+    with not_crownest() as web:
+        env["ARTIFACTS_CROWNEST_BASE_URL"] = {**urls, "not-crownest": web}.get(case, fake.base_url)
+        env["CROWNEST_API_KEY"] = keys.get(case, fake.api_key)
+        done = run_cli("--sandbox", sbx.id, "--workflow-id", WF, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    base, check = fake.base_url, "Check ARTIFACTS_CROWNEST_BASE_URL."
+    expected = {
+        "refused": f"Cannot reach CrowNest at {closed}: connection refused (3 attempts). {check}",
+        "bad-url": "ARTIFACTS_CROWNEST_BASE_URL 'ftp://crownest.dev' is not an http:// or "
+        "https:// URL with a host.",
+        "not-crownest": f"{web} answered 404 with a body that is not CrowNest's: it does not "
+        f"look like the CrowNest API. {check}",
+        "bad-key": f"CrowNest at {base} rejected the API key (invalid_api_key): "
+        "check CROWNEST_API_KEY. Invalid API key.",
+        "no-scope": f"CrowNest at {base} gave the API key no access (forbidden): "
+        "it needs artifact:read; check CROWNEST_API_KEY. API key lacks required scope.",
+    }[case]
+    assert line == f"artifacts: {expected}"
+    assert env["CROWNEST_API_KEY"] not in done.stderr
+    routes = [r.route for r in fake.state.requests]
+    assert routes == (["list"] if case in ("bad-key", "no-scope") else [])
+
+
+def test_cli_dry_run_lists_what_it_would_import_and_where(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    notes = st.add_artifact(
+        sbx.id, "# notes\n", name="notes.md", source_path="/workspace/out/notes.md"
+    )
+    raw = st.add_artifact(sbx.id, b"\x00\x01\x02", name="raw", content_type=None, source_path=None)
+    data = st.add_artifact(sbx.id, '{"a": 1}', name="data.json")
+    st.add_artifact(sbx.id, "bye", name="gone.txt", deleted=True)
+    env = cli_env(fake, tmp_path / "data", database_url)
+    args = ["--sandbox", sbx.id, "--workflow-id", "wf-a", "--phase-id", "p"]
+    done = run_cli(*args, "--dry-run", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dry_run_of(done.stdout) == {
+        notes.id: ["notes.md", "/workspace/out/notes.md", "8", "text/markdown", "markdown"],
+        raw.id: ["raw", "", "3", "application/octet-stream", "other"],
+        data.id: ["data.json", "/workspace/data.json", "8", "application/json", "json"],
+        "total: 3 artifact(s)": ["", "", "19", "", ""],
+    }
+    assert "Dry run: would import 3 artifact(s), 19 bytes, into workflow 'wf-a', phase 'p'" in (
+        done.stdout
+    )
+    assert re.search(r"CrowNest dry run [0-9a-f-]{36}: succeeded \(nothing stored\)", done.stdout)
+    assert table_of(done.stdout) == {
+        "would import": ["3", "19 bytes"],
+        "unchanged": ["0", "already here, same size"],
+        "skipped": ["1", "deleted upstream"],
+        "failed": ["0", ""],
+    }
+    assert rows_of(database_url) == {} and hits(st, "download") == []
+
+
+def test_cli_importing_again_into_another_workflow_names_the_one_that_holds_them(
+    tmp_path: Path, database_url: str, fake: FakeCrowNest
+) -> None:
+    st = fake.state
+    sbx = st.add_sandbox()
+    ups = st.add_artifacts(sbx.id, 3)
+    env = cli_env(fake, tmp_path / "data", database_url)
+    first = run_cli("--sandbox", sbx.id, "--workflow-id", "wf-a", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = rows_of(database_url)
+    extra = st.add_artifact(sbx.id, "new since", name="late.txt")
+    for dry in (["--dry-run"], []):  # the dry run first: it leaves nothing behind
+        done = run_cli("--sandbox", sbx.id, "--workflow-id", "wf-b", *dry, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        table = table_of(done.stdout)
+        assert table["unchanged"] == ["3", "already imported; not added again to workflow 'wf-b':"]
+        assert table[""] == ["3 already in workflow 'wf-a'"]
+        assert table["would import" if dry else "imported"] == ["1", f"{extra.size_bytes} bytes"]
+        if dry:
+            assert list(dry_run_of(done.stdout)) == [extra.id, "total: 1 artifact(s)"]
+            assert "would import 1 artifact(s), 9 bytes, into workflow 'wf-b'" in done.stdout
+    after = rows_of(database_url)
+    assert {k: v for k, v in after.items() if k != extra.id} == rows
+    for up in ups:
+        (row,) = after[up.id]
+        assert row["workflow_id"] == "wf-a"
+    assert [r["workflow_id"] for r in after[extra.id]] == ["wf-b"]
 
 
 @pytest.mark.slow
