@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -333,6 +334,12 @@ def test_markdown_artifact_page(tab: Tab, http: httpx.Client, wf: SeededWorkflow
     assert code.text_content() == MARKDOWN
     main.get_by_role("button", name="Rendered").click()
     expect(viewer.locator("li")).to_have_count(3)
+
+    # Download saves the content under the title (Chromium adds the media type's extension).
+    with tab.page.expect_download() as download:
+        main.get_by_role("button", name="Download").click()
+    assert download.value.suggested_filename == f"{research.title}.md"
+    assert Path(download.value.path()).read_text() == MARKDOWN
     assert tab.problems() == []
 
 
