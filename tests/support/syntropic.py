@@ -118,9 +118,6 @@ class SeededWorkflow:
     def __getitem__(self, key: str) -> Seeded:
         return self.artifacts[key]
 
-    def in_phase(self, phase: str) -> list[Seeded]:
-        return [a for a in self.artifacts.values() if a.phase_id == phase]
-
 
 # key, phase, type, title, content, content type, parents (keys), primary deliverable
 _SEED: tuple[tuple[str, str, str, str, str, str, tuple[str, ...], bool], ...] = (
