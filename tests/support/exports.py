@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -347,7 +348,8 @@ def extract(fmt: str, data: bytes, into: Path) -> dict[str, bytes]:
 
 
 def export(http: httpx.Client, workflow_id: str, fmt: str, scope: str = "all") -> httpx.Response:
-    r = http.get(f"/store/workflows/{workflow_id}/export", params={"format": fmt, "scope": scope})
+    segment = quote(workflow_id, safe="")  # one path segment, `/` as %2F
+    r = http.get(f"/store/workflows/{segment}/export", params={"format": fmt, "scope": scope})
     assert r.status_code == 200, r.text
     return r
 
