@@ -111,7 +111,8 @@ class WorkflowController(Controller):
     async def export_workflow(
         self, workflow_id: FromPath[str], request: AnyRequest, service: Service
     ) -> ArchiveResponse:
-        """Each artifact's bytes under `<phase>/<safe filename or title>`, after a
+        """Each artifact's bytes under `<phase>/<safe filename or title>` (with an extension
+        from its content type when neither has one: `discovery/Sources.json`), after a
         `manifest.json` listing every file's id, path, sha256, size, content type, session,
         primary flag and lineage. Streamed as it is built."""
         p = params.parse(request, ExportParams)
