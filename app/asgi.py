@@ -20,6 +20,7 @@ from app.imports.runner import ImportRunner, importer_for
 from app.settings import Settings
 from app.signing import RedactSignatures, signer_from_settings
 from app.workflows.controller import WorkflowController
+from app.workflows.paths import route_encoded_slashes
 from storage.apikeys import ApiKeys
 from storage.artifacts import ArtifactService
 from storage.blobs import MaintainedBlobStore
@@ -180,6 +181,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=None,  # every route enforces its own limits, stating the number
     )
     app.state.settings = settings
+    # before the router: a workflow id with an encoded `/` is one path segment
+    app.asgi_handler = route_encoded_slashes(app.asgi_handler)
     return app
 
 

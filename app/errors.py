@@ -186,9 +186,17 @@ def reference_routing(scope: Any) -> None:
         raise MethodNotAllowedException
 
 
+# Scope key: the path as sent, decoded but for a segment whose encoded `/` is no separator
+# (a workflow id's: app/workflows/paths.py).
+SENT_PATH = "artifacts.sent_path"
+
+
 def _sent_path(scope: Any) -> str:
     """The path as the client sent it, decoded (Litestar's routing has normalised
     scope["path"]: no trailing slash, no empty segment)."""
+    sent = scope.get(SENT_PATH)
+    if sent is not None:
+        return str(sent)
     raw = scope.get("raw_path")
     return unquote(raw.decode("latin-1")) if raw else str(scope["path"])
 

@@ -72,9 +72,14 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def fingerprint(request: Request[Any, Any, Any], *parts: bytes | str | None) -> str:
-    """sha256 of the operation (method, path, query) and what the body means (`parts`)."""
-    path = escaped_path(request.scope["path"]).removeprefix("/api/v1")
+def fingerprint(
+    request: Request[Any, Any, Any], *parts: bytes | str | None, path: str | None = None
+) -> str:
+    """sha256 of the operation (method, path, query) and what the body means (`parts`).
+    `path`: the path the write acts on, when it is not the one sent (an artifact named by an
+    id prefix is fingerprinted by its full id, so a retry by prefix or by full id is the same
+    request, and a prefix that later matches another artifact is not)."""
+    path = escaped_path(path or request.scope["path"]).removeprefix("/api/v1")
     query = sorted(query_items(request))
     items: list[bytes | str | None] = [request.scope["method"], path, canonical(query), *parts]
     h = hashlib.sha256()

@@ -32,6 +32,7 @@ from storage.db.engine import Database, run_async
 from storage.db.tables import DEFAULT_TENANT, artifacts, blobs, lineage
 from storage.errors import (
     AmbiguousArtifactId,
+    ArtifactIdTooShort,
     ArtifactNotFound,
     BlobCorrupt,
     DuplicateSource,
@@ -57,7 +58,9 @@ from storage.records import (
 T = TypeVar("T")
 log = logging.getLogger("artifacts.storage")
 FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-ID_PREFIX = re.compile(r"[0-9a-f-]{8,35}")
+MIN_PREFIX = 8  # the shortest id prefix an artifact can be named by
+ID_PREFIX = re.compile(rf"[0-9a-f-]{{{MIN_PREFIX},35}}")
+SHOWN_CANDIDATES = 5  # ids an ambiguous prefix's error names
 LIVE = artifacts.c.deleted_at.is_(None)
 ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
 # Hashing this much (~50 us at ~1.4 GB/s) costs less than a thread hop and back (55-67 us):
@@ -119,6 +122,21 @@ def _deliverable_changed(a: Artifact, primary: str | None, previous: str | None)
 @functools.lru_cache(maxsize=1024)
 def _tenant_clause(tenant: str) -> sa.ColumnElement[bool]:
     return artifacts.c.tenant == tenant
+
+
+def artifact_ref(ref: str) -> str:
+    """An artifact reference as every route takes it (its full id or a unique prefix of at
+    least MIN_PREFIX characters, in any case), normalised: lowercase.
+    ArtifactIdTooShort when it is too short to name anything."""
+    if len(ref) < MIN_PREFIX:
+        raise ArtifactIdTooShort(ref, MIN_PREFIX)
+    return ref.lower()
+
+
+def names(ref: str, artifact_id: str) -> bool:
+    """Whether `ref`, as a route takes it, names the artifact `artifact_id` (its full id or a
+    prefix of it, long enough), whatever other artifacts it may also match now."""
+    return len(ref) >= MIN_PREFIX and artifact_id.startswith(ref.lower())
 
 
 class _Recheck(Exception):
@@ -261,8 +279,10 @@ class ArtifactService:
         expected_digest: str | None = None,
         hook: WriteHook | None = None,
     ) -> Artifact:
-        """Upload: new bytes for an existing live artifact (checked before any byte is read)."""
-        await self.get(artifact_id, allow_prefix=False)
+        """Upload: new bytes for an existing live artifact, named by its full id or a unique
+        prefix (resolved, and checked, before any byte is read; the write is bound to the
+        artifact found then, whatever the prefix may match later)."""
+        artifact_id = (await self.get(artifact_id)).id
         epoch = await blob_sql.reclaim_epoch(self.db)  # before the put: see _ensure_blob_row
         put = await self._put(content, max_bytes, expected_digest)
 
@@ -296,9 +316,13 @@ class ArtifactService:
         return after
 
     async def update(
-        self, artifact_id: str, changes: ArtifactChanges, *, hook: WriteHook | None = None
+        self, ref: str, changes: ArtifactChanges, *, hook: WriteHook | None = None
     ) -> Artifact:
+        """`ref`: the full id or a unique prefix, resolved in the write's transaction."""
+        ref = artifact_ref(ref)
+
         def write(conn: sa.Connection) -> Artifact:
+            artifact_id = self._resolve(conn, ref)
             current = self._load_one(conn, artifact_id)
             now = self.clock()
             values: dict[str, Any] = {"updated_at": now}
@@ -330,12 +354,15 @@ class ArtifactService:
         self.on_commit()
         return after
 
-    async def delete(self, artifact_id: str, *, hook: WriteHook | None = None) -> Artifact:
+    async def delete(self, ref: str, *, hook: WriteHook | None = None) -> Artifact:
         """Soft delete: the row stays (lineage, GC grace) but reads answer 'not found'.
-        Returns the artifact as it was."""
+        Returns the artifact as it was. `ref`: the full id or a unique prefix, resolved in the
+        write's transaction."""
+        ref = artifact_ref(ref)
 
         def write(conn: sa.Connection) -> Artifact:
             now = self.clock()
+            artifact_id = self._resolve(conn, ref)
             current = self._load_one(conn, artifact_id)
             conn.execute(
                 artifacts.update()
@@ -365,29 +392,36 @@ class ArtifactService:
 
         return await self.db.run_read(find)
 
-    async def get(self, ref: str, *, allow_prefix: bool = True) -> Artifact:
-        """By full id, or (allow_prefix) by a unique prefix of at least 8 characters. One
-        statement, parents included; by full id on SQLite, right on the event loop."""
-        ref = ref.lower()
+    async def get(self, ref: str) -> Artifact:
+        """By full id or by a unique prefix (see _resolve). One statement by full id, parents
+        included; on SQLite, right on the event loop."""
+        ref = artifact_ref(ref)
         if FULL_ID.fullmatch(ref):
             rows = self.db.loop_rows(artifact_sql.GET_SQLITE, (ref, self.tenant))
             if rows is not None:
                 if not rows:
                     raise ArtifactNotFound(ref)
                 return artifact_sql.artifact_from_row(rows[0])
-        return await self.db.run_read(lambda conn: self._get(conn, ref, allow_prefix))
+        return await self.db.run_read(lambda conn: self._load_one(conn, self._resolve(conn, ref)))
 
-    def _get(self, conn: sa.Connection, ref: str, allow_prefix: bool) -> Artifact:
+    def _resolve(self, conn: sa.Connection, ref: str) -> str:
+        """The full id a reference names, for every route that takes one: `ref` (normalised
+        by artifact_ref) is the full id, or a prefix of at least MIN_PREFIX characters that
+        exactly one live artifact of this tenant has. Deleted artifacts and other tenants'
+        never match, so a prefix shared with a deleted artifact names the live one.
+        ArtifactNotFound when nothing matches (a full id is not checked here: the load that
+        follows finds it or not), AmbiguousArtifactId when several do."""
         if FULL_ID.fullmatch(ref):
-            return self._load_one(conn, ref)
-        if not allow_prefix or not ID_PREFIX.fullmatch(ref):
+            return ref
+        if not ID_PREFIX.fullmatch(ref):
             raise ArtifactNotFound(ref)
         upper = ref[:-1] + chr(ord(ref[-1]) + 1)
         found = (
             conn.execute(
                 sa.select(artifacts.c.id)
                 .where(artifacts.c.id >= ref, artifacts.c.id < upper, self.mine, LIVE)
-                .limit(2)
+                .order_by(artifacts.c.id)
+                .limit(SHOWN_CANDIDATES + 1)
             )
             .scalars()
             .all()
@@ -395,8 +429,9 @@ class ArtifactService:
         if not found:
             raise ArtifactNotFound(ref)
         if len(found) > 1:
-            raise AmbiguousArtifactId(ref)
-        return self._load_one(conn, found[0])
+            shown = found[:SHOWN_CANDIDATES]
+            raise AmbiguousArtifactId(ref, shown, more=len(found) > len(shown))
+        return str(found[0])
 
     async def owner_of(self, artifact_id: str) -> tuple[str, Artifact] | None:
         """(tenant, artifact) of a live artifact by its full id, whoever owns it: only for

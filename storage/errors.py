@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class StorageError(Exception):
     """Base of every error the storage core raises on purpose."""
@@ -25,12 +27,33 @@ class ImportNotFound(StorageError):
         self.import_id = import_id
 
 
+class ArtifactIdTooShort(ArtifactNotFound):
+    """A reference shorter than the shortest prefix an artifact can be named by: no artifact
+    is looked up (answered as not found, with the minimum in the sentence)."""
+
+    def __init__(self, ref: str, minimum: int) -> None:
+        StorageError.__init__(
+            self,
+            f"The artifact id {ref!r} is too short: give the full id or a unique prefix of at "
+            f"least {minimum} characters.",
+        )
+        self.artifact_id = ref
+        self.minimum = minimum
+
+
 class AmbiguousArtifactId(StorageError):
-    def __init__(self, prefix: str) -> None:
+    """An id prefix that matches several live artifacts of the tenant: `candidates` are some
+    of them (at most `shown`), `more` says whether others match too."""
+
+    def __init__(self, prefix: str, candidates: Sequence[str] = (), more: bool = False) -> None:
+        count = f"more than {len(candidates)}" if more else str(len(candidates) or "several")
+        listed = f" ({', '.join(candidates)}{', ...' if more else ''})" if candidates else ""
         super().__init__(
-            f"The id prefix {prefix!r} matches more than one artifact; give more characters."
+            f"The id prefix {prefix!r} matches {count} artifacts{listed}; give more characters."
         )
         self.prefix = prefix
+        self.candidates = tuple(candidates)
+        self.more = more
 
 
 class UnknownParent(StorageError):

@@ -198,3 +198,102 @@ def test_long_names_keep_their_extension_and_headers_carry_exact_names() -> None
     assert _attachment('wf-é"x.zip') == (
         "attachment; filename=\"wf-__x.zip\"; filename*=UTF-8''wf-%C3%A9%22x.zip"
     )
+
+
+# -- extensions from the content type -------------------------------------------------------
+
+NAMED = "0123abcd-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    ("title", "filename", "content_type", "expected"),
+    [
+        # the issue's case: a title without an extension takes the type's
+        ("Sources", None, "application/json", "Sources.json"),
+        ("Sources", None, "text/markdown; charset=utf-8", "Sources.md"),
+        ("Sources", None, "TEXT/MARKDOWN", "Sources.md"),
+        ("script", None, "text/x-python", "script.py"),
+        ("run", None, "text/x-shellscript", "run.sh"),
+        ("notes", None, "text/plain", "notes.txt"),
+        ("guide", None, "text/x-rst", "guide.rst"),
+        ("config", None, "application/yaml", "config.yaml"),
+        ("config", None, "text/yaml", "config.yaml"),
+        ("config", None, "application/x-yaml", "config.yaml"),
+        ("feed", None, "application/xml", "feed.xml"),
+        ("events", None, "application/vnd.acme.events+json", "events.json"),
+        ("table", None, "text/csv", "table.csv"),
+        ("page", None, "text/html", "page.html"),
+        ("chart", None, "image/png", "chart.png"),
+        ("photo", None, "image/jpeg", "photo.jpg"),
+        ("paper", None, "application/pdf", "paper.pdf"),
+        ("blob", None, "application/octet-stream", "blob.bin"),
+        ("thing", None, "application/x-unknown-to-anyone", "thing"),  # no extension known
+        # a title's last dot starts an extension only if a file type is known by it
+        ("Sources.json", None, "text/markdown", "Sources.json"),
+        ("README.MD", None, "text/markdown", "README.MD"),
+        ("main.rs", None, "text/plain", "main.rs"),
+        ("bundle.tar.gz", None, "application/octet-stream", "bundle.tar.gz"),
+        ("Analysis v1.2", None, "text/markdown", "Analysis v1.2.md"),
+        ("Dr. Who", None, "text/plain", "Dr. Who.txt"),
+        ("report.", None, "text/markdown", "report.md"),  # trailing dots go first
+        # an uploaded filename is a file's name: any short suffix is its extension
+        ("t", "data.backup", "application/octet-stream", "data.backup"),
+        ("t", "v1.2", "text/plain", "v1.2"),
+        ("t", "IMG_0001", "image/jpeg", "IMG_0001.jpg"),
+        # safe as before, and the extension added after the name is made safe
+        ("../../etc/passwd", None, "text/plain", "_.._etc_passwd.txt"),
+        ("a/b", None, "application/json", "a_b.json"),
+        ("...", None, "text/markdown", f"{NAMED}.md"),  # no usable title: the id
+        ("r" * 300, None, "application/json", "r" * 195 + ".json"),  # 200 bytes, kept
+    ],
+)
+def test_an_entry_without_an_extension_takes_its_types(
+    title: str, filename: str | None, content_type: str, expected: str
+) -> None:
+    from app.workflows.export import entry_name, plan
+    from storage.records import Artifact
+
+    artifact = Artifact(
+        id=NAMED, workflow_id="wf", phase_id="p", session_id=None, artifact_type="text",
+        title=title, content_type=content_type, filename=filename, content_hash="0" * 64,
+        size_bytes=0, is_text=True, is_primary_deliverable=False, created_by=None, metadata={},
+        created_at=0, updated_at=0, derived_from=(),
+    )  # fmt: skip
+    assert entry_name(artifact) == expected
+    assert len(expected.encode()) <= 200
+    assert [e.path for e in plan([(artifact, [])])] == [f"p/{expected}"]
+
+
+def test_extensions_over_http_stay_unique_and_match_the_manifest(http: httpx.Client) -> None:
+    b = Builder(http, f"wf-ext-{uuid.uuid4().hex[:8]}")
+    sources = b.create("Sources", "discovery", "{}", content_type="application/json", primary=True)
+    again = b.create("Sources", "discovery", "[]", content_type="application/json")
+    named = b.create("Sources.json", "discovery", "{}", content_type="application/json")
+    notes = b.create("Notes", "discovery", "# n", content_type="text/markdown; charset=utf-8")
+    plain = b.create("Sources", "discovery", "plain", content_type="text/plain")
+    code = b.create("solver", "build", "print(1)", content_type="text/x-python")
+    conf = b.create("settings", "build", "a: 1", content_type="application/yaml", primary=True)
+    odd = b.create("blob", "build", "?", content_type="application/x-nobody-knows")
+    expected = {
+        sources.id: "discovery/Sources.json",
+        again.id: f"discovery/Sources ({again.id[:8]}).json",
+        named.id: f"discovery/Sources ({named.id[:8]}).json",
+        notes.id: "discovery/Notes.md",
+        plain.id: "discovery/Sources.txt",
+        code.id: "build/solver.py",
+        conf.id: "build/settings.yaml",
+        odd.id: "build/blob",
+    }
+    for fmt in ("zip", "tar"):
+        for scope in ("all", "deliverables"):
+            members = read_archive(fmt, export(http, b.wf.id, fmt, scope).content)
+            manifest = json.loads(members[0][1])
+            paths = {f["artifact_id"]: f["path"] for f in manifest["files"]}
+            wanted = {sources.id, conf.id} if scope == "deliverables" else set(expected)
+            assert paths == {i: p for i, p in expected.items() if i in wanted}
+            assert [n for n, _ in members[1:]] == [f["path"] for f in manifest["files"]]
+            content = dict(members)
+            assert content[expected[sources.id]] == b"{}"
+            if scope == "all":
+                assert content[expected[again.id]] == b"[]"
+                assert content[expected[code.id]] == b"print(1)"

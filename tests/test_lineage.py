@@ -542,12 +542,17 @@ def test_root_by_prefix_and_unknown_roots(env: Env, http: httpx.Client) -> None:
         problem(gone[:9], 404, "artifact_not_found", f"Artifact {gone[:9]!r} was not found.")
     unknown = "00000000-0000-4000-8000-000000000000"
     problem(unknown, 404, "artifact_not_found", f"Artifact {unknown!r} was not found.")
-    problem(root[:7], 404, "artifact_not_found", f"Artifact {root[:7]!r} was not found.")
+    too_short = (
+        f"The artifact id {root[:7]!r} is too short: give the full id or a unique prefix of at "
+        "least 8 characters."
+    )
+    problem(root[:7], 404, "artifact_not_found", too_short)
     problem("not-an-id", 404, "artifact_not_found", "Artifact 'not-an-id' was not found.")
-    detail = "The id prefix 'abcdef01' matches more than one artifact; give more characters."
+    both = ", ".join(AMBIGUOUS)
+    detail = f"The id prefix 'abcdef01' matches 2 artifacts ({both}); give more characters."
     problem("abcdef01", 409, "ambiguous_artifact_id", detail)
     longest = AMBIGUOUS[1][:35]  # still shared by both
-    detail = f"The id prefix {longest!r} matches more than one artifact; give more characters."
+    detail = f"The id prefix {longest!r} matches 2 artifacts ({both}); give more characters."
     problem(longest, 409, "ambiguous_artifact_id", detail)
     for full in AMBIGUOUS:
         assert lineage(http, full) == w.expected(full, "both", 1)

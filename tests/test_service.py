@@ -16,7 +16,12 @@ import sqlalchemy as sa
 
 from storage.artifacts import ArtifactService
 from storage.db.tables import artifacts, blobs, lineage
-from storage.errors import AmbiguousArtifactId, ArtifactNotFound, UnknownParent
+from storage.errors import (
+    AmbiguousArtifactId,
+    ArtifactIdTooShort,
+    ArtifactNotFound,
+    UnknownParent,
+)
 from storage.records import ArtifactChanges, ListQuery, NewArtifact, NewContent
 
 pytestmark = pytest.mark.anyio
@@ -466,12 +471,14 @@ async def test_prefix_lookup(svc: ArtifactService) -> None:
         assert got.id == expected, ref
         assert got == await s.get(expected)
     for ref in ("abcdef01", "abcdef01-", "ABCDEF01-0000", "abcdef01-0000-4000-8000-00000000000"):
-        with pytest.raises(AmbiguousArtifactId):
+        with pytest.raises(AmbiguousArtifactId) as ambiguous:
+            await s.get(ref)
+        assert ambiguous.value.candidates == tuple(IDS[:2]) and not ambiguous.value.more
+        assert f"{ref.lower()!r} matches 2 artifacts ({IDS[0]}, {IDS[1]})" in str(ambiguous.value)
+    for ref in ("1234567", "abcdef0", "", "ABCDEF0", "zzzzzzz"):
+        with pytest.raises(ArtifactIdTooShort, match="at least 8 characters"):
             await s.get(ref)
     for ref in (
-        "1234567",  # too short
-        "abcdef0",
-        "",
         "1234567g",  # not hex
         "zzzzzzzz",
         "12345678%",
@@ -483,10 +490,30 @@ async def test_prefix_lookup(svc: ArtifactService) -> None:
     ):
         with pytest.raises(ArtifactNotFound):
             await s.get(ref)
-    # prefixes are for reads by people: allow_prefix=False wants the full id
+    # every write resolves the same way, and acts on the full id
+    assert (await s.update("12345678-9ABC", ArtifactChanges(title="by prefix"))).id == IDS[2]
+    replaced = await s.replace_content("12345678", chunks(b"new"), NewContent("text/plain"))
+    assert (replaced.id, replaced.title, await s.read_bytes(replaced)) == (
+        IDS[2],
+        "by prefix",
+        b"new",
+    )
+    for write in (
+        lambda ref: s.update(ref, ArtifactChanges(title="x")),
+        lambda ref: s.replace_content(ref, chunks(b"x"), NewContent("text/plain")),
+        s.delete,
+    ):
+        with pytest.raises(AmbiguousArtifactId):
+            await write("abcdef01")
+        with pytest.raises(ArtifactIdTooShort):
+            await write("1234567")
+        with pytest.raises(ArtifactNotFound):
+            await write("12345679")
+    for i in IDS[:2]:  # the ambiguous writes changed nothing
+        assert await s.get(i) == made[i]
+    assert (await s.delete("ffffff1a")).id == IDS[4]
     with pytest.raises(ArtifactNotFound):
-        await s.get("12345678", allow_prefix=False)
-    assert (await s.get(IDS[2], allow_prefix=False)).id == IDS[2]
+        await s.get(IDS[4])
 
     # deleted artifacts are found neither by id nor by prefix, nor do they make one ambiguous
     await s.delete(IDS[0])

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
+import msgspec
 from litestar import Controller, HttpMethod, Request, delete, get, post, put, route
 from litestar.params import FromPath
 from litestar.types import ASGIApp
@@ -47,6 +48,7 @@ from app.idempotency import (
 from app.settings import Settings
 from app.signing import LinkSigner, lifetime
 from app.urls import base_url, with_query_param
+from storage.artifacts import artifact_ref, names
 from storage.errors import BlobTooLarge
 from storage.lineage import subgraph
 from storage.records import (
@@ -198,6 +200,26 @@ def _new_artifact(
     )
 
 
+def acting_on(artifact_id: str, suffix: str = "") -> str:
+    """The path a keyed write on an artifact is fingerprinted by: its full id, however the
+    request named it (see app.idempotency.fingerprint)."""
+    return f"/artifacts/{artifact_id}{suffix}"
+
+
+def replayed_id(idem: Idempotency, ref: str) -> str:
+    """The full id a keyed retry of a write on `ref` acts on: that of the artifact its stored
+    response names, when `ref` names it too (its full id or a prefix of it, even one that
+    has matched other artifacts since, or whose artifact is deleted since); else `ref` as
+    sent, a different request whose fingerprint cannot match."""
+    assert idem.stored is not None
+    ref = artifact_ref(ref)  # too short: the 404 it would be without a key
+    try:
+        stored = msgspec.json.decode(idem.stored.body).get("artifact_id")
+    except (msgspec.DecodeError, AttributeError):
+        return ref
+    return stored if isinstance(stored, str) and names(ref, stored) else ref
+
+
 def _created(request: AnyRequest, settings: Settings, artifact: Artifact) -> Answer:
     location = f"{api_base(request, settings)}/artifacts/{artifact.id}"
     return Answer(encode(wire.created(artifact)), 201, {"Location": location})
@@ -321,12 +343,17 @@ class ArtifactController(Controller):
     async def update_artifact(
         self, artifact_id: FromPath[str], request: AnyRequest, service: Service, settings: Config
     ) -> Answer:
+        """By full id or a unique id prefix (409 when ambiguous). With an `Idempotency-Key`,
+        a retry (by prefix or full id) answers the first update's response."""
         key = params.parse(request, KeyedParams).idempotency_key
         async with idempotent(request, key) as idem:
             body = parse_json(await read_limited(request, settings.max_json_body_bytes))
-            fp = fingerprint(request, "json", canonical(body))
+
+            def fp(full_id: str) -> str:
+                return fingerprint(request, "json", canonical(body), path=acting_on(full_id))
+
             if idem.replaying:
-                return idem.replay(fp)
+                return idem.replay(fp(replayed_id(idem, artifact_id)))
             data = validate(schemas.UpdateArtifact, body, validation_context(settings))
             changes = ArtifactChanges(
                 title=data.title,
@@ -337,7 +364,8 @@ class ArtifactController(Controller):
             def render(a: Artifact) -> Answer:
                 return json_answer({"artifact_id": a.id, "status": "updated"})
 
-            artifact = await service.update(artifact_id, changes, hook=idem.recorder(fp, render))
+            hook = idem.recorder(lambda a: fp(a.id), render)
+            artifact = await service.update(artifact_id, changes, hook=hook)
             return idem.respond(artifact, render)
 
     @delete(
@@ -349,17 +377,19 @@ class ArtifactController(Controller):
         self, artifact_id: FromPath[str], request: AnyRequest, service: Service
     ) -> Answer:
         """Soft delete: afterwards GET answers 404; the bytes are reclaimed by garbage
-        collection. With an `Idempotency-Key`, a retry answers 200 again instead of 404."""
+        collection. By full id or a unique id prefix (409 when ambiguous). With an
+        `Idempotency-Key`, a retry answers 200 again instead of 404."""
         key = params.parse(request, KeyedParams).idempotency_key
         async with idempotent(request, key) as idem:
-            fp = fingerprint(request)
             if idem.replaying:
-                return idem.replay(fp)
+                full_id = replayed_id(idem, artifact_id)
+                return idem.replay(fingerprint(request, path=acting_on(full_id)))
 
-            def render(_: Artifact) -> Answer:
-                return json_answer({"artifact_id": artifact_id, "status": "deleted"})
+            def render(a: Artifact) -> Answer:
+                return json_answer({"artifact_id": a.id, "status": "deleted"})
 
-            deleted = await service.delete(artifact_id, hook=idem.recorder(fp, render))
+            hook = idem.recorder(lambda a: fingerprint(request, path=acting_on(a.id)), render)
+            deleted = await service.delete(artifact_id, hook=hook)
             return idem.respond(deleted, render)
 
     @post(
@@ -372,7 +402,8 @@ class ArtifactController(Controller):
     ) -> Answer:
         """Multipart with one part named `file`, or a raw body (its Content-Type becomes the
         artifact's). Streams into the blob store; 413 as soon as the body passes the limit.
-        With an `Idempotency-Key`, a retry answers the first upload's response."""
+        By full id or a unique id prefix (409 when ambiguous), resolved before the body is
+        read. With an `Idempotency-Key`, a retry answers the first upload's response."""
         p = params.parse(request, UploadParams)
         limit = settings.max_upload_bytes
         _refuse_oversized(request, limit)
@@ -406,7 +437,9 @@ class ArtifactController(Controller):
                 chunks = stream_with_idle_timeout(request, settings.body_idle_timeout)
                 head = canonical(["raw", ctype])
             if idem.replaying:
-                return idem.replay(fingerprint(request, head, await _hash_only(chunks, limit)))
+                target = acting_on(replayed_id(idem, artifact_id), "/upload")
+                digest = await _hash_only(chunks, limit)
+                return idem.replay(fingerprint(request, head, digest, path=target))
             described = NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
 
             def render(a: Artifact) -> Answer:
@@ -420,7 +453,10 @@ class ArtifactController(Controller):
                     max_bytes=limit,
                     expected_digest=expected,
                     hook=idem.recorder(
-                        lambda a: fingerprint(request, head, a.content_hash), render
+                        lambda a: fingerprint(
+                            request, head, a.content_hash, path=acting_on(a.id, "/upload")
+                        ),
+                        render,
                     ),
                 )
             except BlobTooLarge:

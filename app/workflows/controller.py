@@ -20,6 +20,7 @@ from app.errors import invalid_cursor
 from app.http import Answer, encode
 from app.workflows import schemas
 from app.workflows.export import ArchiveResponse, manifest, plan, safe_segment
+from app.workflows.paths import workflow_id as workflow_of
 from storage import workflows
 from storage.records import datetime_to_us
 
@@ -73,9 +74,12 @@ class WorkflowController(Controller):
         return Answer(body, 200, next_page_headers(request, token))
 
     @get("/{workflow_id:str}", opt=_opt((200, 401, 403, 404, 422, 429, 503)))
-    async def get_workflow(self, workflow_id: FromPath[str], service: Service) -> Answer:
+    async def get_workflow(
+        self, workflow_id: FromPath[str], request: AnyRequest, service: Service
+    ) -> Answer:
         """Phases in order of first activity, each with its artifact count, sessions and
-        primary deliverable (or null)."""
+        primary deliverable (or null). A `/` in the id is sent as `%2F`."""
+        workflow_id = workflow_of(request.scope, workflow_id)
         phases = await workflows.phases(service.db, workflow_id, tenant=service.tenant)
         return Answer(encode(schemas.workflow(workflow_id, phases)))
 
@@ -88,6 +92,7 @@ class WorkflowController(Controller):
     ) -> Answer:
         """In phase order (first activity); text content inlined when `include_content=true`."""
         include_content = params.parse(request, DeliverablesParams).include_content
+        workflow_id = workflow_of(request.scope, workflow_id)
         settings = settings_of(request)
         phases = await workflows.phases(service.db, workflow_id, tenant=service.tenant)
         body = []
@@ -106,10 +111,12 @@ class WorkflowController(Controller):
     async def export_workflow(
         self, workflow_id: FromPath[str], request: AnyRequest, service: Service
     ) -> ArchiveResponse:
-        """Each artifact's bytes under `<phase>/<safe filename or title>`, after a
+        """Each artifact's bytes under `<phase>/<safe filename or title>` (with an extension
+        from its content type when neither has one: `discovery/Sources.json`), after a
         `manifest.json` listing every file's id, path, sha256, size, content type, session,
         primary flag and lineage. Streamed as it is built."""
         p = params.parse(request, ExportParams)
+        workflow_id = workflow_of(request.scope, workflow_id)
         items = await workflows.contents(
             service.db,
             workflow_id,

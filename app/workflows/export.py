@@ -10,6 +10,7 @@ of every file), so the archive can be verified on its own.
 from __future__ import annotations
 
 import json
+import mimetypes
 import re
 import tarfile
 import time
@@ -32,6 +33,70 @@ Format = Literal["zip", "tar"]
 FLUSH_AT = 1 << 20
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]')
 
+# Python's own table of media types, without the host's /etc/mime.types: the same names on
+# every machine.
+_MIME = mimetypes.MimeTypes()
+# The extension of a type Python's table lacks, or names oddly (application/xml is `.xsl`
+# there, text/plain `.txt` only by luck of order); looked up first.
+EXTENSIONS = {
+    "text/markdown": ".md",
+    "text/x-markdown": ".md",
+    "text/plain": ".txt",
+    "application/json": ".json",
+    "text/json": ".json",
+    "application/x-ndjson": ".ndjson",
+    "application/jsonl": ".jsonl",
+    "application/yaml": ".yaml",
+    "application/x-yaml": ".yaml",
+    "text/yaml": ".yaml",
+    "text/x-yaml": ".yaml",
+    "application/toml": ".toml",
+    "text/x-toml": ".toml",
+    "text/x-python": ".py",
+    "text/x-script.python": ".py",
+    "application/x-python": ".py",
+    "text/x-shellscript": ".sh",
+    "application/x-sh": ".sh",
+    "text/x-rst": ".rst",
+    "text/csv": ".csv",
+    "text/tab-separated-values": ".tsv",
+    "text/html": ".html",
+    "application/xml": ".xml",
+    "text/xml": ".xml",
+    "application/javascript": ".js",
+    "text/javascript": ".js",
+    "application/typescript": ".ts",
+    "text/x-typescript": ".ts",
+    "text/x-diff": ".diff",
+    "text/x-patch": ".patch",
+    "application/sql": ".sql",
+    "text/x-sql": ".sql",
+    "text/x-c": ".c",
+    "text/x-go": ".go",
+    "text/x-rust": ".rs",
+    "text/x-java-source": ".java",
+    "application/x-ipynb+json": ".ipynb",
+    "application/gzip": ".gz",
+    "image/jpeg": ".jpg",
+    "application/octet-stream": ".bin",
+}
+# A structured syntax suffix (RFC 6839) says the format when the type is unknown.
+SUFFIX_EXTENSIONS = {"json": ".json", "xml": ".xml", "yaml": ".yaml", "zip": ".zip", "gzip": ".gz"}
+# A title is free text ("Analysis v1.2", "Dr. Who"): its last dot starts an extension only if
+# that extension is one a file type is known by. These are common ones no table above holds.
+OTHER_EXTENSIONS = (
+    ".yml .jsonl .ndjson .toml .ini .cfg .conf .env .log .lock .rs .go .java .kt .kts .rb .php "
+    ".cpp .hpp .cc .cs .swift .scala .lua .r .jl .tsx .jsx .vue .svelte .tf .proto .graphql .mdx "
+    ".adoc .org .tex .bib .ipynb .parquet .sqlite .db .gz .bz2 .xz .zst .7z .rar .dockerfile"
+).split()
+KNOWN_EXTENSIONS = frozenset(
+    {ext.lower() for table in _MIME.types_map for ext in table}
+    | set(EXTENSIONS.values())
+    | set(SUFFIX_EXTENSIONS.values())
+    | set(OTHER_EXTENSIONS)
+)
+_FILE_EXTENSION = re.compile(r".+\.[A-Za-z0-9]{1,16}", re.DOTALL)
+
 
 def safe_segment(name: str, fallback: str) -> str:
     """One path segment: no separators, control or reserved characters, no dot-only names."""
@@ -45,6 +110,37 @@ def safe_segment(name: str, fallback: str) -> str:
     return cleaned or fallback
 
 
+def extension_for(content_type: str) -> str | None:
+    """The file extension of a media type (`text/markdown; charset=utf-8` -> `.md`), or None
+    when it has none known."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    ext = EXTENSIONS.get(media) or _MIME.guess_extension(media, strict=False)
+    if ext is None and "+" in media:
+        ext = SUFFIX_EXTENSIONS.get(media.rsplit("+", 1)[1])
+    return ext
+
+
+def has_extension(name: str, *, from_title: bool) -> bool:
+    """Whether a (safe) name ends in an extension. A filename is a file's name: any short
+    alphanumeric suffix is its extension (`data.backup`). A title is text: only an extension
+    some file type is known by counts (`Sources.json` has one, `Analysis v1.2` has none)."""
+    if not from_title:
+        return _FILE_EXTENSION.fullmatch(name) is not None
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot and stem) and f".{ext.lower()}" in KNOWN_EXTENSIONS
+
+
+def entry_name(artifact: Artifact) -> str:
+    """The safe filename, else the safe title (else the id); when neither gives an extension,
+    one from the content type (`Sources` of application/json -> `Sources.json`)."""
+    source = artifact.filename or artifact.title
+    name = safe_segment(source, artifact.id)
+    if has_extension(name, from_title=not artifact.filename):
+        return name
+    ext = extension_for(artifact.content_type)
+    return name if ext is None else safe_segment(name + ext, artifact.id)
+
+
 @dataclass(frozen=True)
 class Entry:
     path: str
@@ -53,12 +149,13 @@ class Entry:
 
 
 def plan(items: list[tuple[Artifact, list[Parent]]]) -> list[Entry]:
-    """`<phase>/<safe filename or title>`, made unique within the archive."""
+    """`<phase>/<safe filename or title, with an extension>`, made unique within the
+    archive (see entry_name)."""
     taken = {"manifest.json"}
     entries = []
     for artifact, parents in items:
         folder = safe_segment(artifact.phase_id or "", "_no_phase")
-        name = safe_segment(artifact.filename or artifact.title, artifact.id)
+        name = entry_name(artifact)
         path = f"{folder}/{name}"
         stem, dot, ext = name.rpartition(".")
         tries = 0

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -225,7 +226,8 @@ def build_mixed(http: httpx.Client) -> Workflow:
     empty.expected_path = "discovery/empty.txt"
     bad_text = b.create("bad-text", "discovery", "placeholder")
     b.upload(bad_text, b"caf\xe9 \xed\xa0\x80 latin-1 in text/plain", "text/plain")
-    bad_text.expected_path = "discovery/bad-text"  # no filename: the title names it
+    # no filename: the title names it, and its type gives the extension it lacks
+    bad_text.expected_path = "discovery/bad-text.txt"
     gone = b.create("to-delete.md", "discovery", "soon gone")
     b.delete(gone)
 
@@ -242,16 +244,16 @@ def build_mixed(http: httpx.Client) -> Workflow:
     b.upload_multipart(diagram, rng.randbytes(3 * MiB + 17), "image/png", b"diagram.png")
     diagram.expected_path = "design/diagram.png"
     b.upload(notes, b"# Notes v2\n", "text/markdown", "notes.md")  # after linking
-    first = b.create("Report", "design", "r1", expected_path="design/Report")
+    first = b.create("Report", "design", "r1", expected_path="design/Report.md")
     second = b.create("report", "design", "r2")
-    second.expected_path = f"design/report ({second.id[:8]})"
+    second.expected_path = f"design/report ({second.id[:8]}).md"
     third = b.create("Report", "design", "r3")
-    third.expected_path = f"design/Report ({third.id[:8]})"
+    third.expected_path = f"design/Report ({third.id[:8]}).md"
     b.create("notes.md", "design", "other notes", expected_path="design/notes.md")
     assert first.expected_path
 
     # the null phase, with every hostile title
-    b.create("x", None, "null-phase x", primary=True, expected_path="_no_phase/x")
+    b.create("x", None, "null-phase x", primary=True, expected_path="_no_phase/x.md")
     for n, title in enumerate(HOSTILE_TITLES):
         b.create(title, None, f"hostile {n}")
     up = b.create("uploaded", None, "placeholder")
@@ -265,12 +267,12 @@ def build_mixed(http: httpx.Client) -> Workflow:
     ctl.expected_path = "_no_phase/badname.txt"
     dots = b.create("dots-title", None, "placeholder")
     b.upload(dots, b"dots", "text/plain", "..")  # no usable filename: the title names it
-    dots.expected_path = "_no_phase/dots-title"
+    dots.expected_path = "_no_phase/dots-title.txt"
 
     # hostile phase ids; '..' sanitises to the null phase's folder
     b.create("passwd", "../../etc", "root:x:0:0")
     dotdot = b.create("x", "..", "dot-dot phase x")
-    dotdot.expected_path = f"_no_phase/x ({dotdot.id[:8]})"
+    dotdot.expected_path = f"_no_phase/x ({dotdot.id[:8]}).md"
     b.create("deliverable", "a/b", "primary in a/b", primary=True)
 
     # a phase whose only artifact (a primary) is deleted: gone from every export
@@ -347,7 +349,8 @@ def extract(fmt: str, data: bytes, into: Path) -> dict[str, bytes]:
 
 
 def export(http: httpx.Client, workflow_id: str, fmt: str, scope: str = "all") -> httpx.Response:
-    r = http.get(f"/store/workflows/{workflow_id}/export", params={"format": fmt, "scope": scope})
+    segment = quote(workflow_id, safe="")  # one path segment, `/` as %2F
+    r = http.get(f"/store/workflows/{segment}/export", params={"format": fmt, "scope": scope})
     assert r.status_code == 200, r.text
     return r
 

@@ -17,6 +17,7 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -151,6 +152,25 @@ def test_missing_blob_never_ends_as_a_clean_archive(live: Live, http: httpx.Clie
     b2.create("fine.md", "p", "fine")
     members = read_archive("zip", export(http, b2.wf.id, "zip").content)
     assert dict(members)["p/fine.md"] == b"fine"
+
+
+def test_a_workflow_id_with_slashes_is_one_segment_through_uvicorn(
+    live: Live, http: httpx.Client
+) -> None:
+    """uvicorn decodes %2F in the path it hands the app; the workflow routes still take the
+    segment as sent (app/workflows/paths.py), and a look-alike id is another workflow."""
+    wf = f"org/repo-{uuid.uuid4().hex[:8]}/deliverables"
+    b = Builder(http, wf)
+    primary = b.create("notes.md", "a/b", "slashes everywhere", primary=True)
+    Builder(http, wf.split("/")[0]).create("decoy.md", "a/b", "not this one", primary=True)
+    segment = quote(wf, safe="")
+    for base in ("/store/workflows", "/api/v1/store/workflows"):
+        assert http.get(f"{base}/{segment}").json()["workflow_id"] == wf
+        delivered = http.get(f"{base}/{segment}/deliverables").json()
+        assert [d["id"] for d in delivered] == [primary.id]
+    members = dict(read_archive("tar", export(http, wf, "tar").content))
+    assert members["a_b/notes.md"] == b"slashes everywhere"
+    assert http.get(f"/store/workflows/{wf}").json() == {"detail": "Not Found"}
 
 
 @pytest.mark.slow

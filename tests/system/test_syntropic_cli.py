@@ -270,6 +270,20 @@ def test_show_and_content_of_an_unknown_id_say_not_found(syn: Syn, prefix: bool)
     )
 
 
+def test_a_prefix_too_short_says_the_minimum(syn: Syn, wf: SeededWorkflow, prefix: bool) -> None:
+    short = wf["research"].id[:7]
+    sentence = (
+        f"The artifact id {short!r} is too short: give the full id or a unique prefix of at "
+        "least 8 characters."
+    )
+    assert_one_line_error(
+        syn.run("artifacts", "show", short, prefix=prefix), f"Get artifact: {sentence}"
+    )
+    assert_one_line_error(
+        syn.run("artifacts", "content", short, prefix=prefix), f"Get artifact content: {sentence}"
+    )
+
+
 # --------------------------------------------------------------------------- create
 
 
