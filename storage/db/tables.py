@@ -56,6 +56,8 @@ artifacts = sa.Table(
     sa.Column("source", sa.Text),  # e.g. "crownest" for an imported artifact
     sa.Column("source_ref", sa.Text),  # the upstream id
     tenant_column(),
+    # the current version's number (artifact_versions); content_hash .. is_text describe it
+    sa.Column("version", sa.Integer, nullable=False, server_default=sa.text("1")),
     sa.Index("ix_artifacts_order", "tenant", "created_at", "id"),
     sa.Index("ix_artifacts_workflow", "tenant", "workflow_id", "created_at", "id"),
     sa.Index(
@@ -87,6 +89,27 @@ artifacts = sa.Table(
     ),
 )
 
+# Every content an artifact has had: the create, each upload, each content replacement makes
+# a version (1, 2, ...), never changed afterwards. The artifact's row repeats its current one.
+# superseded_at is when a newer version became current (NULL for the current one): retention
+# (ARTIFACTS_VERSION_RETENTION) counts from it.
+artifact_versions = sa.Table(
+    "artifact_versions",
+    metadata,
+    sa.Column("artifact_id", ID, sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("content_hash", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("filename", sa.Text),
+    sa.Column("is_text", sa.Boolean, nullable=False),
+    sa.Column("created_by", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("superseded_at", sa.BigInteger),
+    sa.Index("ix_artifact_versions_content_hash", "content_hash"),
+    sa.Index("ix_artifact_versions_superseded", "superseded_at"),
+)
+
 lineage = sa.Table(
     "lineage",
     metadata,
@@ -96,6 +119,9 @@ lineage = sa.Table(
     sa.Column("parent_digest", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False),
     # the child's created_at, so a parent's children are listed by walking an index (0006)
     sa.Column("child_created_at", sa.BigInteger, nullable=False),
+    # the parent's version at link time (NULL: an edge made before versions existed, whose
+    # parent had been re-uploaded since; it pins parent_digest only)
+    sa.Column("parent_version", sa.Integer),
     sa.Index("ix_lineage_parent_order", "parent_id", "child_created_at", "child_id"),
     sa.Index("ix_lineage_parent_digest", "parent_digest"),
 )

@@ -16,7 +16,7 @@ from tests.support.sql import query
 
 SCHEMA_TABLES = {
     "blobs", "artifacts", "lineage", "events", "imports", "import_items", "idempotency_keys",
-    "api_keys",
+    "api_keys", "artifact_versions",
 }  # fmt: skip
 
 
