@@ -7,6 +7,8 @@
   covers what compare_metadata cannot see: the expression and the WHERE of the partial index
   ux_artifacts_one_primary).
 - That partial unique index really rejects a second live primary per (workflow, phase) in SQL.
+- Data migrations on data written at the revision before: 0008 makes every artifact (deleted
+  ones too) version 1 of itself and pins version 1 on edges to current content; and back.
 
 The tests are synchronous: alembic's env.py runs its own event loop.
 """
@@ -380,3 +382,102 @@ def test_artifact_ids_compare_bytewise_on_postgresql() -> None:
         ]
     finally:
         drop_pg_database(POSTGRES_URL, url)
+
+
+# -- 0008: every artifact becomes version 1 --------------------------------------------------
+
+
+def _id(n: int) -> str:
+    return f"{n:08x}-0000-4000-8000-000000000000"
+
+
+def _digest(n: int) -> str:
+    return f"{n:02x}" * 32
+
+
+# id, content (digest number), size, content_type, filename, is_text, created_by, deleted
+_ARTIFACTS_0007 = [
+    (1, 1, 10, "text/plain", "a.txt", True, "agent-a", None),
+    (2, 2, 20, "application/octet-stream", None, False, None, None),  # replaced: was digest 5
+    (3, 3, 30, "text/markdown", "c.md", True, "agent-c", 700),  # soft-deleted
+    (4, 4, 40, "application/json", "d.json", True, "agent-d", None),
+]
+# child, position, parent, parent_digest: 4 -> 1 (current), 4 -> 2 (replaced since), 4 -> 3
+_EDGES_0007 = [(4, 0, 1, 1), (4, 1, 2, 5), (4, 2, 3, 3)]
+
+
+def _insert_0007_data(url: str) -> None:
+    keys = ("id", "h", "s", "ct", "fn", "text", "by", "deleted")
+    rows = [dict(zip(keys, (_id(n), _digest(d), *r), strict=True)) for n, d, *r in _ARTIFACTS_0007]
+    for row, (n, *_) in zip(rows, _ARTIFACTS_0007, strict=True):
+        row.update(created=100 * n, updated=100 * n + 50)
+    edges = [
+        {"c": _id(c), "p": p, "parent": _id(parent), "d": _digest(d)}
+        for c, p, parent, d in _EDGES_0007
+    ]
+    blob_rows = [{"d": _digest(n), "s": n * 10} for n in range(1, 6)]
+    statements = [
+        ("INSERT INTO blobs (digest, size, created_at) VALUES (:d, :s, 5)", blob_rows),
+        (
+            "INSERT INTO artifacts (id, workflow_id, phase_id, session_id, artifact_type, title,"
+            " content_type, filename, content_hash, size_bytes, is_text,"
+            " is_primary_deliverable, created_by, metadata, created_at, updated_at, deleted_at,"
+            " tenant) VALUES (:id, 'wf', NULL, NULL, 'text', 't', :ct, :fn, :h, :s, :text,"
+            " FALSE, :by, '{}', :created, :updated, :deleted, 'default')",
+            rows,
+        ),
+        (
+            "INSERT INTO lineage (child_id, position, parent_id, parent_digest, child_created_at)"
+            " VALUES (:c, :p, :parent, :d, 400)",
+            edges,
+        ),
+    ]
+
+    async def work(conn: AsyncConnection) -> None:
+        for sql, params in statements:
+            await conn.execute(sa.text(sql), params)
+
+    run_async(url, work)
+
+
+def test_0008_makes_each_artifact_version_1_and_pins_current_parents(
+    empty_url: str,
+) -> None:
+    upgrade(empty_url, "0007")
+    _insert_0007_data(empty_url)
+    artifacts_before = query(empty_url, "SELECT * FROM artifacts ORDER BY id")
+    lineage_before = query(empty_url, "SELECT * FROM lineage ORDER BY child_id, position")
+
+    upgrade(empty_url, "0008")
+    versions = query(
+        empty_url,
+        "SELECT artifact_id, version, content_hash, size_bytes, content_type, filename, is_text,"
+        " created_by, created_at, superseded_at FROM artifact_versions ORDER BY artifact_id",
+    )
+    assert versions == [
+        (_id(n), 1, _digest(d), size, ct, fn, text, by, 100 * n + 50, None)
+        for n, d, size, ct, fn, text, by, _ in _ARTIFACTS_0007
+    ]
+    assert query(empty_url, "SELECT id, version FROM artifacts ORDER BY id") == [
+        (_id(n), 1) for n, *_ in _ARTIFACTS_0007
+    ]
+    edges = "SELECT child_id, position, parent_id, parent_digest, parent_version FROM lineage"
+    assert query(empty_url, edges + " ORDER BY child_id, position") == [
+        (_id(4), 0, _id(1), _digest(1), 1),
+        (_id(4), 1, _id(2), _digest(5), None),  # its parent's content changed since
+        (_id(4), 2, _id(3), _digest(3), 1),  # a soft-deleted parent is pinned too
+    ]
+    # the columns the artifacts and edges had are untouched
+    columns = len(artifacts_before[0])
+    assert [r[:columns] for r in query(empty_url, "SELECT * FROM artifacts ORDER BY id")] == (
+        artifacts_before
+    )
+
+    downgrade(empty_url, "0007")
+    assert "artifact_versions" not in table_names(empty_url)
+    assert query(empty_url, "SELECT * FROM artifacts ORDER BY id") == artifacts_before
+    assert query(empty_url, "SELECT * FROM lineage ORDER BY child_id, position") == lineage_before
+    upgrade(empty_url)  # and up again: the same versions
+    assert query(
+        empty_url, "SELECT artifact_id, version, content_hash FROM artifact_versions ORDER BY 1"
+    ) == [(_id(n), 1, _digest(d)) for n, d, *_ in _ARTIFACTS_0007]
