@@ -35,6 +35,8 @@ log = logging.getLogger("artifacts.errors")
 STATUS: dict[type[se.StorageError], tuple[int, str]] = {
     se.ArtifactNotFound: (404, "artifact_not_found"),
     se.AmbiguousArtifactId: (409, "ambiguous_artifact_id"),
+    se.VersionNotFound: (404, "version_not_found"),
+    se.PreconditionFailed: (412, "precondition_failed"),
     se.DuplicateSource: (409, "already_imported"),
     se.ImportNotFound: (404, "import_not_found"),
     se.BlobTooLarge: (413, "payload_too_large"),

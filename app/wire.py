@@ -50,6 +50,7 @@ class ArtifactRecord(msgspec.Struct):
     filename: str | None
     updated_at: str
     download_url: str
+    version: int  # the current version's number (GET /artifacts/{id}/versions lists them)
 
 
 class Created(msgspec.Struct):
@@ -131,6 +132,7 @@ def record(a: Artifact, content: str | None, download_url: str) -> ArtifactRecor
         a.filename,
         us_to_iso(a.updated_at),
         download_url,
+        a.version,
     )
 
 

@@ -29,15 +29,17 @@ from sqlalchemy.exc import IntegrityError
 from storage.blobs.base import BlobStore, PutResult
 from storage.db import artifact_sql, blob_sql
 from storage.db.engine import Database, run_async
-from storage.db.tables import DEFAULT_TENANT, artifacts, blobs, lineage
+from storage.db.tables import DEFAULT_TENANT, artifact_versions, artifacts, blobs, lineage
 from storage.errors import (
     AmbiguousArtifactId,
     ArtifactIdTooShort,
     ArtifactNotFound,
     BlobCorrupt,
     DuplicateSource,
+    PreconditionFailed,
     StorageUnavailable,
     UnknownParent,
+    VersionNotFound,
 )
 from storage.events import NewEvent, append
 from storage.records import (
@@ -50,8 +52,12 @@ from storage.records import (
     NewContent,
     Page,
     Summary,
+    Version,
+    VersionPage,
+    at_version,
     now_us,
     row_to_artifact,
+    row_to_version,
     us_to_iso,
 )
 
@@ -101,6 +107,7 @@ def event_summary(a: Artifact) -> dict[str, Any]:
         "size_bytes": a.size_bytes,
         "is_primary_deliverable": a.is_primary_deliverable,
         "created_at": us_to_iso(a.created_at),
+        "version": a.version,
     }
 
 
@@ -142,6 +149,23 @@ def names(ref: str, artifact_id: str) -> bool:
 class _Recheck(Exception):
     """Raised inside an upload's write: its blob has no row, and GC swept reclaimed blobs
     since the upload read the reclaim epoch, so the database alone cannot vouch for its bytes."""
+
+
+def _version_row(artifact: Artifact, created_by: str | None, now: int) -> dict[str, Any]:
+    """The artifact_versions row of an artifact's current content, as it is written: the
+    create's version 1, or the version an upload just made current."""
+    return {
+        "artifact_id": artifact.id,
+        "version": artifact.version,
+        "content_hash": artifact.content_hash,
+        "size_bytes": artifact.size_bytes,
+        "content_type": artifact.content_type,
+        "filename": artifact.filename,
+        "is_text": artifact.is_text,
+        "created_by": created_by,
+        "created_at": now,
+        "superseded_at": None,
+    }
 
 
 def _page(rows: Sequence[Any], limit: int) -> Page:
@@ -243,6 +267,7 @@ class ArtifactService:
                     raise
                 # a concurrent import of the same upstream object won (PostgreSQL)
                 raise DuplicateSource(new.source, new.source_ref, None) from None
+            conn.execute(artifact_versions.insert(), _version_row(artifact, new.created_by, now))
             if parents:
                 conn.execute(
                     lineage.insert(),
@@ -252,9 +277,10 @@ class ArtifactService:
                             "position": i,
                             "parent_id": pid,
                             "parent_digest": d,
+                            "parent_version": v,
                             "child_created_at": now,
                         }
-                        for i, (pid, d) in enumerate(parents)
+                        for i, (pid, d, v) in enumerate(parents)
                     ],
                 )
             feed = [_event("artifact.created", artifact, derived_from=list(new.derived_from))]
@@ -277,22 +303,38 @@ class ArtifactService:
         *,
         max_bytes: int | None = None,
         expected_digest: str | None = None,
+        if_match: Sequence[str] | None = None,
         hook: WriteHook | None = None,
     ) -> Artifact:
         """Upload: new bytes for an existing live artifact, named by its full id or a unique
         prefix (resolved, and checked, before any byte is read; the write is bound to the
-        artifact found then, whatever the prefix may match later)."""
-        artifact_id = (await self.get(artifact_id)).id
+        artifact found then, whatever the prefix may match later). The bytes become a new
+        version (the current one plus 1, even when they are the same bytes: every upload is a
+        version), the previous version is superseded, in one transaction.
+
+        `if_match`: a conditional write (HTTP If-Match). The content hashes the current
+        version may have, or "*" (any: the artifact must exist). Checked once before the bytes
+        are read (a mismatch stores nothing), and again in the write's transaction against the
+        version seen then: if any other version landed in between (even with the same bytes),
+        PreconditionFailed and nothing is written, so of two writers racing with one If-Match
+        exactly one succeeds. The blob already put is left unreferenced for GC to reclaim."""
+        current = await self.get(artifact_id)
+        artifact_id = current.id
+        expected_version = None
+        if if_match is not None and "*" not in if_match:
+            if current.content_hash not in if_match:
+                raise PreconditionFailed(artifact_id, current.content_hash)
+            expected_version = current.version
         epoch = await blob_sql.reclaim_epoch(self.db)  # before the put: see _ensure_blob_row
         put = await self._put(content, max_bytes, expected_digest)
 
         def write(conn: sa.Connection, epoch: int | None) -> Artifact:
             now = self.clock()
             self._ensure_blob_row(conn, put, now, epoch)
-            before = self._load_one(conn, artifact_id)
-            result = conn.execute(
+            version = self._next_version(conn, artifact_id, expected_version)
+            conn.execute(
                 artifacts.update()
-                .where(artifacts.c.id == artifact_id, self.mine, LIVE)
+                .where(artifacts.c.id == artifact_id, self.mine)
                 .values(
                     content_hash=put.digest,
                     size_bytes=put.size,
@@ -300,12 +342,26 @@ class ArtifactService:
                     filename=described.filename,
                     is_text=described.is_text,
                     updated_at=now,
+                    version=version,
                 )
             )
-            if result.rowcount == 0:
-                raise ArtifactNotFound(artifact_id)
+            previous = conn.execute(
+                artifact_versions.update()
+                .where(
+                    artifact_versions.c.artifact_id == artifact_id,
+                    artifact_versions.c.version == version - 1,
+                )
+                .values(superseded_at=now)
+                .returning(artifact_versions.c.content_hash)
+            ).scalar()
             after = self._load_one(conn, artifact_id)
-            event = _event("artifact.content_replaced", after, previous_hash=before.content_hash)
+            conn.execute(artifact_versions.insert(), _version_row(after, described.created_by, now))
+            event = _event(
+                "artifact.content_replaced",
+                after,
+                previous_hash=previous,
+                previous_version=version - 1,
+            )
             append(conn, [event], now, tenant=self.tenant)
             if hook is not None:
                 hook(conn, after)
@@ -314,6 +370,23 @@ class ArtifactService:
         after = await self._write_blob(write, put.digest, epoch)
         self.on_commit()
         return after
+
+    def _next_version(self, conn: sa.Connection, artifact_id: str, expected: int | None) -> int:
+        """The number the next version of a live artifact gets, its row locked until the
+        transaction ends (PostgreSQL: FOR UPDATE, so concurrent uploads number their versions
+        one after the other; SQLite writers are serialised already). `expected`: the version
+        that must still be current (If-Match), else PreconditionFailed."""
+        stmt = sa.select(artifacts.c.version, artifacts.c.content_hash).where(
+            artifacts.c.id == artifact_id, self.mine, LIVE
+        )
+        if self.db.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).first()
+        if row is None:
+            raise ArtifactNotFound(artifact_id)
+        if expected is not None and row.version != expected:
+            raise PreconditionFailed(artifact_id, row.content_hash)
+        return int(row.version) + 1
 
     async def update(
         self, ref: str, changes: ArtifactChanges, *, hook: WriteHook | None = None
@@ -403,6 +476,56 @@ class ArtifactService:
                     raise ArtifactNotFound(ref)
                 return artifact_sql.artifact_from_row(rows[0])
         return await self.db.run_read(lambda conn: self._load_one(conn, self._resolve(conn, ref)))
+
+    async def versions(self, ref: str, *, limit: int, before: int | None = None) -> VersionPage:
+        """A live artifact's versions, newest first, `limit` at a time: those numbered below
+        `before` (the previous page's next_before), by its full id or a unique prefix.
+        Versions that retention purged are simply absent."""
+        ref = artifact_ref(ref)
+        v = artifact_versions.c
+
+        def read(conn: sa.Connection) -> VersionPage:
+            artifact_id = self._live_id(conn, ref)
+            stmt = sa.select(artifact_versions).where(v.artifact_id == artifact_id)
+            if before is not None:
+                stmt = stmt.where(v.version < before)
+            rows = conn.execute(stmt.order_by(v.version.desc()).limit(limit + 1)).all()
+            items = [row_to_version(row) for row in rows[:limit]]
+            return VersionPage(items, items[-1].version if len(rows) > limit else None)
+
+        return await self.db.run_read(read)
+
+    async def get_version(self, ref: str, number: int) -> tuple[Artifact, Version]:
+        """Version `number` of a live artifact (full id or unique prefix): the artifact as it
+        was then (records.at_version: that version's content, the rest as it is now, which is
+        what read_bytes() and stream() verify and serve) and the version itself.
+        VersionNotFound when the artifact has no such version (any more)."""
+        ref = artifact_ref(ref)
+
+        def read(conn: sa.Connection) -> tuple[Artifact, Version]:
+            artifact = self._load_one(conn, self._resolve(conn, ref))
+            row = conn.execute(
+                sa.select(artifact_versions).where(
+                    artifact_versions.c.artifact_id == artifact.id,
+                    artifact_versions.c.version == number,
+                )
+            ).first()
+            if row is None:
+                raise VersionNotFound(artifact.id, number)
+            version = row_to_version(row)
+            return at_version(artifact, version), version
+
+        return await self.db.run_read(read)
+
+    def _live_id(self, conn: sa.Connection, ref: str) -> str:
+        """The full id of the live artifact `ref` names (ArtifactNotFound if none)."""
+        artifact_id = self._resolve(conn, ref)
+        found = conn.execute(
+            sa.select(artifacts.c.id).where(artifacts.c.id == artifact_id, self.mine, LIVE)
+        ).scalar()
+        if found is None:
+            raise ArtifactNotFound(artifact_id)
+        return str(found)
 
     def _resolve(self, conn: sa.Connection, ref: str) -> str:
         """The full id a reference names, for every route that takes one: `ref` (normalised
@@ -609,20 +732,21 @@ class ArtifactService:
 
     def _live_parents(
         self, conn: sa.Connection, parent_ids: Sequence[str]
-    ) -> list[tuple[str, str]]:
-        """(id, content_hash) of each parent, in order; UnknownParent names the first bad one."""
+    ) -> list[tuple[str, str, int]]:
+        """(id, content_hash, version) of each parent, in order: what an edge pins. UnknownParent
+        names the first bad one."""
         if not parent_ids:
             return []
         rows = conn.execute(
-            sa.select(artifacts.c.id, artifacts.c.content_hash).where(
+            sa.select(artifacts.c.id, artifacts.c.content_hash, artifacts.c.version).where(
                 artifacts.c.id.in_(set(parent_ids)), self.mine, LIVE
             )
         )
-        digests = {row.id: row.content_hash for row in rows}
+        current = {row.id: (row.content_hash, row.version) for row in rows}
         for index, parent_id in enumerate(parent_ids):
-            if parent_id not in digests:
+            if parent_id not in current:
                 raise UnknownParent(index, parent_id)
-        return [(pid, digests[pid]) for pid in parent_ids]
+        return [(pid, *current[pid]) for pid in parent_ids]
 
     def _source_id(self, conn: sa.Connection, source: str, source_ref: str) -> str | None:
         """The live artifact imported from (source, source_ref), if any."""

@@ -15,6 +15,29 @@ class ArtifactNotFound(StorageError):
         self.artifact_id = artifact_id
 
 
+class VersionNotFound(StorageError):
+    """The artifact exists (live) but has no version of that number (never had, or retention
+    purged it)."""
+
+    def __init__(self, artifact_id: str, version: int) -> None:
+        super().__init__(f"Artifact {artifact_id!r} has no version {version}.")
+        self.artifact_id = artifact_id
+        self.version = version
+
+
+class PreconditionFailed(StorageError):
+    """A conditional content write (If-Match) found another version current: nothing written."""
+
+    def __init__(self, artifact_id: str, current_hash: str) -> None:
+        super().__init__(
+            f"Artifact {artifact_id!r} no longer has the content the request's If-Match names "
+            f'(another version landed first; its ETag is now "{current_hash}"): '
+            "read it again and retry."
+        )
+        self.artifact_id = artifact_id
+        self.current_hash = current_hash
+
+
 class WorkflowNotFound(StorageError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"Workflow {workflow_id!r} has no artifacts.")

@@ -1,9 +1,11 @@
 """Lineage subgraphs: where an artifact came from and what was built from it.
 
-Edges are `lineage` rows (child, position, parent, parent_digest): the parent's content hash at
-link time, so a child knows exactly which bytes it came from. A walk is one recursive query per
-direction (SQLite and PostgreSQL alike), bounded by depth; lineage is acyclic because a parent
-must exist before its child. Deleted artifacts stay in the graph as tombstones.
+Edges are `lineage` rows (child, position, parent, parent_digest, parent_version): the parent's
+content hash and version at link time, so a child knows exactly which bytes it came from, and
+can fetch them as that version of the parent after the parent has been re-uploaded. A walk is
+one recursive query per direction (SQLite and PostgreSQL alike), bounded by depth; lineage is
+acyclic because a parent must exist before its child. Deleted artifacts stay in the graph as
+tombstones.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class Edge:
     parent: str
     child: str
     parent_hash: str
+    # the parent's version at link time, whose bytes parent_hash names (None: linked before
+    # versions existed, to content replaced since; parent_hash still pins the bytes)
+    parent_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,9 @@ async def subgraph(
                 else sa.select(lineage).where(sa.false())
             )
             for r in edge_rows:
-                edges[(r.child_id, r.position)] = Edge(r.parent_id, r.child_id, r.parent_digest)
+                edges[(r.child_id, r.position)] = Edge(
+                    r.parent_id, r.child_id, r.parent_digest, r.parent_version
+                )
             rim = [n for n, d in reached.items() if d == depth]
             if rim and not truncated:
                 beyond = conn.execute(sa.select(near).where(near.in_(rim)).limit(1))

@@ -7,7 +7,7 @@ import binascii
 import functools
 import re
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,6 +73,7 @@ class NewContent:
     content_type: str
     filename: str | None = None
     is_text: bool = False
+    created_by: str | None = None  # who wrote this version (None: not said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,65 @@ class Artifact:
     derived_from: tuple[str, ...] | None  # None where not loaded (lists)
     source: str | None = None
     source_ref: str | None = None
+    version: int = 1  # the current version's number; the content fields above describe it
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One immutable content an artifact has had (the create, each upload). Never changed once
+    written, except `superseded_at`: when the next version became current (None: it is)."""
+
+    artifact_id: str
+    version: int
+    content_hash: str
+    size_bytes: int
+    content_type: str
+    filename: str | None
+    is_text: bool
+    created_by: str | None
+    created_at: int
+    superseded_at: int | None
+
+    @property
+    def is_current(self) -> bool:
+        return self.superseded_at is None
+
+
+def at_version(artifact: Artifact, version: Version) -> Artifact:
+    """The artifact as it was at `version`: that version's content, the rest as it is now. What
+    a version's bytes are read, verified and served through (read_bytes, stream, download)."""
+    return replace(
+        artifact,
+        content_hash=version.content_hash,
+        size_bytes=version.size_bytes,
+        content_type=version.content_type,
+        filename=version.filename,
+        is_text=version.is_text,
+        version=version.version,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPage:
+    items: list[Version]
+    next_before: int | None  # pass as `before` for the next page (older versions); None: last
+
+
+def encode_version_cursor(before: int) -> str:
+    """An opaque page token for a versions list: the last version number of the page."""
+    return base64.urlsafe_b64encode(f"v1:{before}".encode()).decode().rstrip("=")
+
+
+def decode_version_cursor(text: str) -> int:
+    """Raises ValueError for anything encode_version_cursor did not produce."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("malformed cursor") from None
+    match = re.fullmatch(r"v1:([1-9][0-9]{0,9})", raw)
+    if match is None or int(match.group(1)) >= 2**31:
+        raise ValueError("malformed cursor")
+    return int(match.group(1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,4 +273,21 @@ def row_to_artifact(row: Any, derived_from: tuple[str, ...] | None) -> Artifact:
         derived_from=derived_from,
         source=row.source,
         source_ref=row.source_ref,
+        version=row.version,
+    )
+
+
+def row_to_version(row: Any) -> Version:
+    """A SELECT of the artifact_versions table -> Version."""
+    return Version(
+        artifact_id=row.artifact_id,
+        version=row.version,
+        content_hash=row.content_hash,
+        size_bytes=row.size_bytes,
+        content_type=row.content_type,
+        filename=row.filename,
+        is_text=bool(row.is_text),
+        created_by=row.created_by,
+        created_at=row.created_at,
+        superseded_at=row.superseded_at,
     )

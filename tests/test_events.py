@@ -53,6 +53,7 @@ SUMMARY_KEYS = (
     "size_bytes",
     "is_primary_deliverable",
     "created_at",
+    "version",
 )
 TIMEOUT = httpx.Timeout(10.0, read=5.0)  # a stream that says nothing for 5 s fails the test
 
@@ -373,18 +374,24 @@ def test_every_write_produces_exactly_its_events(http: httpx.Client) -> None:
     rb = record(http, b)
     assert rb["content_hash"] == sha(data)
     feed.expect(
-        artifact_event("artifact.content_replaced", rb, previous_hash=before),
+        artifact_event("artifact.content_replaced", rb, previous_hash=before, previous_version=1),
         at=rb["updated_at"],
     )
     r = http.post(f"/artifacts/{b}/upload", files={"file": ("b.txt", b"text now", "text/plain")})
     assert r.status_code == 200, r.text
     rb = record(http, b)
     assert (rb["content_type"], rb["size_bytes"]) == ("text/plain", 8)
-    feed.expect(artifact_event("artifact.content_replaced", rb, previous_hash=sha(data)))
+    feed.expect(
+        artifact_event("artifact.content_replaced", rb, previous_hash=sha(data), previous_version=2)
+    )
     r = http.post(f"/artifacts/{b}/upload", files={"file": ("b.txt", b"text now", "text/plain")})
     assert r.status_code == 200
     rb = record(http, b)
-    feed.expect(artifact_event("artifact.content_replaced", rb, previous_hash=sha(b"text now")))
+    feed.expect(
+        artifact_event(
+            "artifact.content_replaced", rb, previous_hash=sha(b"text now"), previous_version=3
+        )
+    )
 
     # a multipart create in the null phase, as its primary; then deletes
     r = http.post(

@@ -418,6 +418,7 @@ def test_multipart_create_stores_the_file(live: Live, http: httpx.Client) -> Non
         "metadata": {"k": [1, "é"], "n": None},
         "filename": "rapport été.pdf",
         "download_url": f"{live.url}/artifacts/{aid}/download",
+        "version": 1,
     }
     assert count_rows(live.database_url, "artifacts") == before + 1
     assert_download(http, live, aid, data, "application/pdf")

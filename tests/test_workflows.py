@@ -68,6 +68,7 @@ class Art:
     derived_from: list[str]
     metadata: dict[str, Any]
     deleted: bool = False
+    version: int = 1  # one more per content replacement
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -105,6 +106,7 @@ class Art:
             "filename": None,
             "updated_at": us_to_iso(self.updated_at),
             "download_url": f"{base}/artifacts/{self.id}/download",
+            "version": self.version,
         }
 
 
@@ -270,6 +272,7 @@ class Sim:
         art = self.model.arts[artifact_id]
         art.content, art.content_type, art.is_text = content, "text/plain", True
         art.updated_at = self.clock.t
+        art.version += 1
 
     async def delete(self, artifact_id: str, dt: int = 1) -> None:
         self.clock.t += dt

@@ -24,7 +24,7 @@ LIVE = artifacts.c.deleted_at.is_(None)
 COLUMNS = (
     "id", "workflow_id", "phase_id", "session_id", "artifact_type", "title", "content_type",
     "filename", "content_hash", "size_bytes", "is_text", "is_primary_deliverable", "created_by",
-    "metadata", "created_at", "updated_at", "source", "source_ref",
+    "metadata", "created_at", "updated_at", "source", "source_ref", "version",
 )  # fmt: skip
 
 _SQLITE_PARENTS = (
@@ -83,7 +83,8 @@ def artifact_from_row(row: Any) -> Artifact:
         updated_at=row[15],
         source=row[16],
         source_ref=row[17],
-        derived_from=parents_of(row[18]),
+        version=row[18],
+        derived_from=parents_of(row[19]),
     )
 
 
