@@ -62,11 +62,14 @@ async def periodic_gc(
                 blobs,
                 grace_us=int(settings.gc_grace * 1e6),
                 deleted_retention_us=int(settings.deleted_retention * 1e6),
+                version_retention_us=settings.version_retention_us,
             )
             log.info(
-                "gc: %d blobs (%d bytes), %d artifacts purged, %d staging files, %d keys",
-                len(report.blobs_deleted), report.bytes_freed, len(report.artifacts_purged),
-                len(report.staging_removed), report.idempotency_keys_expired,
+                "gc: %d blobs (%d bytes), %d old versions expired, %d artifacts purged, "
+                "%d staging files, %d keys",
+                len(report.blobs_deleted), report.bytes_freed, report.versions_expired,
+                len(report.artifacts_purged), len(report.staging_removed),
+                report.idempotency_keys_expired,
             )  # fmt: skip
         except Exception:
             log.exception("gc failed; will try again")

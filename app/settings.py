@@ -53,6 +53,23 @@ def parse_duration(value: str | float) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+FOREVER = "forever"
+
+
+def parse_retention(value: str | float | None) -> float | None:
+    """A retention: `forever` (or unset, or empty) is None, keep without end; otherwise a
+    duration as parse_duration reads it, 0 included (nothing kept past the next GC)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", FOREVER)):
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"not a duration: {value!r} (want {FOREVER} or {DURATION_FORMAT})"
+        ) from None
+
+
+Retention = Annotated[float | None, BeforeValidator(parse_retention)]
 
 _ASYNC_DRIVERS = {  # what a database URL may name, and the async driver each means
     "sqlite": "sqlite+aiosqlite",
@@ -145,6 +162,11 @@ class Settings(BaseSettings):
     gc_interval: Duration = Field(3600.0, description="periodic GC in the server; 0: off")
     gc_grace: Duration = Field(3600.0, description="unreferenced blobs younger than this stay")
     deleted_retention: Duration = Field(7 * 86400.0, description="soft-deleted rows kept this long")
+    version_retention: Retention = Field(
+        None,
+        description="replaced versions kept this long after they were replaced (unless lineage "
+        "pins them); forever (the default) or a duration, 0: until the next GC",
+    )
     idempotency_ttl: Duration = Field(86400.0, description="how long an Idempotency-Key is kept")
     idempotency_lease: Duration = Field(
         30.0, description="a running keyed request's claim lapses this long after its last beat"
@@ -200,6 +222,12 @@ class Settings(BaseSettings):
         if self.blob_backend == "s3" and not self.s3_bucket:
             raise ValueError("ARTIFACTS_BLOB_BACKEND=s3 needs ARTIFACTS_S3_BUCKET")
         return self
+
+    @property
+    def version_retention_us(self) -> int | None:
+        """ARTIFACTS_VERSION_RETENTION in microseconds, as GC takes it; None: for ever."""
+        retention = self.version_retention
+        return None if retention is None else int(retention * 1e6)
 
     @property
     def blob_dir(self) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -114,7 +115,9 @@ async def test_gc_reclaims_exactly_unreferenced_old_blobs(
     young = await svc.create(new(), b"young-v1")
     await svc.replace_content(young.id, b"young-v2", CONTENT)
 
-    kw: dict[str, Any] = {"grace_us": HOUR, "deleted_retention_us": 3 * HOUR}
+    # replaced versions go at once (0), but for parent's v1, which child derives from
+    kw: dict[str, Any] = {"grace_us": HOUR, "deleted_retention_us": 3 * HOUR,
+                          "version_retention_us": 0}  # fmt: skip
     before = (files(blob_dir), await rows(db, blobs), await rows(db, artifacts))
     dry = await collect_garbage(db, store, dry_run=True, **kw)  # type: ignore[arg-type]
     assert (files(blob_dir), await rows(db, blobs), await rows(db, artifacts)) == before
@@ -126,6 +129,7 @@ async def test_gc_reclaims_exactly_unreferenced_old_blobs(
         "orphan_files_deleted": [],
         "staging_removed": [],
         "idempotency_keys_expired": 0,
+        "versions_expired": 2,  # live's v1, young's v1
     }
     for r, dry_run in ((dry, True), (report, False)):
         got = r.to_json()
@@ -282,7 +286,9 @@ class GcAfterPut(FilesystemBlobStore):
         result = await super().put(*args, **kwargs)
         if self.armed:
             self.armed = False
-            gc = await collect_garbage(self.db, self, grace_us=0, deleted_retention_us=DAY)
+            gc = await collect_garbage(
+                self.db, self, grace_us=0, deleted_retention_us=DAY, version_retention_us=0
+            )
             assert gc.blobs_deleted == [result.digest]
         return result
 
@@ -293,13 +299,14 @@ async def test_upload_whose_blob_gc_reclaimed_commits_nothing(
 ) -> None:
     clock.age = 2 * HOUR
     a = await svc.create(new(), b"race")
-    await svc.replace_content(a.id, b"other", CONTENT)  # b"race" now unreferenced and old
+    await svc.replace_content(a.id, b"other", CONTENT)  # b"race" now a replaced version, old
     clock.age = 0
 
-    # put (dedupe hit), GC reclaims it, then the service stores the same bytes again
+    # put (dedupe hit), GC (keeping no replaced version) reclaims it, then the service stores
+    # the same bytes again
     assert not (await svc.blobs.put_bytes(b"race")).created  # type: ignore[attr-defined]
-    assert (await collect_garbage(svc.db, svc.blobs, grace_us=0, deleted_retention_us=DAY)
-            ).blobs_deleted == [sha(b"race")]  # fmt: skip
+    kw: dict[str, Any] = {"grace_us": 0, "deleted_retention_us": DAY, "version_retention_us": 0}
+    assert (await collect_garbage(svc.db, svc.blobs, **kw)).blobs_deleted == [sha(b"race")]
     b = await svc.create(new(), b"race")
     await assert_clean(svc)
     await assert_reads(svc, {a.id: b"other", b.id: b"race"})
@@ -400,9 +407,8 @@ async def test_fsck_reports_each_problem_with_its_code(
         {"problem": "stray_file", "path": "sha256/junk"},
         {"problem": "stray_file", "path": "sha256/ab/cd/junk"},
     ]  # fmt: skip
-    warnings = [
+    warnings = [  # (b"old" is version 1 of `replaced`: kept, so no garbage)
         {"problem": "blob_without_row", "digest": sha(b"orphan")},
-        {"problem": "unreferenced_blob", "digest": sha(b"old")},
         {"problem": "staging_leftover", "name": "put-left"},
         {"problem": "trash_leftover", "name": sha(b"trashed")},
     ]
@@ -416,6 +422,7 @@ async def test_fsck_reports_each_problem_with_its_code(
         assert sorted(report.warnings, key=str) == sorted(warnings, key=str)
         assert report.clean is False and report.to_json()["clean"] is False
         assert report.artifacts_checked == 5  # ok, missing, grow, flip, replaced
+        assert report.versions_checked == 6  # one each, and replaced's two
     assert ok.id  # still there, untouched
     await assert_reads(svc, {ok.id: b"fine", replaced.id: b"new"})
 
@@ -423,11 +430,14 @@ async def test_fsck_reports_each_problem_with_its_code(
 # -- CLI and the server ----------------------------------------------------------------------
 
 
-def cli(data: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ARTIFACTS_DATA_DIR": str(data), "ARTIFACTS_DATABASE_URL": database_url}
+def cli(
+    data: Path, database_url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "ARTIFACTS_DATA_DIR": str(data),
+               "ARTIFACTS_DATABASE_URL": database_url, **(env or {})}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=environ, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 
@@ -452,18 +462,20 @@ def test_cli_gc_and_fsck(tmp_path: Path, database_url: str) -> None:
     assert body == {
         "verified_data": False,
         "artifacts_checked": 1,
+        "versions_checked": 2,
         "blobs_checked": 2,
         "errors": [],
-        "warnings": [{"problem": "unreferenced_blob", "digest": sha(b"v1")}],
+        "warnings": [],  # v1 is a version, kept: no garbage
         "clean": True,
     }
-    r = cli(data, database_url, "gc", "--dry-run")
+    no_history = {"ARTIFACTS_VERSION_RETENTION": "0"}
+    r = cli(data, database_url, "gc", "--dry-run", env=no_history)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("would reclaim 1 blobs (2 bytes)")
     assert store.path_of(sha(b"v1")).is_file()
     r = cli(data, database_url, "gc", "--grace", "abc")
     assert r.returncode == 2 and "--grace" in r.stderr
-    r = cli(data, database_url, "gc", "--grace", "0", "--json")
+    r = cli(data, database_url, "gc", "--grace", "0", "--json", env=no_history)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {
         "dry_run": False,
@@ -473,6 +485,7 @@ def test_cli_gc_and_fsck(tmp_path: Path, database_url: str) -> None:
         "orphan_files_deleted": [],
         "staging_removed": [],
         "idempotency_keys_expired": 0,
+        "versions_expired": 1,
     }
     assert not store.path_of(sha(b"v1")).exists()
     r = cli(data, database_url, "fsck", "--verify-data", "--json")
@@ -505,9 +518,7 @@ def test_cli_fsck_says_what_is_wrong_where_and_what_to_do(
         "restore the file from a backup, or upload the same bytes again",
         f"error: blob {sha(b'lost')} is recorded in the database but missing from the blob "
         "store; restore the file from a backup, or upload the same bytes again",
-        f"warning: blob {sha(b'v1')} is used by no artifact and no lineage edge; "
-        "`artifacts gc` reclaims it after the grace period",
-        "checked 2 artifacts and 2 blobs: 2 errors, 1 warning; the store needs repair",
+        "checked 2 artifacts, 3 versions and 2 blobs: 2 errors, 0 warnings; the store needs repair",
     ]
 
     async def heal(svc: ArtifactService) -> None:  # as the advice says: the same bytes again
@@ -517,7 +528,8 @@ def test_cli_fsck_says_what_is_wrong_where_and_what_to_do(
     r = cli(data, database_url, "fsck", "--verify-data")
     assert (r.returncode, r.stderr) == (0, "")
     assert r.stdout.splitlines()[-1] == (
-        "checked 2 artifacts and 3 blobs, data hashed: 0 errors, 1 warning; the store is consistent"
+        "checked 2 artifacts, 4 versions and 3 blobs, data hashed: 0 errors, 0 warnings; the "
+        "store is consistent"
     )
 
 
@@ -537,10 +549,10 @@ def test_every_fsck_problem_has_a_sentence() -> None:
     fsck`, whatever fields it carries; a code the CLI does not know still shows every field."""
     source = (ROOT / "storage" / "maintenance.py").read_text()
     codes = set(re.findall(r'"problem": "(\w+)"', source))
-    assert len(codes) >= 13
+    assert len(codes) >= 20
     assert codes == set(PROBLEMS)
     every_field = {"artifact_id": "A", "digest": "D", "expected": 1, "actual": 2, "path": "P",
-                   "name": "N"}  # fmt: skip
+                   "name": "N", "version": 3, "field": "F", "parent_id": "B"}  # fmt: skip
     for code in codes:
         line = describe({"problem": code, **every_field})
         assert code not in line and "{" not in line
@@ -549,7 +561,12 @@ def test_every_fsck_problem_has_a_sentence() -> None:
     )
 
 
-def test_server_runs_gc_periodically(tmp_path: Path, database_url: str) -> None:
+def test_server_runs_gc_periodically(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every ARTIFACTS_GC_INTERVAL, with the server's settings (here: no replaced version kept),
+    and one log line a run."""
+    caplog.set_level(logging.INFO, logger="artifacts")
     data = tmp_path / "data"
     store = FilesystemBlobStore(data / "blobs")
 
@@ -561,7 +578,8 @@ def test_server_runs_gc_periodically(tmp_path: Path, database_url: str) -> None:
             await db.dispose()
 
     artifact_id = asyncio.run(setup())
-    env = {"ARTIFACTS_GC_INTERVAL": "1", "ARTIFACTS_GC_GRACE": "0"}
+    env = {"ARTIFACTS_GC_INTERVAL": "1", "ARTIFACTS_GC_GRACE": "0",
+           "ARTIFACTS_VERSION_RETENTION": "0"}  # fmt: skip
     server = start_app(data, database_url=database_url, env=env)
     try:
         with server.client() as http:
@@ -577,5 +595,14 @@ def test_server_runs_gc_periodically(tmp_path: Path, database_url: str) -> None:
             assert not old.exists()
             r = http.get(f"/artifacts/{artifact_id}/download")
             assert (r.status_code, r.content) == (200, b"after")
+            line = (f"gc: 1 blobs ({len(b'before')} bytes), 1 old versions expired, "
+                    "0 artifacts purged, 0 staging files, 0 keys")  # fmt: skip
+            while line not in gc_lines(caplog) and time.monotonic() < deadline:
+                time.sleep(0.1)  # (the run logs once it is over)
+            assert line in gc_lines(caplog)
     finally:
         server.stop()
+
+
+def gc_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("gc: ")]

@@ -651,11 +651,14 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.since_gc >= 1)
     @rule()
     def gc(self) -> None:
-        """GC with no grace and no retention: reclaims exactly what the model says is garbage."""
+        """GC with no grace and no retention (of deleted artifacts, nor of replaced versions):
+        reclaims exactly what the model says is garbage."""
 
         async def go() -> None:
             db, store = self.service.db, self.store
-            report = await collect_garbage(db, store, grace_us=0, deleted_retention_us=0)
+            report = await collect_garbage(
+                db, store, grace_us=0, deleted_retention_us=0, version_retention_us=0
+            )
             purged = self._purge()
             assert sorted(report.artifacts_purged) == sorted(purged)
             assert not report.dry_run

@@ -26,9 +26,10 @@ def gc(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Reclaim unreferenced blobs, leftovers and old soft-deleted artifacts.
+    """Reclaim unreferenced blobs, leftovers, old versions and old soft-deleted artifacts.
 
-    Blobs past the grace period, stale staging files, soft-deleted artifacts past
+    Blobs past the grace period, stale staging files, replaced versions past
+    ARTIFACTS_VERSION_RETENTION that no live artifact derives from, soft-deleted artifacts past
     ARTIFACTS_DELETED_RETENTION and expired idempotency keys. Safe while the server runs."""
     settings = load_settings(data_dir)
     grace_s = duration_flag("--grace", grace, settings.gc_grace)
@@ -37,11 +38,21 @@ def gc(
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
-    verb = "would reclaim" if dry_run else "reclaimed"
-    typer.echo(
-        f"{verb} {len(report.blobs_deleted)} blobs ({report.bytes_freed} bytes), "
+    typer.echo(gc_summary(report))
+
+
+def gc_summary(report: GcReport) -> str:
+    """`artifacts gc`'s one line (a dry run says what it would do)."""
+    reclaim, expire, purge = (
+        ("would reclaim", "would expire", "would purge")
+        if report.dry_run
+        else ("reclaimed", "expired", "purged")
+    )
+    return (
+        f"{reclaim} {len(report.blobs_deleted)} blobs ({report.bytes_freed} bytes), "
         f"{len(report.orphan_files_deleted)} orphan files, {len(report.staging_removed)} staging "
-        f"files; purged {len(report.artifacts_purged)} deleted artifacts and "
+        f"files; {expire} {report.versions_expired} old versions; {purge} "
+        f"{len(report.artifacts_purged)} deleted artifacts and "
         f"{report.idempotency_keys_expired} expired idempotency keys"
     )
 
@@ -54,6 +65,7 @@ async def _collect(db: Database, settings: Settings, grace_s: float, dry_run: bo
                 store,
                 grace_us=int(grace_s * 1e6),
                 deleted_retention_us=int(settings.deleted_retention * 1e6),
+                version_retention_us=settings.version_retention_us,
                 dry_run=dry_run,
             )
     finally:
@@ -66,11 +78,12 @@ def fsck(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Check every artifact against its blob and every blob against its row.
+    """Check every artifact and version against its blob and every blob against its row.
 
-    With --verify-data every blob is also hashed against its name. One line per problem, what
-    to do about it, and a summary; exit 1 when anything is wrong (the leftovers `artifacts gc`
-    reclaims are warnings)."""
+    Also that each artifact row agrees with its current version, and that the versions live
+    artifacts derive from are there. With --verify-data every blob is also hashed against its
+    name. One line per problem, what to do about it, and a summary; exit 1 when anything is
+    wrong (the leftovers `artifacts gc` reclaims are warnings)."""
     settings = load_settings(data_dir)
     db = open_database(settings)
     report = asyncio.run(_check(db, settings, verify_data))
@@ -97,6 +110,7 @@ async def _check(db: Database, settings: Settings, verify_data: bool) -> FsckRep
 _RESTORE = "restore the file from a backup, or upload the same bytes again"
 _DAMAGED = "restore the file from a backup, or move it aside and upload the original bytes again"
 _GC = "`artifacts gc` reclaims it after the grace period"
+_OUTSIDE = "the database was changed from outside: restore it from a backup"
 PROBLEMS = {
     "blob_missing": "artifact {artifact_id}: its blob {digest} is missing from the blob store; "
     + _RESTORE,
@@ -108,12 +122,27 @@ PROBLEMS = {
     + _DAMAGED,
     "blob_row_missing": "artifact {artifact_id}: its blob {digest} has no row in the blobs "
     "table; uploading the same bytes again records it",
-    "lineage_dangling": "a lineage edge names artifact {artifact_id}, which does not exist; the "
-    "database was changed from outside: restore it from a backup",
+    "lineage_dangling": "a lineage edge names artifact {artifact_id}, which does not exist; "
+    + _OUTSIDE,
     "lineage_blob_missing": "blob {digest}, the content an artifact was derived from, is "
     "missing from the blob store; " + _RESTORE,
+    "version_blob_missing": "artifact {artifact_id}, version {version}: its blob {digest} is "
+    "missing from the blob store; " + _RESTORE,
+    "version_size_mismatch": "artifact {artifact_id}, version {version}: its blob {digest} "
+    "holds {actual} bytes where {expected} were stored; " + _DAMAGED,
+    "version_blob_row_missing": "artifact {artifact_id}, version {version}: its blob {digest} "
+    "has no row in the blobs table; uploading the same bytes again records it",
+    "version_orphaned": "a version row names artifact {artifact_id} (version {version}, blob "
+    "{digest}), which does not exist; " + _OUTSIDE,
+    "current_version_missing": "artifact {artifact_id} has no current version (its row says "
+    "version {version}); " + _OUTSIDE,
+    "current_version_mismatch": "artifact {artifact_id}: its {field} is {expected} but its "
+    "current version says {actual}; " + _OUTSIDE,
+    "lineage_version_missing": "artifact {artifact_id} derives from version {version} of "
+    "artifact {parent_id}, which is gone; " + _OUTSIDE,
     "stray_file": "{path} in the blob store is not a blob; move it out of the blob store",
-    "unreferenced_blob": "blob {digest} is used by no artifact and no lineage edge; " + _GC,
+    "unreferenced_blob": "blob {digest} is used by no artifact, no version and no lineage "
+    "edge; " + _GC,
     "blob_without_row": "blob {digest} has no row (an upload stopped before its commit); " + _GC,
     "staging_leftover": "staging file tmp/{name} was left by an interrupted upload; " + _GC,
     "trash_leftover": "trash/{name} was left by an interrupted garbage collection; the next "
@@ -140,7 +169,8 @@ def _count(n: int, noun: str) -> str:
 
 def summary(report: FsckReport) -> str:
     checked = (
-        f"checked {_count(report.artifacts_checked, 'artifact')} and "
+        f"checked {_count(report.artifacts_checked, 'artifact')}, "
+        f"{_count(report.versions_checked, 'version')} and "
         f"{_count(report.blobs_checked, 'blob')}{', data hashed' if report.verified_data else ''}"
     )
     found = f"{_count(len(report.errors), 'error')}, {_count(len(report.warnings), 'warning')}"

@@ -274,6 +274,7 @@ def cli(data_dir: Path, database_url: str, *args: str) -> subprocess.CompletedPr
         **os.environ,
         "ARTIFACTS_DATA_DIR": str(data_dir),
         "ARTIFACTS_DATABASE_URL": database_url,
+        "ARTIFACTS_VERSION_RETENTION": "0",  # gc keeps no replaced version: only what is live
     }
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
@@ -455,6 +456,7 @@ def test_sigkill_during_concurrent_uploads(
         assert after_gc["artifacts_checked"] == len(live), (where, after_gc)
         assert after_gc["blobs_checked"] == len(digests), (where, after_gc)
         assert count_rows(database_url, "artifacts") == len(live), where
+        assert count_rows(database_url, "artifact_versions") == len(live), where
         assert count_rows(database_url, "blobs") == len(digests), where
         assert count_rows(database_url, "lineage") == 0, where
         # one artifact.created per artifact, one artifact.content_replaced per replacement made
