@@ -79,9 +79,11 @@ NAMES = ("A", "B")
 
 BLOB_BACKENDS = ["filesystem", "s3"]
 POSTGRES = [p for p in BACKENDS if getattr(p, "values", None) == ("postgresql",)]
-# Periodic GC on both replicas every second purges soft-deleted rows at once (retention 0);
-# with the default grace of 1 h it leaves blobs and staging files to the CLI's `--grace 0` runs.
-SERVER_ENV = {"ARTIFACTS_GC_INTERVAL": "1", "ARTIFACTS_DELETED_RETENTION": "0"}
+# Periodic GC on both replicas every second purges soft-deleted rows and expires replaced
+# versions at once (retentions 0); with the default grace of 1 h it leaves blobs and staging
+# files to the CLI's `--grace 0` runs.
+SERVER_ENV = {"ARTIFACTS_GC_INTERVAL": "1", "ARTIFACTS_DELETED_RETENTION": "0",
+              "ARTIFACTS_VERSION_RETENTION": "0"}  # fmt: skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
