@@ -86,10 +86,11 @@ def test_the_service_on_s3(
     }  # one object for the two artifacts holding `big`; nothing left in staging
     assert keys(moto_server, bucket) == blob_keys
 
-    r = cli(env, "gc", "--grace", "0", "--json")
+    r = cli({**env, "ARTIFACTS_VERSION_RETENTION": "0"}, "gc", "--grace", "0", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert report["blobs_deleted"] == [sha(b"hi")]  # replaced, so unreferenced
+    assert report["versions_expired"] == 1  # first's version 1, "hi": no replaced one is kept
+    assert report["blobs_deleted"] == [sha(b"hi")]  # so unreferenced
     r = cli(env, "fsck", "--verify-data", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["errors"] == []
