@@ -81,6 +81,7 @@ class Uploaded(msgspec.Struct):
     content_hash: str
     size_bytes: int
     content_type: str
+    version: int  # the version this upload made
 
 
 class VersionSummary(msgspec.Struct):
@@ -172,7 +173,9 @@ def content_body(a: Artifact, content: str | None, download_url: str) -> Content
 
 
 def uploaded(a: Artifact, download_url: str) -> Uploaded:
-    return Uploaded(a.id, download_url, "uploaded", a.content_hash, a.size_bytes, a.content_type)
+    return Uploaded(
+        a.id, download_url, "uploaded", a.content_hash, a.size_bytes, a.content_type, a.version
+    )
 
 
 def _version_fields(v: Version, download_url: str) -> dict[str, Any]:

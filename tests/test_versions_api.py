@@ -367,6 +367,10 @@ def test_if_match_the_current_etag_uploads(client: httpx.Client) -> None:
     r = upload(client, aid, b"fourth", headers={"If-Match": "*"})
     assert r.status_code == 200, r.text
     assert client.get(f"/artifacts/{aid}").json()["version"] == 4
+    # an upload answers its version and its ETag, the next conditional upload's If-Match
+    assert (r.json()["version"], r.headers["etag"]) == (4, f'"{sha(b"fourth")}"')
+    r = upload(client, aid, b"fifth", headers={"If-Match": r.headers["etag"]})
+    assert (r.status_code, r.json()["version"]) == (200, 5)
 
 
 def test_if_match_a_stale_etag_is_412_and_stores_nothing(

@@ -499,7 +499,8 @@ class ArtifactController(Controller):
             described = NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
 
             def render(a: Artifact) -> Answer:
-                return Answer(encode(wire.uploaded(a, download_url(request, settings, a))))
+                body = encode(wire.uploaded(a, download_url(request, settings, a)))
+                return Answer(body, 200, {"ETag": f'"{a.content_hash}"'})  # for the next If-Match
 
             try:
                 artifact = await service.replace_content(
