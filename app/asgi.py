@@ -12,6 +12,7 @@ from litestar.di import Provide
 
 from app import deps, docs, errors, health
 from app.artifacts.controller import ArtifactController
+from app.artifacts.versions import VersionController
 from app.auth import Authenticator, announce, authorize, is_loopback
 from app.blobstore import open_blob_store
 from app.events.controller import EventController
@@ -33,7 +34,13 @@ from storage.maintenance import collect_garbage, recover_trash
 log = logging.getLogger("artifacts")
 
 # Every secured controller, served at `/` and again under `/api/v1`.
-CONTROLLERS = (ArtifactController, WorkflowController, EventController, ImportController)
+CONTROLLERS = (
+    ArtifactController,
+    VersionController,
+    WorkflowController,
+    EventController,
+    ImportController,
+)
 
 
 async def recover(db: Database, blobs: MaintainedBlobStore) -> bool:

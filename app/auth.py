@@ -235,7 +235,14 @@ async def admit_link(connection: ASGIConnection[Any, Any, Any, Any], scope: str)
         return await admit(connection, (scope,))
     state = connection.app.state
     signer: LinkSigner = state.signer
-    found = await state.service.owner_of(connection.path_params.get("artifact_id", ""))
+    artifact_id = connection.path_params.get("artifact_id", "")
+    version = _link_version(connection.path_params.get("version"))
+    if version is None:
+        found = await state.service.owner_of(artifact_id)
+    elif version > 0:  # a link to one version (/versions/{n}/download)
+        found = await state.service.owner_of_version(artifact_id, version)
+    else:
+        found = None
     try:
         if found is None:
             raise LinkRefused("bad_signature")
@@ -246,6 +253,7 @@ async def admit_link(connection: ASGIConnection[Any, Any, Any, Any], scope: str)
             content_hash=artifact.content_hash,
             query=query,
             now=time.time(),
+            version=version,
         )
     except LinkRefused as exc:
         code = "link_expired" if exc.reason == "expired" else "invalid_link"
@@ -254,6 +262,18 @@ async def admit_link(connection: ASGIConnection[Any, Any, Any, Any], scope: str)
     connection.scope[SCOPE_KEY] = caller  # type: ignore[literal-required]
     connection.scope[LINK_KEY] = artifact.content_hash  # type: ignore[literal-required]
     return caller
+
+
+def _link_version(raw: Any) -> int | None:
+    """The version a link's path names: None on a route without one, 0 when the segment is not
+    a version number as links spell it (digits, no leading zero): no link is signed for it, so
+    it is refused like a bad signature. One spelling per link, as for `expires`."""
+    if raw is None:
+        return None
+    text = str(raw)
+    if text.isascii() and text.isdigit() and text[0] != "0" and len(text) <= 10:
+        return int(text) if int(text) < 2**31 else 0
+    return 0
 
 
 def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:

@@ -7,9 +7,13 @@ server re-derives the MAC from the artifact row and the query, so replacing an a
 or rotating the key invalidates every link made before, and a link can never outlive
 ARTIFACTS_DOWNLOAD_URL_MAX_TTL, even if it was minted with a leaked key and a far expiry.
 
+A link to one version, `/artifacts/{id}/versions/{n}/download?expires=…&sig=…`, is bound to that
+version and its bytes (immutable), so uploads after it was made do not change what it serves;
+it stops working when the artifact is deleted or retention purges the version.
+
 The MAC input is a fixed layout no field value can forge: a purpose-and-version tag, then each
 field as an 8-byte big-endian length and its UTF-8 bytes, in a fixed order (method, artifact id,
-tenant, content hash, expiry). See `_mac_input`.
+tenant, content hash, expiry; a version link adds the version). See `_mac_input`.
 
 The key comes from ARTIFACTS_SIGNING_KEY, or else from `<data_dir>/signing.key`, which the first
 process to need it creates (see `load_signing_secret`).
@@ -49,6 +53,10 @@ KEY_FILE = "signing.key"
 
 # b"<purpose>/<version>\n": a MAC made for anything else, or by a later layout, never matches.
 _TAG = b"workflow-artifacts/download-link/v1\n"
+# A link to one version of an artifact (/artifacts/{id}/versions/{n}/download) has a purpose of
+# its own and the version number as one more field: it never opens the current download, nor
+# another version, even one with the same bytes.
+_VERSION_TAG = b"workflow-artifacts/version-link/v1\n"
 _METHOD = b"GET"  # HEAD is GET without the body (RFC 9110 9.3.2): the route accepts both
 # A positive decimal integer without sign, leading zeros, spaces, `_` or non-ASCII digits (all of
 # which int() would accept), so one expiry has exactly one spelling. 16 digits is year 3e8.
@@ -102,18 +110,22 @@ def _field(value: str) -> bytes:
     return len(data).to_bytes(8, "big") + data
 
 
-def _mac_input(artifact_id: str, tenant: str, content_hash: str, expires: int) -> bytes:
+def _mac_input(
+    artifact_id: str, tenant: str, content_hash: str, expires: int, version: int | None = None
+) -> bytes:
     """The exact bytes the MAC covers. Length-prefixed fields: no value can end one field and
-    start the next, whatever it contains."""
-    return _TAG + b"".join(
-        [
-            len(_METHOD).to_bytes(8, "big") + _METHOD,
-            _field(artifact_id),
-            _field(tenant),
-            _field(content_hash),
-            _field(str(expires)),
-        ]
-    )
+    start the next, whatever it contains. A link to the current content (version None) is
+    signed exactly as before versions existed."""
+    fields = [
+        len(_METHOD).to_bytes(8, "big") + _METHOD,
+        _field(artifact_id),
+        _field(tenant),
+        _field(content_hash),
+        _field(str(expires)),
+    ]
+    if version is None:
+        return _TAG + b"".join(fields)
+    return _VERSION_TAG + b"".join([*fields, _field(str(version))])
 
 
 def _pairs(query: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tuple[object, object]]:
@@ -153,17 +165,33 @@ class LinkSigner:
     def __repr__(self) -> str:
         return f"LinkSigner(max_lifetime={self.max_lifetime:g})"
 
-    def _sig(self, artifact_id: str, tenant: str, content_hash: str, expires: int) -> str:
+    def _sig(
+        self,
+        artifact_id: str,
+        tenant: str,
+        content_hash: str,
+        expires: int,
+        version: int | None = None,
+    ) -> str:
         mac = hmac.digest(
-            self._secret, _mac_input(artifact_id, tenant, content_hash, expires), "sha256"
+            self._secret,
+            _mac_input(artifact_id, tenant, content_hash, expires, version),
+            "sha256",
         )
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
     def sign(
-        self, *, artifact_id: str, tenant: str, content_hash: str, expires_at: int
+        self,
+        *,
+        artifact_id: str,
+        tenant: str,
+        content_hash: str,
+        expires_at: int,
+        version: int | None = None,
     ) -> dict[str, str]:
-        """The query parameters to append to /artifacts/{artifact_id}/download:
-        {"expires": "<expires_at>", "sig": "<43 chars of URL-safe base64>"}.
+        """The query parameters to append to /artifacts/{artifact_id}/download (or, with
+        `version`, to /artifacts/{artifact_id}/versions/{version}/download, `content_hash`
+        being that version's): {"expires": "<expires_at>", "sig": "<43 chars>"}.
 
         `artifact_id` must be the artifact's full id (not a prefix) and `content_hash` its current
         content_hash, exactly as verify() will be given them. `expires_at` is absolute unix
@@ -181,9 +209,11 @@ class LinkSigner:
             raise TypeError("expires_at must be an int (unix seconds)")
         if not 1 <= expires_at <= _MAX_EXPIRES:
             raise ValueError("expires_at is out of range")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise TypeError("version must be an int")
         return {
             EXPIRES: str(expires_at),
-            SIG: self._sig(artifact_id, tenant, content_hash, expires_at),
+            SIG: self._sig(artifact_id, tenant, content_hash, expires_at, version),
         }
 
     def verify(
@@ -194,6 +224,7 @@ class LinkSigner:
         content_hash: str,
         query: Mapping[str, str] | Iterable[tuple[str, str]],
         now: float,
+        version: int | None = None,
     ) -> None:
         """Returns if `query` is a valid, unexpired link for exactly this artifact id, tenant and
         content hash at time `now` (unix seconds); raises LinkRefused otherwise, whatever the
@@ -225,7 +256,7 @@ class LinkSigner:
         if _EXPIRES_RE.fullmatch(expires_text) is None or _SIG_RE.fullmatch(sig) is None:
             raise LinkRefused("malformed_parameter")
         expires = int(expires_text)
-        expected = self._sig(artifact_id, tenant, content_hash, expires)
+        expected = self._sig(artifact_id, tenant, content_hash, expires, version)
         if not hmac.compare_digest(expected.encode("ascii"), sig.encode("ascii")):
             raise LinkRefused("bad_signature")
         if expires <= now:

@@ -7,10 +7,12 @@ encode without building a dict per row. User-written JSON (metadata) is encoded 
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from app.http import encode_user_json
-from storage.records import Artifact, Summary, us_to_iso
+from storage.records import Artifact, Summary, Version, us_to_iso
 
 
 class ArtifactSummary(msgspec.Struct):
@@ -79,6 +81,29 @@ class Uploaded(msgspec.Struct):
     content_hash: str
     size_bytes: int
     content_type: str
+    version: int  # the version this upload made
+
+
+class VersionSummary(msgspec.Struct):
+    """A row of GET /artifacts/{id}/versions: one immutable content the artifact has had."""
+
+    artifact_id: str
+    version: int
+    is_current: bool
+    content_type: str
+    content_hash: str
+    size_bytes: int
+    filename: str | None
+    created_by: str | None
+    created_at: str
+    superseded_at: str | None
+    download_url: str
+
+
+class VersionRecord(VersionSummary):
+    """GET /artifacts/{id}/versions/{n}: the row, then its text as GET /artifacts/{id} inlines."""
+
+    content: str | None
 
 
 class LineageNode(ArtifactSummary):
@@ -148,7 +173,33 @@ def content_body(a: Artifact, content: str | None, download_url: str) -> Content
 
 
 def uploaded(a: Artifact, download_url: str) -> Uploaded:
-    return Uploaded(a.id, download_url, "uploaded", a.content_hash, a.size_bytes, a.content_type)
+    return Uploaded(
+        a.id, download_url, "uploaded", a.content_hash, a.size_bytes, a.content_type, a.version
+    )
+
+
+def _version_fields(v: Version, download_url: str) -> dict[str, Any]:
+    return {
+        "artifact_id": v.artifact_id,
+        "version": v.version,
+        "is_current": v.is_current,
+        "content_type": v.content_type,
+        "content_hash": v.content_hash,
+        "size_bytes": v.size_bytes,
+        "filename": v.filename,
+        "created_by": v.created_by,
+        "created_at": us_to_iso(v.created_at),
+        "superseded_at": None if v.superseded_at is None else us_to_iso(v.superseded_at),
+        "download_url": download_url,
+    }
+
+
+def version_summary(v: Version, download_url: str) -> VersionSummary:
+    return VersionSummary(**_version_fields(v, download_url))
+
+
+def version_record(v: Version, content: str | None, download_url: str) -> VersionRecord:
+    return VersionRecord(**_version_fields(v, download_url), content=content)
 
 
 def lineage_node(a: Artifact | None, node_id: str, depth: int) -> LineageNode | Tombstone:

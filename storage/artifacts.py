@@ -565,6 +565,29 @@ class ArtifactService:
         row = await self.db.run_read(lambda conn: conn.execute(query).first())
         return None if row is None else (row.tenant, row_to_artifact(row, None))
 
+    async def owner_of_version(self, artifact_id: str, number: int) -> tuple[str, Artifact] | None:
+        """(tenant, the artifact as at version `number`) of a live artifact by its full id,
+        whoever owns it, or None: for a signed link to one version (see owner_of)."""
+        if not FULL_ID.fullmatch(artifact_id):
+            return None
+        v = artifact_versions.c
+
+        def read(conn: sa.Connection) -> tuple[str, Artifact] | None:
+            query = sa.select(artifacts).where(artifacts.c.id == artifact_id, LIVE)
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            found = conn.execute(
+                sa.select(artifact_versions).where(
+                    v.artifact_id == artifact_id, v.version == number
+                )
+            ).first()
+            if found is None:
+                return None
+            return row.tenant, at_version(row_to_artifact(row, None), row_to_version(found))
+
+        return await self.db.run_read(read)
+
     async def read_bytes(self, artifact: Artifact) -> bytes:
         """The whole content, verified against its hash before anyone sees it. A small blob of
         a local store is read right on the event loop (bounded: INLINE_HASH_BYTES from the

@@ -222,6 +222,7 @@ async def phases(
 class Parent:
     id: str
     content_hash: str  # the parent's bytes at link time
+    version: int | None = None  # and its version then (None: linked before versions existed)
 
 
 async def contents(
@@ -262,7 +263,9 @@ async def contents(
     rows, edges = await db.run_read(read)
     parents: dict[str, list[Parent]] = {}
     for e in edges:
-        parents.setdefault(e.child_id, []).append(Parent(e.parent_id, e.parent_digest))
+        parents.setdefault(e.child_id, []).append(
+            Parent(e.parent_id, e.parent_digest, e.parent_version)
+        )
     return [
         (
             row_to_artifact(r, tuple(p.id for p in parents.get(r.id, []))),

@@ -40,6 +40,10 @@ POLICY = {
     ("HEAD", "/artifacts/{artifact_id}/download"): "artifact:read",
     ("GET", "/artifacts/{artifact_id}/lineage"): "artifact:read",
     ("POST", "/artifacts/{artifact_id}/download-url"): "artifact:read",
+    ("GET", "/artifacts/{artifact_id}/versions"): "artifact:read",
+    ("GET", "/artifacts/{artifact_id}/versions/{version}"): "artifact:read",
+    ("GET", "/artifacts/{artifact_id}/versions/{version}/download"): "artifact:read",
+    ("HEAD", "/artifacts/{artifact_id}/versions/{version}/download"): "artifact:read",
     ("GET", "/store/workflows"): "artifact:read",
     ("GET", "/store/workflows/{workflow_id}"): "artifact:read",
     ("GET", "/store/workflows/{workflow_id}/deliverables"): "artifact:read",
@@ -106,6 +110,7 @@ def test_every_route_against_every_scope_set(keyed_server: tuple[AppServer, Keys
             "artifact_id": made.json()["id"],
             "workflow_id": "wf",
             "import_id": str(uuid.uuid4()),
+            "version": "1",
         }
         for method, path, declared in ROUTES:
             if path in PUBLIC:

@@ -94,6 +94,7 @@ class Node:
     summary: dict[str, Any]
     created_at: int
     deleted: bool = False
+    version: int = 1  # one more per upload
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Link:
     position: int
     parent: str
     parent_hash: str
+    parent_version: int
 
 
 @dataclass
@@ -122,7 +124,8 @@ class World:
         for position, parent in enumerate(parents):
             # the parent's hash as the model knows it now, i.e. at link time
             parent_hash = self.nodes[parent].summary["content_hash"]
-            self.links.append(Link(artifact_id, position, parent, parent_hash))
+            version = self.nodes[parent].version
+            self.links.append(Link(artifact_id, position, parent, parent_hash, version))
         return artifact_id
 
     def live(self) -> list[str]:
@@ -177,7 +180,12 @@ class World:
             "root": root,
             "nodes": [body(n) for n in sorted(distance, key=order)],
             "edges": [
-                {"parent": e.parent, "child": e.child, "parent_hash": e.parent_hash}
+                {
+                    "parent": e.parent,
+                    "child": e.child,
+                    "parent_hash": e.parent_hash,
+                    "parent_version": e.parent_version,
+                }
                 for e in sorted(chosen, key=lambda e: (e.child, e.position))
             ],
             "truncated": truncated,
@@ -295,6 +303,7 @@ def upload(http: httpx.Client, world: World, name: str, data: bytes) -> None:
     world.nodes[world[name]].summary.update(
         content_hash=sha(data), size_bytes=len(data), content_type="application/octet-stream"
     )
+    world.nodes[world[name]].version += 1
 
 
 @dataclass
@@ -456,7 +465,7 @@ def test_merge_keeps_its_parents_order(env: Env, http: httpx.Client) -> None:
     body = lineage(http, merge, direction="up", depth=1)
     hashes = [w.nodes[p].summary["content_hash"] for p in parents]
     assert body["edges"] == [
-        {"parent": p, "child": merge, "parent_hash": h}
+        {"parent": p, "child": merge, "parent_hash": h, "parent_version": w.nodes[p].version}
         for p, h in zip(parents, hashes, strict=True)
     ]
     assert body["nodes"][0]["id"] == merge
@@ -476,6 +485,7 @@ def test_merge_keeps_its_parents_order(env: Env, http: httpx.Client) -> None:
                 "parent": merge,
                 "child": w["G"],
                 "parent_hash": w.nodes[merge].summary["content_hash"],
+                "parent_version": 1,
             }
         ],
         "truncated": False,
@@ -494,16 +504,16 @@ def test_parent_hash_is_the_parents_hash_at_link_time(env: Env, http: httpx.Clie
     k1_hash = sha(b"K1 content")
     k2_hash = sha(b"K2 over http")
     body = lineage(http, p, direction="down", depth=2)
-    links = [  # (child, position, parent, parent_hash)
-        (k1, 0, p, first),
-        (k2, 0, p, second),
-        (k2, 1, k1, k1_hash),
-        (k3, 0, k2, k2_hash),
-        (k3, 1, p, third),
+    links = [  # (child, position, parent, parent_hash, parent_version)
+        (k1, 0, p, first, 1),
+        (k2, 0, p, second, 2),
+        (k2, 1, k1, k1_hash, 1),
+        (k3, 0, k2, k2_hash, 1),
+        (k3, 1, p, third, 3),
     ]
     assert body["edges"] == [
-        {"parent": parent, "child": child, "parent_hash": h}
-        for child, _, parent, h in sorted(links, key=lambda link: link[:2])
+        {"parent": parent, "child": child, "parent_hash": h, "parent_version": v}
+        for child, _, parent, h, v in sorted(links, key=lambda link: link[:2])
     ]
     assert body["truncated"] is False
     root = body["nodes"][0]

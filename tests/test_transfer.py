@@ -169,6 +169,7 @@ def test_upload_then_download_is_exact(
         "content_hash": sha(data),
         "size_bytes": len(data),
         "content_type": content_type,
+        "version": 2,
     }
     got = record(http, aid)
     assert got["content_hash"] == sha(data)

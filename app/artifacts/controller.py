@@ -49,7 +49,7 @@ from app.settings import Settings
 from app.signing import LinkSigner, lifetime
 from app.urls import base_url, with_query_param
 from storage.artifacts import artifact_ref, names
-from storage.errors import BlobTooLarge
+from storage.errors import BlobTooLarge, PreconditionFailed
 from storage.lineage import subgraph
 from storage.records import (
     Artifact,
@@ -95,6 +95,8 @@ def _iso_only(value: Any) -> Any:
 
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 PageLimit = Annotated[int, Field(ge=1, le=200)]
+MAX_VERSION = 2**31 - 1  # artifact_versions.version is a 32-bit integer on every backend
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
 class ListParams(params.Params):
@@ -116,11 +118,15 @@ class GetParams(params.Params):
 
 
 class UploadParams(KeyedParams):
+    HEADERS = KeyedParams.HEADERS | {"if_match"}
     filename: str | None = None
+    # `*` or entity tags: write only if the current version's ETag ("<sha256>") is one of them
+    if_match: str | None = Field(None, alias="if-match")
 
 
 class DownloadUrlParams(params.Params):
     expires_in: Annotated[int, Field(ge=1, le=10**9)] | None = None
+    version: VersionNumber | None = None  # a link to that version, not to the current bytes
 
 
 class LineageParams(params.Params):
@@ -231,6 +237,32 @@ async def _hash_only(chunks: Any, limit: int) -> str:
         return await content_sha256(chunks, limit)
     except BlobTooLarge:
         raise too_large(limit, "upload") from None
+
+
+_ENTITY_TAG = r'(W/)?"([\x21\x23-\x7e]*)"'  # RFC 9110 8.8.3, ASCII tag characters
+# `*`, or a comma-separated list of entity tags, whose empty elements a recipient must accept
+# and ignore (RFC 9110 5.6.1): the OpenAPI document states this pattern.
+IF_MATCH = rf"^[ \t]*(\*|({_ENTITY_TAG})?([ \t]*,[ \t]*({_ENTITY_TAG})?)*)[ \t]*$"
+_IF_MATCH = re.compile(IF_MATCH)
+
+
+def if_match_of(value: str | None) -> list[str] | None:
+    """An If-Match header as replace_content takes it: None (absent), ["*"], or the values of
+    its strong entity tags. RFC 9110 13.1.1 compares If-Match strongly, so a weak tag never
+    matches (it is dropped), and a list of only weak tags, or of none (an empty header), matches
+    nothing: 412. 422 when it is neither `*` nor a list of tags."""
+    if value is None:
+        return None
+    if _IF_MATCH.fullmatch(value) is None:
+        raise validation_error(
+            ("header", "if-match"),
+            "entity_tag",
+            'Input should be * or a list of entity tags such as "<sha256>"',
+            value,
+        )
+    if value.strip(" \t") == "*":
+        return ["*"]
+    return [m.group(2) for m in re.finditer(_ENTITY_TAG, value) if m.group(1) is None]
 
 
 def _refuse_oversized(request: AnyRequest, limit: int) -> None:
@@ -395,7 +427,7 @@ class ArtifactController(Controller):
     @post(
         "/{artifact_id:str}/upload",
         status_code=200,
-        opt=opt(CREATE, (200, 400, 404, 409, 413, 415, *WRITE), UploadParams),
+        opt=opt(CREATE, (200, 400, 404, 409, 412, 413, 415, *WRITE), UploadParams),
     )
     async def upload_content(
         self, artifact_id: FromPath[str], request: AnyRequest, service: Service, settings: Config
@@ -403,8 +435,14 @@ class ArtifactController(Controller):
         """Multipart with one part named `file`, or a raw body (its Content-Type becomes the
         artifact's). Streams into the blob store; 413 as soon as the body passes the limit.
         By full id or a unique id prefix (409 when ambiguous), resolved before the body is
-        read. With an `Idempotency-Key`, a retry answers the first upload's response."""
+        read. With an `Idempotency-Key`, a retry answers the first upload's response.
+        Every upload makes a new version. With `If-Match` (the download's ETag `"<sha256>"`,
+        or `*`), 412 `precondition_failed` when another version is current, or landed while
+        the body streamed: nothing is written."""
         p = params.parse(request, UploadParams)
+        if_match = if_match_of(p.if_match)
+        # a conditional upload is another request than an unconditional one (keys compare it)
+        condition = () if p.if_match is None else (f"if-match:{p.if_match}",)
         limit = settings.max_upload_bytes
         _refuse_oversized(request, limit)
         declared_content = content_digest(request)
@@ -439,11 +477,12 @@ class ArtifactController(Controller):
             if idem.replaying:
                 target = acting_on(replayed_id(idem, artifact_id), "/upload")
                 digest = await _hash_only(chunks, limit)
-                return idem.replay(fingerprint(request, head, digest, path=target))
+                return idem.replay(fingerprint(request, head, digest, *condition, path=target))
             described = NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
 
             def render(a: Artifact) -> Answer:
-                return Answer(encode(wire.uploaded(a, download_url(request, settings, a))))
+                body = encode(wire.uploaded(a, download_url(request, settings, a)))
+                return Answer(body, 200, {"ETag": f'"{a.content_hash}"'})  # for the next If-Match
 
             try:
                 artifact = await service.replace_content(
@@ -452,15 +491,23 @@ class ArtifactController(Controller):
                     described,
                     max_bytes=limit,
                     expected_digest=expected,
+                    if_match=if_match,
                     hook=idem.recorder(
                         lambda a: fingerprint(
-                            request, head, a.content_hash, path=acting_on(a.id, "/upload")
+                            request,
+                            head,
+                            a.content_hash,
+                            *condition,
+                            path=acting_on(a.id, "/upload"),
                         ),
                         render,
                     ),
                 )
             except BlobTooLarge:
                 raise too_large(limit, "upload") from None
+            except PreconditionFailed as exc:
+                etag = {"ETag": f'"{exc.current_hash}"'}
+                raise ApiError(412, "precondition_failed", str(exc), headers=etag) from None
             return idem.respond(artifact, render)
 
     @route(
@@ -485,12 +532,18 @@ class ArtifactController(Controller):
     ) -> Answer:
         """A signed, expiring link to exactly the bytes the artifact has now, as GET or HEAD,
         until `expires_at`: replacing or deleting the artifact, or any change to the link,
-        voids it."""
-        expires_in = params.parse(request, DownloadUrlParams).expires_in
-        artifact = await service.get(artifact_id)
+        voids it. With `version=n`, a link to that version's download instead, which later
+        uploads do not void (deleting the artifact, or retention purging the version, does)."""
+        p = params.parse(request, DownloadUrlParams)
+        if p.version is None:
+            artifact = await service.get(artifact_id)
+            path = f"/artifacts/{artifact.id}/download"
+        else:
+            artifact, _ = await service.get_version(artifact_id, p.version)
+            path = f"/artifacts/{artifact.id}/versions/{p.version}/download"
         signer: LinkSigner = request.app.state.signer
         seconds = lifetime(
-            expires_in, int(settings.download_url_ttl), int(settings.download_url_max_ttl)
+            p.expires_in, int(settings.download_url_ttl), int(settings.download_url_max_ttl)
         )
         expires_at = int(time.time()) + seconds
         query = signer.sign(
@@ -498,10 +551,16 @@ class ArtifactController(Controller):
             tenant=caller_of(request).tenant,
             content_hash=artifact.content_hash,
             expires_at=expires_at,
+            version=p.version,
         )
-        base = api_base(request, settings)
-        url = f"{base}/artifacts/{artifact.id}/download?{urlencode(query)}"
-        body = {"url": url, "method": "GET", "expires_at": us_to_iso(expires_at * 1_000_000)}
+        url = f"{api_base(request, settings)}{path}?{urlencode(query)}"
+        body: dict[str, Any] = {
+            "url": url,
+            "method": "GET",
+            "expires_at": us_to_iso(expires_at * 1_000_000),
+        }
+        if p.version is not None:
+            body["version"] = p.version
         return json_answer(body, headers={"Cache-Control": "no-store"})
 
     @get("/{artifact_id:str}/lineage", opt=opt(READ, (200, 404, 409, *SECURED), LineageParams))
@@ -510,8 +569,9 @@ class ArtifactController(Controller):
     ) -> Answer:
         """Nodes are summaries with their `depth` from the root; deleted artifacts appear as
         tombstones `{id, deleted: true}` so a chain never breaks silently. Each edge carries
-        the parent's content hash at link time. `truncated` says more edges lie beyond
-        `depth`."""
+        the parent's content hash and version at link time (those bytes stay fetchable at
+        /artifacts/{parent}/versions/{parent_version}/download). `truncated` says more edges
+        lie beyond `depth`."""
         p = params.parse(request, LineageParams)
         root = await service.get(artifact_id)
         graph = await subgraph(service.db, root.id, p.direction, p.depth, tenant=service.tenant)
@@ -519,7 +579,12 @@ class ArtifactController(Controller):
             "root": graph.root,
             "nodes": [wire.lineage_node(n.artifact, n.id, n.depth) for n in graph.nodes],
             "edges": [
-                {"parent": e.parent, "child": e.child, "parent_hash": e.parent_hash}
+                {
+                    "parent": e.parent,
+                    "child": e.child,
+                    "parent_hash": e.parent_hash,
+                    "parent_version": e.parent_version,
+                }
                 for e in graph.edges
             ],
             "truncated": graph.truncated,

@@ -71,8 +71,15 @@ def _etag_matches(header: str, etag: str) -> bool:
 async def serve_download(
     request: Request[Any, Any, Any], service: ArtifactService, artifact_id: str
 ) -> Answer | StreamAnswer:
-    """GET or HEAD of an artifact's bytes (a signed link was checked by the guard)."""
-    artifact = await service.get(artifact_id)
+    """GET or HEAD of an artifact's current bytes (a signed link was checked by the guard)."""
+    return await serve_bytes(request, service, await service.get(artifact_id))
+
+
+async def serve_bytes(
+    request: Request[Any, Any, Any], service: ArtifactService, artifact: Artifact
+) -> Answer | StreamAnswer:
+    """GET or HEAD of the bytes `artifact` describes: its current content, or one version's
+    (records.at_version), with the same headers, conditions and ranges either way."""
     linked = linked_content_hash(request)
     if linked is not None and linked != artifact.content_hash:  # replaced since the check
         raise ApiError(403, "invalid_link", "The link's signature does not match.")

@@ -3,8 +3,9 @@
 Nothing is assembled in memory or on disk first: the stdlib archive writer runs in a worker
 thread and writes into a small bounded channel that the response drains to the client, while it
 pulls each artifact's bytes from the blob store through the same channel discipline. The first
-entry is `manifest.json` (id, path, sha256, size, content type, session, primary flag, lineage
-of every file), so the archive can be verified on its own.
+entry is `manifest.json` (id, version, path, sha256, size, content type, session, primary flag,
+lineage of every file), so the archive can be verified on its own. Each file is its artifact's
+current version as the export read it.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def manifest(workflow_id: str, scope: str, entries: list[Entry]) -> bytes:
         {
             "path": e.path,
             "artifact_id": e.artifact.id,
+            "version": e.artifact.version,
             "sha256": e.artifact.content_hash,
             "size_bytes": e.artifact.size_bytes,
             "content_type": e.artifact.content_type,
@@ -183,7 +185,10 @@ def manifest(workflow_id: str, scope: str, entries: list[Entry]) -> bytes:
             "session_id": e.artifact.session_id,
             "is_primary_deliverable": e.artifact.is_primary_deliverable,
             "created_at": us_to_iso(e.artifact.created_at),
-            "derived_from": [{"id": p.id, "content_hash": p.content_hash} for p in e.parents],
+            "derived_from": [
+                {"id": p.id, "content_hash": p.content_hash, "version": p.version}
+                for p in e.parents
+            ],
         }
         for e in entries
     ]

@@ -34,6 +34,7 @@ MEDIA = {"zip": "application/zip", "tar": "application/x-tar"}
 FILE_KEYS = {
     "path",
     "artifact_id",
+    "version",
     "sha256",
     "size_bytes",
     "content_type",
@@ -83,8 +84,10 @@ class Item:
     session_id: str | None = None
     primary: bool = False
     deleted: bool = False
-    parents: list[dict[str, str]] = field(default_factory=list)  # {id, content_hash} at link
+    # {id, content_hash, version} of each parent at link time
+    parents: list[dict[str, Any]] = field(default_factory=list)
     expected_path: str | None = None  # when the name is plain enough to pin exactly
+    version: int = 1  # one more per upload
 
 
 @dataclass
@@ -141,7 +144,9 @@ class Builder:
             content_type,
             session_id,
             primary,
-            parents=[{"id": p.id, "content_hash": sha(p.data)} for p in parents],
+            parents=[
+                {"id": p.id, "content_hash": sha(p.data), "version": p.version} for p in parents
+            ],
             expected_path=expected_path,
         )
         self.wf.items.append(item)
@@ -161,6 +166,7 @@ class Builder:
         assert r.status_code == 200, r.text
         assert r.json()["content_hash"] == sha(data)
         item.data, item.content_type = data, content_type
+        item.version += 1
 
     def upload_multipart(self, item: Item, data: bytes, content_type: str, filename: bytes) -> None:
         """One `file` part whose filename bytes go on the wire exactly as given."""
@@ -181,6 +187,7 @@ class Builder:
         assert r.status_code == 200, r.text
         assert r.json()["content_hash"] == sha(data)
         item.data, item.content_type = data, content_type
+        item.version += 1
 
     def delete(self, item: Item) -> None:
         r = self.http.delete(f"/artifacts/{item.id}")
@@ -405,6 +412,7 @@ def check_export(
         assert f == {
             "path": f["path"],
             "artifact_id": item.id,
+            "version": item.version,
             "sha256": sha(item.data),
             "size_bytes": len(item.data),
             "content_type": item.content_type,
