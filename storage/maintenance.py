@@ -225,7 +225,9 @@ async def _expire_versions(db: Database, before: int, report: GcReport) -> None:
     other unreferenced blob is, by the three steps (why that is safe: the module's docstring)."""
     keys = (artifact_versions.c.artifact_id, artifact_versions.c.version)
     due = sa.select(*keys).where(_expired(before))
-    if report.dry_run:
+    if report.dry_run:  # what a real run would expire: after its purge
+        if report.artifacts_purged:
+            due = due.where(artifact_versions.c.artifact_id.not_in(report.artifacts_purged))
         count = sa.select(sa.func.count()).select_from(due.subquery())
         report.versions_expired = int(await db.run_read(lambda c: c.execute(count).scalar_one()))
         return

@@ -255,6 +255,29 @@ async def test_purge_removes_every_version_and_keeps_bytes_used_elsewhere(
     await assert_clean(svc)
 
 
+@pytest.mark.anyio
+async def test_a_dry_run_says_what_the_run_does_when_purge_and_expiry_meet(
+    svc: ArtifactService, clock: Clock
+) -> None:
+    """A purged artifact's versions go with it (not counted as expired), in a dry run as in
+    the run; a blob shared by a purged artifact's version and an expired one goes too."""
+    clock.age = 10 * HOUR
+    gone = await svc.create(new(), b"both")
+    await svc.replace_content(gone.id, b"gone now", CONTENT)
+    await svc.delete(gone.id)
+    kept = await svc.create(new(), b"both")
+    await svc.replace_content(kept.id, b"kept now", CONTENT)
+    clock.age = 0
+    kw = {"deleted_retention_us": 0, "version_retention_us": 0}
+    dry = await gc(svc, dry_run=True, **kw)
+    report = await gc(svc, **kw)
+    for r in (dry, report):
+        assert (r["artifacts_purged"], r["versions_expired"]) == ([gone.id], 1), r
+        assert r["blobs_deleted"] == sorted([sha(b"both"), sha(b"gone now")])
+    assert await versions(svc.db) == {(kept.id, 2): sha(b"kept now")}
+    await assert_clean(svc)
+
+
 # -- GC racing uploads of the bytes of an expiring version ------------------------------------
 
 
