@@ -131,8 +131,13 @@ async def test_every_version_reads_back_byte_identical(svc: ArtifactService) -> 
         assert version.is_current == (number == len(contents))
     with pytest.raises(VersionNotFound):
         await svc.get_version(a.id, 5)
-    with pytest.raises(VersionNotFound):
-        await svc.get_version(a.id, 0)
+    for number in (0, -1, 2**31, 2**63):
+        with pytest.raises(VersionNotFound):
+            await svc.get_version(a.id, number)
+        assert await svc.owner_of_version(a.id, number) is None
+    owner = await svc.owner_of_version(a.id, 2)
+    assert owner is not None and owner[0] == "default"
+    assert await svc.read_bytes(owner[1]) == contents[1]
 
 
 async def test_versions_list_newest_first_with_a_keyset_cursor(svc: ArtifactService) -> None:
