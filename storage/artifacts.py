@@ -67,6 +67,7 @@ FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 MIN_PREFIX = 8  # the shortest id prefix an artifact can be named by
 ID_PREFIX = re.compile(rf"[0-9a-f-]{{{MIN_PREFIX},35}}")
 SHOWN_CANDIDATES = 5  # ids an ambiguous prefix's error names
+MAX_VERSION = 2**31 - 1  # artifact_versions.version is a 32-bit integer on every backend
 LIVE = artifacts.c.deleted_at.is_(None)
 ORDER = (artifacts.c.created_at.desc(), artifacts.c.id.desc())
 # Hashing this much (~50 us at ~1.4 GB/s) costs less than a thread hop and back (55-67 us):
@@ -504,6 +505,8 @@ class ArtifactService:
 
         def read(conn: sa.Connection) -> tuple[Artifact, Version]:
             artifact = self._load_one(conn, self._resolve(conn, ref))
+            if not 1 <= number <= MAX_VERSION:  # no such number fits the column
+                raise VersionNotFound(artifact.id, number)
             row = conn.execute(
                 sa.select(artifact_versions).where(
                     artifact_versions.c.artifact_id == artifact.id,
@@ -568,7 +571,7 @@ class ArtifactService:
     async def owner_of_version(self, artifact_id: str, number: int) -> tuple[str, Artifact] | None:
         """(tenant, the artifact as at version `number`) of a live artifact by its full id,
         whoever owns it, or None: for a signed link to one version (see owner_of)."""
-        if not FULL_ID.fullmatch(artifact_id):
+        if not FULL_ID.fullmatch(artifact_id) or not 1 <= number <= MAX_VERSION:
             return None
         v = artifact_versions.c
 

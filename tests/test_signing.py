@@ -196,6 +196,37 @@ def test_replaced_content_invalidates_the_link(signer: LinkSigner) -> None:
     assert refused(signer, query, content_hash=HASH.upper()) == "bad_signature"
 
 
+def test_a_version_link_opens_that_version_only(signer: LinkSigner) -> None:
+    """A link to one version covers its number under a purpose of its own: it opens neither
+    the current download (version None) nor another version, even of the same bytes."""
+    v3 = signer.sign(expires_at=NOW + 3600, content_hash=HASH, version=3, **LINK)
+    signer.verify(query=v3, now=NOW, content_hash=HASH, version=3, **LINK)
+    for version in (None, 2, 4, 30, 33):
+        with pytest.raises(LinkRefused) as info:
+            signer.verify(query=v3, now=NOW, content_hash=HASH, version=version, **LINK)
+        assert info.value.reason == "bad_signature"
+    assert refused(signer, make(signer), version=1) == "bad_signature"  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        signer.sign(expires_at=NOW + 3600, content_hash=HASH, version="3", **LINK)  # type: ignore[arg-type]
+
+
+def test_a_link_to_the_current_bytes_is_signed_as_before_versions(signer: LinkSigner) -> None:
+    """Links outstanding when versions arrived keep working: no version, the same MAC input."""
+    mac_input = signing._mac_input(LINK["artifact_id"], LINK["tenant"], HASH, NOW + 3600)
+    expected = b"workflow-artifacts/download-link/v1\n" + b"".join(
+        len(part).to_bytes(8, "big") + part
+        for part in (
+            b"GET",
+            LINK["artifact_id"].encode(),
+            b"acme",
+            HASH.encode(),
+            b"%d" % (NOW + 3600),
+        )
+    )
+    assert mac_input == expected
+    assert signing._mac_input(LINK["artifact_id"], "acme", HASH, NOW + 3600, None) == expected
+
+
 def test_fields_cannot_bleed_into_each_other(signer: LinkSigner) -> None:
     """Length-prefixed fields: moving characters across a field boundary changes the MAC."""
     base = {"content_hash": "h", "expires_at": NOW + 60}

@@ -74,6 +74,11 @@ PROBES = [
     ("DELETE", "/artifacts/{id}"),
     ("POST", "/artifacts/{id}/upload"),
     ("POST", "/artifacts/{id}/download-url"),
+    ("POST", "/artifacts/{id}/download-url?version=1"),
+    ("GET", "/artifacts/{id}/versions"),
+    ("GET", "/artifacts/{id}/versions/1"),
+    ("GET", "/artifacts/{id}/versions/1/download"),
+    ("HEAD", "/artifacts/{id}/versions/1/download"),
     ("GET", "/artifacts/{prefix}"),
     ("GET", "/store/workflows/{wf}"),
     ("GET", "/store/workflows/{wf}/deliverables"),
@@ -86,7 +91,12 @@ PROBES = [
 def test_the_probes_cover_every_route_that_names_a_resource() -> None:
     from tests.support.routes import PUBLIC, ROUTES
 
-    names = {"{artifact_id}": "{id}", "{workflow_id}": "{wf}", "{import_id}": "{job}"}
+    names = {
+        "{artifact_id}": "{id}",
+        "{workflow_id}": "{wf}",
+        "{import_id}": "{job}",
+        "{version}": "1",  # the probes name version 1
+    }
     served = set()
     for method, path, _ in ROUTES:
         bare = path.removeprefix("/api/v1")

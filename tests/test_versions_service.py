@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from storage.artifacts import ArtifactService
+from storage.blobs import FilesystemBlobStore
+from storage.db.engine import Database
 from storage.db.tables import artifact_versions, events, lineage
 from storage.errors import ArtifactNotFound, PreconditionFailed, VersionNotFound
 from storage.lineage import subgraph
@@ -131,8 +137,13 @@ async def test_every_version_reads_back_byte_identical(svc: ArtifactService) -> 
         assert version.is_current == (number == len(contents))
     with pytest.raises(VersionNotFound):
         await svc.get_version(a.id, 5)
-    with pytest.raises(VersionNotFound):
-        await svc.get_version(a.id, 0)
+    for number in (0, -1, 2**31, 2**63):
+        with pytest.raises(VersionNotFound):
+            await svc.get_version(a.id, number)
+        assert await svc.owner_of_version(a.id, number) is None
+    owner = await svc.owner_of_version(a.id, 2)
+    assert owner is not None and owner[0] == "default"
+    assert await svc.read_bytes(owner[1]) == contents[1]
 
 
 async def test_versions_list_newest_first_with_a_keyset_cursor(svc: ArtifactService) -> None:
@@ -278,3 +289,60 @@ async def test_events_carry_the_version(svc: ArtifactService) -> None:
     ]
     replaced = rows[1].data
     assert (replaced["previous_version"], replaced["previous_hash"]) == (1, sha(b"v1"))
+
+
+# -- a model: any sequence of writes ---------------------------------------------------------
+
+WRITES = st.lists(
+    st.one_of(
+        st.tuples(st.just("upload"), st.binary(max_size=40)),
+        st.tuples(st.just("upload_same"), st.just(b"")),
+        st.tuples(
+            st.just("update"), st.text(alphabet="abc", min_size=1, max_size=4).map(str.encode)
+        ),
+    ),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(first=st.binary(min_size=1, max_size=40), writes=WRITES)
+def test_any_sequence_of_writes_keeps_every_version(
+    database_url: str, blob_dir: Path, first: bytes, writes: list[tuple[str, bytes]]
+) -> None:
+    """Versions are 1..n with no gap, exactly the last is current, superseded_at follows
+    created_at, each reads back its own bytes, and the record is the last one."""
+
+    async def run() -> None:
+        db = Database(database_url)
+        try:
+            svc = ArtifactService(db, FilesystemBlobStore(blob_dir))
+            a = await svc.create(new(), first)
+            expected = [first]
+            for kind, data in writes:
+                if kind == "update":
+                    await svc.update(a.id, ArtifactChanges(title=data.decode()))
+                    continue
+                body = expected[-1] if kind == "upload_same" else data
+                await svc.replace_content(a.id, body, NewContent("application/octet-stream"))
+                expected.append(body)
+            page = await svc.versions(a.id, limit=200)
+            versions = list(reversed(page.items))
+            assert [v.version for v in versions] == list(range(1, len(expected) + 1))
+            assert [v.is_current for v in versions] == [False] * (len(expected) - 1) + [True]
+            for v, newer in itertools.pairwise(versions):
+                assert v.superseded_at == newer.created_at
+            for number, data in enumerate(expected, 1):
+                at, version = await svc.get_version(a.id, number)
+                assert version.content_hash == sha(data)
+                assert await svc.read_bytes(at) == data
+            current = await svc.get(a.id)
+            assert (current.version, current.content_hash) == (len(expected), sha(expected[-1]))
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())

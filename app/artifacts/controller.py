@@ -48,7 +48,7 @@ from app.idempotency import (
 from app.settings import Settings
 from app.signing import LinkSigner, lifetime
 from app.urls import base_url, with_query_param
-from storage.artifacts import artifact_ref, names
+from storage.artifacts import MAX_VERSION, artifact_ref, names
 from storage.errors import BlobTooLarge, PreconditionFailed
 from storage.lineage import subgraph
 from storage.records import (
@@ -95,7 +95,6 @@ def _iso_only(value: Any) -> Any:
 
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 PageLimit = Annotated[int, Field(ge=1, le=200)]
-MAX_VERSION = 2**31 - 1  # artifact_versions.version is a 32-bit integer on every backend
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
