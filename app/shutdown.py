@@ -31,6 +31,7 @@ from litestar import Litestar
 from litestar.types import HTTPScope, Message, Receive, Scope, Send
 from uvicorn.main import STARTUP_FAILURE
 
+from app.errors import problem
 from app.http import Stopping, stopping_of
 
 log = logging.getLogger("artifacts.shutdown")
@@ -38,9 +39,9 @@ log = logging.getLogger("artifacts.shutdown")
 CLOSE_AFTER = 1.0  # after the grace period: time for the 503s to go out before closing
 BACKSTOP = 2.0  # then uvicorn's own timeout
 
-_STOPPED = (
-    b'{"detail":"The server stopped before this request finished, so whether it took effect '
-    b'is unknown; retry it (with an Idempotency-Key, a retry is safe).","code":"shutting_down"}'
+STOPPED = (
+    "The server stopped before this request finished, so whether it took effect is unknown; "
+    "retry it (with an Idempotency-Key, a retry is safe)."
 )
 
 
@@ -125,17 +126,9 @@ class EndQuietly:
                 http["path"],
             )
             if not started:
-                await _send_stopped(send)
-
-
-async def _send_stopped(send: Send) -> None:
-    headers = [
-        (b"content-length", str(len(_STOPPED)).encode()),
-        (b"content-type", b"application/json"),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": _STOPPED, "more_body": False})
+                await problem(503, "shutting_down", STOPPED, {"Connection": "close"})(
+                    scope, receive, send
+                )
 
 
 def run(app: Litestar, *, grace: float, **options: Any) -> None:

@@ -18,6 +18,7 @@ Every case checks that the process exits promptly: within the grace period and a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -33,6 +34,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.http import Stopping
+from app.shutdown import STOPPED, EndQuietly
 from tests.support import rawhttp
 from tests.support.abuse import CREATE_FIELDS, JSON, B, form_field
 from tests.support.servers import Server, start_server
@@ -335,3 +338,37 @@ def test_a_request_stuck_in_the_servers_own_work_is_cancelled_without_a_tracebac
     after = store(server)  # whichever it was, nothing partial
     assert after["staging"] == []
     assert {row[1] for row in after["artifacts"]} <= set(after["blob files"])
+
+
+def test_a_request_cancelled_before_answering_gets_a_503_where_its_connection_is_open() -> None:
+    """EndQuietly on its own (GracefulServer has normally closed the connection before
+    uvicorn's timeout cancels a request, so no server above can show this): a request
+    cancelled during shutdown answers 503 `shutting_down`, not uvicorn's 500; a cancellation
+    before shutdown propagates untouched."""
+
+    async def stuck(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.Event().wait()  # a request that never answers by itself
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def cancelled(stopping: Stopping) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/artifacts", "headers": []}
+        task = asyncio.create_task(EndQuietly(stuck, stopping)(scope, receive, send))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await task
+        return sent
+
+    stopping = Stopping()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled(stopping))
+    stopping.begin()
+    start, body = asyncio.run(cancelled(stopping))
+    assert start["status"] == 503 and (b"connection", b"close") in start["headers"]
+    assert json.loads(body["body"]) == {"detail": STOPPED, "code": "shutting_down"}
