@@ -107,7 +107,10 @@ def shutdown_lines(server: Server, uvicorn_errors: tuple[str, ...] = ()) -> list
     assert "Traceback" not in text, text
     errors = [line for line in text.splitlines() if line.startswith("ERROR")]
     assert [line.removeprefix("ERROR:").strip() for line in errors] == list(uvicorn_errors), text
-    return [line for line in text.splitlines() if "shutdown:" in line]
+    lines = [line for line in text.splitlines() if "shutdown:" in line]
+    # each said as a warning, in uvicorn's format like every line of the server (app/logconfig.py)
+    assert all(line.startswith("WARNING:  shutdown: ") for line in lines), lines
+    return [line.removeprefix("WARNING:  ") for line in lines]
 
 
 UPLOADS = {  # target, headers
@@ -248,7 +251,7 @@ def test_an_event_stream_ends_cleanly_at_once(tmp_path: Path) -> None:
     with serving(tmp_path, grace) as server:
         seed(server)
         with rawhttp.Connection(server.url) as conn:
-            conn.start("GET", "/events", [("Accept", "text/event-stream")])
+            conn.start("GET", "/store/events", [("Accept", "text/event-stream")])
             wait_for(lambda: conn.answered())
             os.kill(server.process.pid, signal.SIGINT)
             signalled = time.monotonic()
