@@ -25,7 +25,7 @@ from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFou
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import contract
-from app.http import Answer, BodyTimeout, ClientGone, encode
+from app.http import Answer, BodyTimeout, ClientGone, ServerStopping, encode
 from app.urls import redirect_location, url_of
 from storage import errors as se
 
@@ -260,6 +260,25 @@ def _body_timeout(_request: Request, exc: Exception) -> Answer:
     )
 
 
+def _server_stopping(request: Request, _exc: Exception) -> Answer:
+    """503, and the connection closes: the server is shutting down and its grace period is
+    over. A body that had not all arrived was never written anywhere but a staging file, which
+    the blob store has removed on the way here. One line in the log, no traceback."""
+    log.warning(
+        "shutdown: %s %s answered 503, its body still arriving when the server stopped waiting; "
+        "nothing was stored",
+        request.scope["method"],
+        request.scope["path"],
+    )
+    return problem(
+        503,
+        "shutting_down",
+        "The server is shutting down and did not wait for the rest of the request body; "
+        "nothing was stored. Retry the request.",
+        headers={"Connection": "close"},
+    )
+
+
 def _unexpected(_request: Request, exc: Exception) -> Answer:
     log.error("unexpected error", exc_info=exc)
     return problem(500, "internal_error", "The server failed to answer this request.")
@@ -275,6 +294,7 @@ HANDLERS: dict[type[Exception], Callable[[Request, Exception], Answer]] = {
     HTTPException: _http_error,
     ClientGone: _client_gone,
     BodyTimeout: _body_timeout,
+    ServerStopping: _server_stopping,
     OperationalError: _database_error,
     DBAPIError: _database_error,
     Exception: _unexpected,

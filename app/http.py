@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import msgspec
-from litestar import Request
-from litestar.types import Receive, Scope, Send
+from litestar import Litestar, Request
+from litestar.types import Receive, ReceiveMessage, Scope, Send
 
 JSON = "application/json"
 
@@ -33,6 +33,66 @@ def encode_user_json(value: Any) -> msgspec.Raw:
 
 class ClientGone(Exception):
     """The client disconnected before its request body ended."""
+
+
+class ServerStopping(Exception):
+    """The server is shutting down and its grace period is over: the rest of a request body
+    still arriving is not waited for."""
+
+
+class Stopping:
+    """The server's shutdown as its requests see it; the server drives it (app/shutdown.py).
+
+    `begin()`: shutdown has started. Endless streams (StreamAnswer(endless=True): the event
+    feed) end now, cleanly; every other request may still finish. `expire()`: the grace period
+    is over. A request waiting for more of its body gets ServerStopping where it waits (503,
+    nothing stored), as does one that asks for more afterwards. Under a server that calls
+    neither, nothing here changes anything."""
+
+    def __init__(self) -> None:
+        self.begun = asyncio.Event()
+        self.expired = False
+        self._waiting: set[asyncio.Task[Any]] = set()  # each in `await receive()` of a body
+        self._ending: set[asyncio.Task[Any]] = set()  # cancelled by expire(), not yet told
+
+    def begin(self) -> None:
+        self.begun.set()
+
+    def expire(self) -> None:
+        self.begin()
+        self.expired = True
+        for task in list(self._waiting):
+            self._ending.add(task)
+            task.cancel()
+
+    async def receive(self, receive: Receive) -> ReceiveMessage:
+        """`receive()`, or ServerStopping once the grace period is over. Waiting is cancelled
+        by expire(), the only cancellation turned into ServerStopping: a timeout's or the
+        server's own propagates as it is."""
+        task = asyncio.current_task()
+        if self.expired:
+            raise ServerStopping
+        if task is None:
+            return await receive()
+        self._waiting.add(task)
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if task not in self._ending:
+                raise
+            self._ending.discard(task)
+            task.uncancel()
+            raise ServerStopping from None
+        finally:
+            self._waiting.discard(task)
+
+
+def stopping_of(app: Litestar) -> Stopping:
+    """The app's Stopping, made on first use (by a request or by the server)."""
+    stopping = app.state.get("stopping")
+    if stopping is None:
+        stopping = app.state["stopping"] = Stopping()
+    return stopping
 
 
 class Answer:
@@ -76,45 +136,76 @@ class StreamAnswer:
     """A response whose body is an async iterator of bytes, sent as it is produced. A client
     that goes away ends it: at the next send where the server reports it (ASGI 2.4), else as
     soon as the disconnect arrives. An iterator that fails mid-way propagates, so the server
-    aborts the connection and the client never mistakes a cut body for a whole one."""
+    aborts the connection and the client never mistakes a cut body for a whole one.
 
-    __slots__ = ("chunks", "headers", "status")
+    `endless`: a stream with no end of its own (the event feed, no Content-Length), which
+    therefore ends, cleanly, as soon as the server's shutdown begins (Stopping): a server
+    would otherwise wait for it until its grace period ran out, and its reader reconnects
+    anyway. A stream of known length is left to finish within the grace period."""
+
+    __slots__ = ("chunks", "endless", "headers", "status")
 
     def __init__(
         self,
         chunks: AsyncIterator[bytes],
         status: int = 200,
         headers: Iterable[tuple[str, str]] | dict[str, str] | None = None,
+        *,
+        endless: bool = False,
     ) -> None:
         self.chunks = chunks
         self.status = status
+        self.endless = endless
         pairs = headers.items() if isinstance(headers, dict) else (headers or ())
         self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         spec = scope.get("asgi", {}).get("spec_version", "2.0")
+        reports_gone = tuple(int(p) for p in spec.split(".")) >= (2, 4)  # send raises OSError
+        stopping = stopping_of(scope["litestar_app"]) if self.endless else None
         try:
-            if tuple(int(p) for p in spec.split(".")) >= (2, 4):
-                try:
-                    await self._send_all(send)
-                except OSError:
-                    return  # the client went away
+            await self._start(send)
+            if reports_gone and stopping is None:
+                await self._send_body(send)
             else:
-                async with asyncio.TaskGroup() as group:
-                    sending = group.create_task(self._send_all(send))
-                    listening = group.create_task(_until_disconnect(receive))
-                    sending.add_done_callback(lambda _: listening.cancel())
-                    listening.add_done_callback(lambda _: sending.cancel())
+                await self._send_watching(send, None if reports_gone else receive, stopping)
+        except OSError:
+            return  # the client went away
         finally:
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    async def _send_all(self, send: Send) -> None:
+    async def _start(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+
+    async def _send_body(self, send: Send) -> None:
         async for chunk in self.chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_watching(
+        self, send: Send, receive: Receive | None, stopping: Stopping | None
+    ) -> None:
+        """The body, until it ends, the client goes away (watched on `receive`, if given), or
+        the server's shutdown begins (`stopping`, if given: then the body ends cleanly)."""
+        gone = False
+        try:
+            async with asyncio.TaskGroup() as group:
+                sending = group.create_task(self._send_body(send))
+                watches: list[asyncio.Task[Any]] = []
+                if receive is not None:
+                    watches.append(group.create_task(_until_disconnect(receive)))
+                shutdown = group.create_task(stopping.begun.wait()) if stopping else None
+                if shutdown is not None:
+                    watches.append(shutdown)
+                for watch in watches:
+                    watch.add_done_callback(lambda _: sending.cancel())
+                sending.add_done_callback(lambda _: [watch.cancel() for watch in watches])
+        except* OSError:
+            gone = True  # the client went away (ASGI 2.4)
+        if not gone and sending.cancelled() and shutdown and not shutdown.cancelled():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def to_asgi_response(self, *_args: Any, **_kwargs: Any) -> StreamAnswer:
         return self
@@ -140,10 +231,12 @@ def header(request: Request, name: str) -> str | None:
 
 async def receive_body(request: Request) -> AsyncIterator[bytes]:
     """The request body as it arrives, chunk by chunk: no framework size cap (each route
-    enforces its own limit) and no copy; ClientGone when the client disconnects first."""
+    enforces its own limit) and no copy; ClientGone when the client disconnects first,
+    ServerStopping when the server's shutdown grace period ends first."""
     receive = request.receive
+    stopping = stopping_of(request.app)
     while True:
-        message = await receive()
+        message = await stopping.receive(receive)
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk: bytes = message.get("body", b"")  # type: ignore[assignment]

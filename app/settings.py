@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     body_idle_timeout: Duration = Field(
         30.0, description="408 once no byte of a request body arrived for this long; 0: off"
     )
+    shutdown_grace: Duration = Field(
+        10.0,
+        description="at SIGINT/SIGTERM, how long requests in flight may take to finish; then "
+        "a body still arriving is answered 503 and the connections still open are closed",
+    )
     extra_artifact_types: str = Field("", description="comma-separated types added to the 26")
     log_level: Annotated[  # uvicorn's levels, any case
         Literal["critical", "error", "warning", "info", "debug", "trace"],

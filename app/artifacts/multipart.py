@@ -74,6 +74,20 @@ def safe_filename(raw: str) -> str | None:
     return encoded.decode(errors="ignore") or None
 
 
+def _after(closing: bytes, chunk: bytes) -> int:
+    """How many bytes of `chunk`, in which the parser saw the closing boundary end, follow it:
+    after its last occurrence, or, when it began in an earlier read, after the longest part of
+    its end that `chunk` starts with. Never more than the true count (an epilogue that repeats
+    the boundary counts from the repeat)."""
+    at = chunk.rfind(closing)
+    if at >= 0:
+        return len(chunk) - at - len(closing)
+    for size in range(min(len(closing) - 1, len(chunk)), 0, -1):
+        if closing.endswith(chunk[:size]):
+            return len(chunk) - size
+    return 0
+
+
 def boundary_of(content_type: str) -> bytes:
     media, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
@@ -115,10 +129,15 @@ class FormStream:
         self._current: str | None = None  # FILE_FIELD, a field name, or None (ignored part)
         self._field_value = bytearray()
         self._fields_bytes = 0  # data of every non-file part so far
-        self._outside_bytes = 0  # bytes fed before the first part began or after the end
+        self._outside_bytes = 0  # bytes before the first boundary or after the closing one
+        # None: nothing read yet; True: skipping up to a hyphen; False: past (_past_preamble)
+        self._preamble: bool | None = None
+        self._line_end = b"\r\n"  # what of the closing boundary's line end is still to come
         self._out: list[bytes | memoryview] = []
+        boundary = boundary_of(header(request, "content-type") or "")
+        self._closing = b"--" + boundary + b"--"
         self._parser = MultipartParser(
-            boundary_of(header(request, "content-type") or ""),
+            boundary,
             callbacks={
                 "on_part_begin": self._part_begin,
                 "on_header_field": self._on_header_field,
@@ -173,23 +192,58 @@ class FormStream:
     def _feed(self, chunk: bytes) -> None:
         if self._body_hash is not None:
             self._body_hash.update(chunk)
-        after_end = self._ended
+        if self._ended:
+            self._epilogue(chunk)
+            return
+        data = chunk if self._preamble is False else self._past_preamble(chunk)
         try:
-            self._parser.write(chunk)
+            if data:
+                self._parser.write(data)
         except MultipartParseError:
             raise ApiError(400, "malformed_multipart", "The multipart body is malformed.") from None
-        if after_end or self._parts == 0:
-            # The parser skips CR/LF before the first boundary and anything after the closing
-            # one without a callback: count it here, or a body of nothing else never ends.
-            self._outside_bytes += len(chunk)
-            if self._outside_bytes > self.limits.max_header_bytes:
-                where = "after its closing" if after_end else "before its first"
-                raise ApiError(
-                    400,
-                    "malformed_multipart",
-                    f"The multipart body has more than the limit of {self.limits.max_header_bytes}"
-                    f" bytes {where} boundary.",
-                )
+        if self._ended:
+            self._epilogue(chunk[len(chunk) - _after(self._closing, chunk) :])
+
+    def _past_preamble(self, chunk: bytes) -> bytes:
+        """What of `chunk` the parser is to see. python-multipart skips the CR/LF that may open
+        a body and, once it has seen one, everything up to the next hyphen, but only within one
+        `write()`: a CR read on its own and then `junk` was refused at the `j` (malformed, no
+        number), where the same bytes in one read were skipped without a count. Its rule is
+        applied here across reads, and what it skips is counted exactly, so the answer never
+        depends on how the body was split on its way in."""
+        if self._preamble is None:
+            self._preamble = chunk[:1] in (b"\r", b"\n")
+            if not self._preamble:
+                return chunk
+        hyphen = chunk.find(b"-")
+        self._outside(len(chunk) if hyphen < 0 else hyphen, "before its first")
+        if hyphen < 0:
+            return b""
+        self._preamble = False
+        return chunk[hyphen:]
+
+    def _epilogue(self, data: bytes) -> None:
+        """Bytes after the closing boundary: the CRLF that ends its line, then an epilogue the
+        parser discards unseen."""
+        line_end = 0
+        while line_end < min(len(self._line_end), len(data)):
+            if data[line_end] != self._line_end[line_end]:
+                break
+            line_end += 1
+        self._line_end = self._line_end[line_end:] if line_end == len(data) else b""
+        self._outside(len(data) - line_end, "after its closing")
+
+    def _outside(self, size: int, where: str) -> None:
+        """Count bytes before the first boundary or after the closing one: no callback sees
+        them, and a body of nothing else would never end."""
+        self._outside_bytes += size
+        if self._outside_bytes > self.limits.max_header_bytes:
+            raise ApiError(
+                400,
+                "malformed_multipart",
+                f"The multipart body has more than the limit of {self.limits.max_header_bytes}"
+                f" bytes {where} boundary.",
+            )
 
     # -- parser callbacks --------------------------------------------------------------------
 

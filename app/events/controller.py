@@ -123,9 +123,8 @@ class EventController(Controller):
             next_cursor = str(page[-1].seq) if page else str(start)
             return Answer(encode(EventPage([event_struct(e) for e in page], next_cursor)))
         notifier: Notifier = request.app.state.notifier
-        return StreamAnswer(
-            _stream(service, notifier, start, p.workflow_id, p.limit), 200, SSE_HEADERS
-        )
+        stream = _stream(service, notifier, start, p.workflow_id, p.limit)
+        return StreamAnswer(stream, 200, SSE_HEADERS, endless=True)  # ends when shutdown begins
 
 
 async def _stream(
