@@ -232,9 +232,10 @@ class ArtifactService:
         artifact_id = self.new_id()
 
         def write(conn: sa.Connection, epoch: int | None) -> Artifact:
-            parents = self._live_parents(conn, new.derived_from)
             now = self.clock()
             self._ensure_blob_row(conn, put, now, epoch)
+            # after the digest's lock, as an upload takes them: the same order, no deadlock
+            parents = self._live_parents(conn, new.derived_from, lock=True)
             previous = None
             if new.is_primary_deliverable:
                 previous = self._demote_primary(conn, new.workflow_id, new.phase_id, now)
@@ -757,17 +758,21 @@ class ArtifactService:
         return artifact_sql.artifact_from_row(row)
 
     def _live_parents(
-        self, conn: sa.Connection, parent_ids: Sequence[str]
+        self, conn: sa.Connection, parent_ids: Sequence[str], *, lock: bool = False
     ) -> list[tuple[str, str, int]]:
         """(id, content_hash, version) of each parent, in order: what an edge pins. UnknownParent
-        names the first bad one."""
+        names the first bad one. `lock` (in the write): on PostgreSQL the parents' rows are held
+        FOR SHARE until the commit, so no upload replaces a parent's version between this read
+        and the edge that pins it (an upload takes the row FOR UPDATE); SQLite writers are
+        serialised already."""
         if not parent_ids:
             return []
-        rows = conn.execute(
-            sa.select(artifacts.c.id, artifacts.c.content_hash, artifacts.c.version).where(
-                artifacts.c.id.in_(set(parent_ids)), self.mine, LIVE
-            )
+        stmt = sa.select(artifacts.c.id, artifacts.c.content_hash, artifacts.c.version).where(
+            artifacts.c.id.in_(set(parent_ids)), self.mine, LIVE
         )
+        if lock and self.db.dialect == "postgresql":
+            stmt = stmt.order_by(artifacts.c.id).with_for_update(read=True)
+        rows = conn.execute(stmt)
         current = {row.id: (row.content_hash, row.version) for row in rows}
         for index, parent_id in enumerate(parent_ids):
             if parent_id not in current:
