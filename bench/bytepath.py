@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     CHUNK,
+    ROOT,
     MiB,
     ServerProcess,
     fmt_size,
@@ -136,6 +137,7 @@ class Timing:
     cpu_s_per_GB: float
     rss_growth: int
     peak_rss: int
+    code: dict[str, Any] = field(default_factory=dict)  # our server's code probe (common.py)
 
 
 def concurrently(clients: int, one: Callable[[int], object]) -> float:
@@ -190,12 +192,25 @@ def cleaned(directory: Path) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def ours(kind: str, data: Path, clients: int, work: Path, core: int | None) -> Timing:
+def ours(
+    kind: str,
+    data: Path,
+    clients: int,
+    work: Path,
+    core: int | None,
+    code_root: Path = ROOT,
+    log: Path | None = None,
+) -> Timing:
+    """One fresh server of code_root's code (this worktree's by default: bench/baseline.py
+    passes a baseline's), `clients` transfers of `data`, timed after a warm-up."""
     server_dir = work / f"srv-{secrets.token_hex(4)}"
-    with cleaned(server_dir), our_server(server_dir, core, log=work / "server.log") as server:
+    with (
+        cleaned(server_dir),
+        our_server(server_dir, core, log=log or work / "server.log", code_root=code_root) as server,
+    ):
         prefixes = [secrets.token_bytes(16) for _ in range(clients)]  # distinct blobs per client
         ids = [create_artifact(server.port) for _ in range(clients)]
-        return measure(
+        timing = measure(
             server,
             clients,
             data.stat().st_size,
@@ -203,6 +218,8 @@ def ours(kind: str, data: Path, clients: int, work: Path, core: int | None) -> T
             lambda i: download(server.port, f"/artifacts/{ids[i]}/download"),
             kind,
         )
+        timing.code = server.code
+        return timing
 
 
 def reference(kind: str, data: Path, clients: int, work: Path, core: int | None) -> Timing:
