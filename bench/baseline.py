@@ -22,8 +22,10 @@ after/before as the median of the per-repetition ratios, "met" when that is at l
   baseline's schema): on SQLite, and on PostgreSQL (a fresh database per server) when one
   answers. Reference: the durable create loop (bench/durable.py), measured in each repetition.
 - Uploads (multipart, the real route) and verified downloads of 1 MiB and 64 MiB, with the
-  mode's client counts (bench/bytepath.py's `ours`). Reference: sha256+write MB/s (the byte
-  target's), measured in each repetition, and the bare ASGI app doing the same transfer.
+  mode's client counts (bench/bytepath.py's `ours`), each client repeating its transfer until
+  the timed run moves VOLUME (every upload a new artifact and new bytes). Reference:
+  sha256+write MB/s (the byte target's), measured in each repetition, and the bare ASGI app
+  doing the same transfers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import contextlib
 import difflib
 import fcntl
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -51,6 +54,9 @@ WORKTREES = Path(os.environ.get("BENCH_BASELINE_DIR") or ROOT / "var" / "bench-b
 KEEP = 3  # baseline worktrees kept for reuse; the least recently used beyond this are removed
 REPS = {"smoke": 1, "quick": 5, "full": 9}  # default repetitions per mode (--reps overrides)
 SIZES = {"smoke": [MiB], "quick": [MiB, 64 * MiB], "full": [MiB, 64 * MiB]}
+# bytes moved per timed byte run, at least: a single 1 MiB transfer takes milliseconds, far too
+# short to time, so each client repeats its transfer (rounds) until the run moves this much
+VOLUME = {"smoke": 16 * MiB, "quick": 256 * MiB, "full": 512 * MiB}
 CREATE_CONCURRENCY = (16, 64)
 PROBE = (
     "import json, app, storage; "
@@ -223,14 +229,23 @@ class Record:
     """What a comparison measured: per figure, per repetition, the reference and each side; the
     order in which servers ran; and what each side's servers said they imported."""
 
-    def __init__(self, sides: list[Side]) -> None:
+    def __init__(self, sides: list[Side], order: str = "ab") -> None:
         self.sides = sides
+        self.order_name = order
         self.sequence: list[str] = []
         self.code: dict[str, dict[str, Any]] = {
             s.name: {"root": str(s.root), "commit": s.commit, "servers": 0, "apps": []}
             for s in sides
         }
         self.problems: list[str] = []
+
+    def order(self, rep: int) -> list[Side]:
+        """The sides in the order repetition `rep` runs them: before then after ("ab"), or
+        that order and its reverse in turn ("abba": cancels a steady drift and any advantage
+        of running second)."""
+        if self.order_name == "abba" and rep % 2:
+            return self.sides[::-1]
+        return self.sides
 
     def served(self, side: Side, label: str, code: dict[str, Any]) -> None:
         self.sequence.append(f"{label} {side.name}")
@@ -248,9 +263,12 @@ def figure_row(
     per_rep: list[dict[str, float]],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One compared figure: per_rep holds {"reference", "before", "after"} per repetition."""
+    """One compared figure: per_rep holds {"reference", "before", "after"} per repetition, and
+    the server CPU per unit of each side ("before_cpu", "after_cpu"; MEASURED.md: steadier than
+    the rate, so its after/before is shown beside as a second opinion, lower is cheaper)."""
     ratios = [r["after"] / r["before"] for r in per_rep if r["before"]]
     ratio = median(ratios) if ratios else None
+    cpu = [r["after_cpu"] / r["before_cpu"] for r in per_rep if r.get("before_cpu")]
     return {
         "group": group,
         "figure": label,
@@ -266,6 +284,9 @@ def figure_row(
         "after_vs_before_per_rep": ratios,
         "threshold": THRESHOLD,
         "met": None if ratio is None else ratio >= THRESHOLD,
+        "before_cpu": median([r.get("before_cpu", math.nan) for r in per_rep]),
+        "after_cpu": median([r.get("after_cpu", math.nan) for r in per_rep]),
+        "cpu_after_vs_before": median(cpu) if cpu else None,
         "per_rep": per_rep,
         **(extra or {}),
     }
@@ -276,6 +297,7 @@ def compare_bytes(
     sizes: list[int],
     client_counts: list[int],
     reps: int,
+    volume: int,
     core: int | None,
     record: Record,
     log: Callable[[str], None],
@@ -290,14 +312,15 @@ def compare_bytes(
             for _ in range(max(size // MiB, 1)):
                 f.write(os.urandom(min(size, MiB)))
         for clients in client_counts:
+            rounds = max(1, volume // (size * clients))
             runs: dict[str, list[dict[str, Any]]] = {"upload": [], "download": []}
             for rep in range(reps):
                 limit = byte_limits(work, min(size * clients, 256 * MiB))["sha256_write_MBps"]
                 for kind in ("upload", "download"):
                     label = f"{kind} {fmt_size(size)} x{clients} #{rep + 1}"
-                    bare = reference(kind, data, clients, work, core)
+                    bare = reference(kind, data, clients, work, core, rounds)
                     one: dict[str, Any] = {"reference": limit, "bare_asgi": bare.MBps}
-                    for side in record.sides:
+                    for side in record.order(rep):
                         t = ours(
                             kind,
                             data,
@@ -306,10 +329,11 @@ def compare_bytes(
                             core,
                             code_root=side.root,
                             log=work / f"server-{side.name}.log",
+                            rounds=rounds,
                         )
                         record.served(side, label, t.code)
                         one[side.name] = t.MBps
-                        one[f"{side.name}_cpu_s_per_GB"] = t.cpu_s_per_GB
+                        one[f"{side.name}_cpu"] = t.cpu_s_per_GB
                     runs[kind].append(one)
             for kind, per_rep in runs.items():
                 row = figure_row(
@@ -322,6 +346,7 @@ def compare_bytes(
                         "scenario": kind,
                         "size": size,
                         "clients": clients,
+                        "rounds": rounds,
                         "bare_asgi_MBps": median([r["bare_asgi"] for r in per_rep]),
                         **{
                             f"{side}_vs_bare_asgi": median(
@@ -329,12 +354,7 @@ def compare_bytes(
                             )
                             for side in ("before", "after")
                         },
-                        **{
-                            f"{side}_cpu_s_per_GB": median(
-                                [r[f"{side}_cpu_s_per_GB"] for r in per_rep]
-                            )
-                            for side in ("before", "after")
-                        },
+                        "cpu_unit": "CPU s/GB",
                     },
                 )
                 rows.append(row)
@@ -367,7 +387,7 @@ def compare_creates(
         durable = durable_create(loop_dir, durable_seconds, core)["per_s"]
         shutil.rmtree(loop_dir, ignore_errors=True)
         ones: dict[int, dict[str, Any]] = {c: {"reference": durable} for c in CREATE_CONCURRENCY}
-        for side in record.sides:
+        for side in record.order(rep):
             data_dir = work / f"create-{db}-{side.name}-{rep}"
             url, drop = pg_database(admin_url) if admin_url else (None, lambda: None)
             try:
@@ -391,6 +411,9 @@ def compare_creates(
             for c, result in zip(CREATE_CONCURRENCY, results, strict=True):
                 ones[c][side.name] = result["rps"]
                 ones[c][f"{side.name}_p99_ms"] = result["p99_ms"]
+                # server CPU-seconds per create, in ms: steadier than the rate
+                rate = result["rps"]
+                ones[c][f"{side.name}_cpu"] = result["server_cpu"] / rate * 1e3 if rate else 0.0
         for c in CREATE_CONCURRENCY:
             runs[c].append(ones[c])
     rows = []
@@ -404,6 +427,7 @@ def compare_creates(
             {
                 "database": db,
                 "concurrency": c,
+                "cpu_unit": "CPU ms per create",
                 "before_p99_ms": median([r["before_p99_ms"] for r in per_rep]),
                 "after_p99_ms": median([r["after_p99_ms"] for r in per_rep]),
             },
@@ -429,16 +453,18 @@ def run_baseline(
     reps: int,
     sizes: list[int],
     client_counts: list[int],
+    volume: int,
     durations: Any,
     durable_seconds: float,
     databases: dict[str, str | None],
     work: Path,
+    order: str = "ab",
     core: int | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """The comparison: `databases` maps sqlite/postgresql to None (SQLite) or an admin URL;
     a database mapped to a string starting with "skipped" is listed as skipped."""
-    record = Record(setup["sides"])
+    record = Record(setup["sides"], order)
     out: dict[str, Any] = {
         "ref": setup["ref"],
         "sha": setup["sha"],
@@ -446,7 +472,7 @@ def run_baseline(
         "lock": "requirements.lock identical",
         "threshold": THRESHOLD,
         "reps": reps,
-        "order": "per repetition: reference, before, after",
+        "order": order,
         "probes": setup["probes"],
         "figures": [],
         "skipped": {},
@@ -464,7 +490,7 @@ def run_baseline(
         log("== baseline: bytes")
         (work / "baseline-bytes").mkdir()
         out["figures"] += compare_bytes(
-            work / "baseline-bytes", sizes, client_counts, reps, core, record, log
+            work / "baseline-bytes", sizes, client_counts, reps, volume, core, record, log
         )
     out["sequence"] = record.sequence
     out["code"] = record.code

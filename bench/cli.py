@@ -145,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scales", help="artifact counts, e.g. 10000,100000")
     parser.add_argument(
+        "--baseline-order",
+        choices=["ab", "abba"],
+        default="ab",
+        help="with --baseline: before then after in every repetition (ab, the default), or "
+        "after first in every other repetition (abba)",
+    )
+    parser.add_argument(
         "--postgres", help=f"admin URL to create a database on (default {DEFAULT_PG} if it answers)"
     )
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
@@ -327,7 +334,7 @@ def run_comparison(
 ) -> dict[str, Any]:
     """--baseline: bench/baseline.py over the mode's byte sizes (up to 64 MiB) and client counts,
     and creates on SQLite and, when one answers, PostgreSQL."""
-    from bench.baseline import REPS, SIZES, run_baseline
+    from bench.baseline import REPS, SIZES, VOLUME, run_baseline
     from bench.metadata import Durations
 
     databases: dict[str, str | None] = {"sqlite": None}
@@ -343,10 +350,12 @@ def run_comparison(
         reps=args.reps or REPS[mode.name],
         sizes=SIZES[mode.name],
         client_counts=mode.clients,
+        volume=VOLUME[mode.name],
         durations=Durations(mode.warmup, mode.throughput, mode.latency, mode.create),
         durable_seconds=mode.durable_seconds,
         databases=databases,
         work=work,
+        order=args.baseline_order,
         core=core,
         log=log,
     )

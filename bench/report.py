@@ -313,7 +313,12 @@ def baseline_section(b: dict[str, Any], commit: str) -> list[str]:
         "Both servers ran on this tree's environment (the baseline's requirements.lock pins the "
         f"same), the baseline's code from its worktree `{shown(b['worktree'])}`; what each server "
         f"imported, as it reported: {served}. Per repetition ({b['reps']}): the reference, then "
-        "before, then after, each a fresh server pinned to the server core and warmed up right "
+        + (
+            "before, then after"
+            if b.get("order", "ab") == "ab"
+            else "before and after, each first in every other repetition (--baseline-order abba)"
+        )
+        + ", each a fresh server pinned to the server core and warmed up right "
         "before its timed run. Before and after: medians over the repetitions; × ref: each "
         "side's median per-repetition ratio to the reference; after / before: the median of the "
         "per-repetition ratios (range: lowest–highest), met when at least "
@@ -336,21 +341,26 @@ def baseline_section(b: dict[str, Any], commit: str) -> list[str]:
         )
     for what, why in b.get("skipped", {}).items():
         lines.append(f"| {what} | – | – | – | – | – | – | – | – | {why} |")
-    byte_rows = [f for f in b.get("figures", []) if f["group"] == "bytes"]
-    if byte_rows:
+    figures = b.get("figures", [])
+    if figures:
         lines += [
             "",
-            "Bytes beside the bare ASGI app doing the same transfer, and server CPU:",
+            "Server CPU per unit (MEASURED.md: steadier than the rate; no target, a second "
+            "opinion: below 1× after costs less), and how the byte runs were made: each client "
+            "repeats its transfer (transfers per client; every upload new bytes to a new "
+            "artifact), beside the bare ASGI app doing the same transfers.",
             "",
-            "| figure | bare ASGI MB/s | before × bare | after × bare | before CPU s/GB "
-            "| after CPU s/GB |",
-            "|---|---|---|---|---|---|",
+            "| figure | CPU per unit | before | after | CPU after / before | transfers per client "
+            "| bare ASGI MB/s | before × bare | after × bare |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for f in byte_rows:
+        for f in figures:
+            bare = f.get("bare_asgi_MBps")
             lines.append(
-                f"| {f['figure']} | {num(f['bare_asgi_MBps'])} | {times(f['before_vs_bare_asgi'])} "
-                f"| {times(f['after_vs_bare_asgi'])} | {f['before_cpu_s_per_GB']:.2f} "
-                f"| {f['after_cpu_s_per_GB']:.2f} |"
+                f"| {f['figure']} | {f.get('cpu_unit', '–')} | {num(f.get('before_cpu'), 2)} "
+                f"| {num(f.get('after_cpu'), 2)} | {times(f.get('cpu_after_vs_before'))} "
+                f"| {f.get('rounds', '–')} | {num(bare)} "
+                f"| {times(f.get('before_vs_bare_asgi'))} | {times(f.get('after_vs_bare_asgi'))} |"
             )
     lines.append("")
     return lines
