@@ -197,7 +197,7 @@ def probe(root: Path) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(out.stdout)
     wrong = code_origin(found, root)
     if wrong is not None:
-        raise BaselineRefused(f"the baseline's code would not be the one served: {wrong}")
+        raise BaselineRefused(f"the code served would not be {root}'s: {wrong}")
     return found
 
 
