@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     CHUNK,
+    ROOT,
     MiB,
     ServerProcess,
     fmt_size,
@@ -136,6 +137,7 @@ class Timing:
     cpu_s_per_GB: float
     rss_growth: int
     peak_rss: int
+    code: dict[str, Any] = field(default_factory=dict)  # our server's code probe (common.py)
 
 
 def concurrently(clients: int, one: Callable[[int], object]) -> float:
@@ -159,23 +161,48 @@ def concurrently(clients: int, one: Callable[[int], object]) -> float:
     return elapsed
 
 
+Transfer = Callable[[int, int], object]  # (client, round): round -1 is the warm-up's
+
+
+def keys(kind: str, clients: int, rounds: int) -> list[tuple[int, int]]:
+    """The (client, round) of every distinct object a measurement stores: the warm-up's, then
+    one per timed upload, or, for downloads, one per client (downloaded `rounds` times)."""
+    timed = range(rounds) if kind == "upload" else range(1)
+    return [(0, -1), *((i, r) for i in range(clients) for r in timed)]
+
+
+def stored(key: tuple[int, int]) -> tuple[int, int]:
+    """The object a transfer of (client, round) reads: downloads re-read round 0's."""
+    i, r = key
+    return (i, min(r, 0))
+
+
 def measure(
     server: ServerProcess,
     clients: int,
     size: int,
-    send: Callable[[int], object],
-    fetch: Callable[[int], object],
+    send: Transfer,
+    fetch: Transfer,
     kind: str,
+    rounds: int = 1,
 ) -> Timing:
-    """Warm-up right before the timed run, then `clients` concurrent transfers, timed."""
-    send(0)
-    fetch(0)
+    """A warm-up transfer each way right before the timed run (of an object of its own), then
+    `clients` concurrent clients making `rounds` transfers each, timed. Each timed upload stores
+    distinct bytes (no blob is stored twice); downloads read what each client uploaded first."""
+    send(0, -1)
+    fetch(0, -1)
     if kind == "download":
         for i in range(clients):
-            send(i)
+            send(i, 0)
+    transfer = send if kind == "upload" else fetch
+
+    def client(i: int) -> None:
+        for r in range(rounds):
+            transfer(i, r)
+
     rss_before, cpu_before = server.rss(), server.cpu_seconds()
-    elapsed = concurrently(clients, send if kind == "upload" else fetch)
-    total = (size + 16) * clients
+    elapsed = concurrently(clients, client)
+    total = (size + 16) * clients * rounds
     cpu = server.cpu_seconds() - cpu_before
     peak = server.peak_rss()
     return Timing(total / elapsed / 1e6, cpu / (total / 1e9), max(peak - rss_before, 0), peak)
@@ -190,22 +217,43 @@ def cleaned(directory: Path) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def ours(kind: str, data: Path, clients: int, work: Path, core: int | None) -> Timing:
+def ours(
+    kind: str,
+    data: Path,
+    clients: int,
+    work: Path,
+    core: int | None,
+    code_root: Path = ROOT,
+    log: Path | None = None,
+    rounds: int = 1,
+) -> Timing:
+    """One fresh server of code_root's code (this worktree's by default: bench/baseline.py
+    passes a baseline's), `clients` x `rounds` transfers of `data`, timed after a warm-up. Each
+    upload goes to an artifact of its own, made before the timed run."""
     server_dir = work / f"srv-{secrets.token_hex(4)}"
-    with cleaned(server_dir), our_server(server_dir, core, log=work / "server.log") as server:
-        prefixes = [secrets.token_bytes(16) for _ in range(clients)]  # distinct blobs per client
-        ids = [create_artifact(server.port) for _ in range(clients)]
-        return measure(
+    with (
+        cleaned(server_dir),
+        our_server(server_dir, core, log=log or work / "server.log", code_root=code_root) as server,
+    ):
+        wanted = keys(kind, clients, rounds)
+        prefixes = {k: secrets.token_bytes(16) for k in wanted}  # distinct blobs
+        ids = {k: create_artifact(server.port) for k in wanted}
+        timing = measure(
             server,
             clients,
             data.stat().st_size,
-            lambda i: upload(server.port, ids[i], data, prefixes[i]),
-            lambda i: download(server.port, f"/artifacts/{ids[i]}/download"),
+            lambda i, r: upload(server.port, ids[i, r], data, prefixes[i, r]),
+            lambda i, r: download(server.port, f"/artifacts/{ids[stored((i, r))]}/download"),
             kind,
+            rounds,
         )
+        timing.code = server.code
+        return timing
 
 
-def reference(kind: str, data: Path, clients: int, work: Path, core: int | None) -> Timing:
+def reference(
+    kind: str, data: Path, clients: int, work: Path, core: int | None, rounds: int = 1
+) -> Timing:
     server_dir = work / f"ref-{secrets.token_hex(4)}"
     server_dir.mkdir()
     os.link(data, server_dir / "ref-download")  # what its GET serves
@@ -214,14 +262,15 @@ def reference(kind: str, data: Path, clients: int, work: Path, core: int | None)
         "bare ASGI", sys.executable, "bench.reference:app", core, ready_path="/json", env=env
     )
     with cleaned(server_dir), start as server:
-        prefixes = [secrets.token_bytes(16) for _ in range(clients)]
+        prefixes = {k: secrets.token_bytes(16) for k in keys(kind, clients, rounds)}
         return measure(
             server,
             clients,
             data.stat().st_size,
-            lambda i: put_raw(server.port, "/upload", "POST", data, prefixes[i]),
-            lambda i: download(server.port, "/download"),
+            lambda i, r: put_raw(server.port, "/upload", "POST", data, prefixes[i, r]),
+            lambda i, r: download(server.port, "/download"),
             kind,
+            rounds,
         )
 
 
@@ -248,16 +297,19 @@ def mlflow_server(python: Path, root: Path, core: int | None, log: Path) -> Serv
 
 def peer(server: ServerProcess, kinds: list[str], data: Path, clients: int) -> dict[str, Timing]:
     """Upload, then download the same files, through MLflow's artifact REST API."""
-    names = [secrets.token_hex(8) for _ in range(clients)]
-    prefixes = [secrets.token_bytes(16) for _ in range(clients)]
+    every = keys("upload", clients, 1)
+    names = {k: secrets.token_hex(8) for k in every}
+    prefixes = {k: secrets.token_bytes(16) for k in every}
     out: dict[str, Timing] = {}
     for kind in kinds:
         out[kind] = measure(
             server,
             clients,
             data.stat().st_size,
-            lambda i: put_raw(server.port, f"{MLFLOW_PREFIX}/{names[i]}", "PUT", data, prefixes[i]),
-            lambda i: download(server.port, f"{MLFLOW_PREFIX}/{names[i]}"),
+            lambda i, r: put_raw(
+                server.port, f"{MLFLOW_PREFIX}/{names[i, r]}", "PUT", data, prefixes[i, r]
+            ),
+            lambda i, r: download(server.port, f"{MLFLOW_PREFIX}/{names[stored((i, r))]}"),
             kind,
         )
     return out

@@ -4,14 +4,17 @@ PostgreSQL, every figure a ratio to a reference measured in the same run.
   scripts/bench            quick mode (under 5 minutes here): 1 and 64 MiB; 10k artifacts
   scripts/bench --full     1 MiB, 64 MiB and 1 GiB, 3 repetitions; 10k, 100k and 1M artifacts
   scripts/bench --smoke    seconds: tiny sizes, no peer (CI runs it; no timing is asserted)
+  scripts/bench --baseline REF [--only bytes|metadata]
+                           before/after: the create and byte figures of the server of git ref
+                           REF ("before") and of this tree ("after"), alternated in one run
 
 Reads are compared with a plain Litestar handler answering JSON of the same size
 (bench/litestar_ref.py, measured at each scale right before ours), JSON creates with the durable
 create loop, bytes with this machine's sha256+write.
 
 Writes bench-results/<date>.json (every raw figure and ratio) and .md (a table per section:
-figure, reference, ratio, target, met). How it measures: ../shared/design/MEASURED.md and the
-README.
+figure, reference, ratio, target, met). How it measures: ../shared/design/MEASURED.md and
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -124,9 +127,30 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--quick", action="store_true", help="the default")
     which.add_argument("--full", action="store_true")
     which.add_argument("--smoke", action="store_true")
-    parser.add_argument("--only", help="comma-separated groups: limits,bytes,metadata")
-    parser.add_argument("--reps", type=int, help="byte repetitions (median of ratios reported)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated groups: limits,bytes,metadata (with --baseline: bytes,metadata)",
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        help="byte repetitions, or with --baseline the repetitions of every compared figure "
+        "(median of ratios reported)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="compare the create and byte figures of this tree's server with those of git ref "
+        "REF's, alternated in this run (a worktree of REF under var/bench-baseline/)",
+    )
     parser.add_argument("--scales", help="artifact counts, e.g. 10000,100000")
+    parser.add_argument(
+        "--baseline-order",
+        choices=["ab", "abba"],
+        default="ab",
+        help="with --baseline: before then after in every repetition (ab, the default), or "
+        "after first in every other repetition (abba)",
+    )
     parser.add_argument(
         "--postgres", help=f"admin URL to create a database on (default {DEFAULT_PG} if it answers)"
     )
@@ -146,14 +170,29 @@ def main(argv: list[str] | None = None) -> int:
         mode.reps = args.reps
     if args.scales:
         mode.scales = [int(x) for x in args.scales.split(",")]
-    groups = set((args.only or "limits,bytes,metadata").split(","))
+    default_groups = "bytes,metadata" if args.baseline else "limits,bytes,metadata"
+    groups = set((args.only or default_groups).split(","))
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    started = time.monotonic()
+    setup: dict[str, Any] | None = None
+    if args.baseline:
+        from bench.baseline import BaselineRefused, prepare
+
+        if not groups or groups - {"bytes", "metadata"}:
+            parser.error(
+                "with --baseline, --only takes bytes and/or metadata (the references are "
+                "measured inside each repetition)"
+            )
+        try:  # before anything is measured
+            setup = prepare(args.baseline, git_commit(), log)
+        except BaselineRefused as exc:
+            print(f"bench: refusing --baseline {args.baseline}: {exc}", file=sys.stderr)
+            return 2
     server_core, client_core = pinning()
     if client_core is not None:
         os.sched_setaffinity(0, {client_core})  # this process and the load generators it starts
 
-    started = time.monotonic()
     report: dict[str, Any] = {"errors": [], "skipped": {}, "mode": asdict(mode)}
-    log = lambda text: print(text, flush=True)  # noqa: E731
 
     def attempt(group: str, func: Any, *a: Any, **kw: Any) -> Any:
         t = time.monotonic()
@@ -169,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_python: Path | None = None
     if args.no_bench_venv:
         bench_why = "--no-bench-venv"
+    elif setup is not None:
+        bench_why = "--baseline (no peer and no granian in a before/after run)"
     elif mode.name == "smoke" and not args.peer:
         bench_why = "--smoke (the bench-only environment is not made in smoke runs)"
     else:
@@ -185,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     base.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base, prefix="bench-") as tmp:
         work = Path(tmp)
+        if setup is not None:
+            report["baseline"] = attempt(
+                "baseline", run_comparison, args, mode, setup, groups, work, server_core, log
+            )
+            report["errors"] += report["baseline"].get("problems", [])
+            groups = set()  # the comparison is the whole run
         if "limits" in groups:
             log("== limits")
             report["limits"] = attempt(
@@ -274,6 +321,44 @@ def run_limits(
     if bench_python is None:
         out["skipped"] = {"bare_asgi_granian": why}
     return out
+
+
+def run_comparison(
+    args: argparse.Namespace,
+    mode: Mode,
+    setup: dict[str, Any],
+    groups: set[str],
+    work: Path,
+    core: int | None,
+    log: Any,
+) -> dict[str, Any]:
+    """--baseline: bench/baseline.py over the mode's byte sizes (up to 64 MiB) and client counts,
+    and creates on SQLite and, when one answers, PostgreSQL."""
+    from bench.baseline import REPS, SIZES, VOLUME, run_baseline
+    from bench.metadata import Durations
+
+    databases: dict[str, str | None] = {"sqlite": None}
+    admin = None if args.no_postgres else postgres_admin_url(args.postgres)
+    databases["postgresql"] = admin or (
+        "skipped: --no-postgres"
+        if args.no_postgres
+        else "skipped: nothing answers on 127.0.0.1:5432 (give --postgres)"
+    )
+    return run_baseline(
+        setup,
+        groups,
+        reps=args.reps or REPS[mode.name],
+        sizes=SIZES[mode.name],
+        client_counts=mode.clients,
+        volume=VOLUME[mode.name],
+        durations=Durations(mode.warmup, mode.throughput, mode.latency, mode.create),
+        durable_seconds=mode.durable_seconds,
+        databases=databases,
+        work=work,
+        order=args.baseline_order,
+        core=core,
+        log=log,
+    )
 
 
 def run_databases(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -99,9 +100,11 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         log: Path | None = None,
         timeout: float = 60,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.port = port
+        self.code: dict[str, object] = {}  # where its code came from (our_server)
         self.log = log
         full = [*cmd]
         if core is not None:
@@ -110,7 +113,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             full,
             env={**os.environ, **MALLOC_ENV, **(env or {})},
-            cwd=ROOT,
+            cwd=cwd,
             start_new_session=True,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -190,6 +193,42 @@ def http_ok(path: str, method: str = "GET") -> Callable[[int], bool]:
     return check
 
 
+# `artifacts serve` as `python -c`, so that the code served is whatever `app` the interpreter
+# finds first: cwd and PYTHONPATH pick the tree (this worktree, or a baseline's: bench/baseline.py).
+# Before serving, it writes where `app` and `storage` came from to $BENCH_CODE_PROBE, which
+# our_server checks: a figure is never credited to the wrong tree.
+SERVE_CODE = """\
+import json, os, sys
+import app, storage
+probe = os.environ.get("BENCH_CODE_PROBE")
+if probe:
+    with open(probe, "w") as f:
+        json.dump({"app": app.__file__, "storage": storage.__file__, "pid": os.getpid(),
+                   "cwd": os.getcwd(), "executable": sys.executable}, f)
+from app.cli import main
+main()
+"""
+
+
+def code_env(code_root: Path) -> dict[str, str]:
+    """The environment that makes this interpreter import `app` and `storage` from code_root
+    (ahead of the editable install of this worktree, which sits at the end of sys.meta_path)."""
+    if code_root == ROOT:
+        return {}
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(code_root) + (os.pathsep + rest if rest else "")}
+
+
+def code_origin(probe: dict[str, object], code_root: Path) -> str | None:
+    """None when `app` and `storage` in a probe both come from code_root, else what is wrong."""
+    root = code_root.resolve()
+    for name in ("app", "storage"):
+        where = Path(str(probe.get(name))).resolve()
+        if not where.is_relative_to(root):
+            return f"`{name}` was imported from {where}, not from {root}"
+    return None
+
+
 def our_server(
     data_dir: Path,
     core: int | None,
@@ -197,25 +236,51 @@ def our_server(
     database_url: str | None = None,
     log: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
+    code_root: Path = ROOT,
 ) -> ServerProcess:
-    """`artifacts serve` (this worktree's code, this interpreter), open mode on loopback, no rate
-    limit and no periodic GC (neither belongs in a throughput figure)."""
+    """`artifacts serve` (the code of code_root, by default this worktree's, on this interpreter),
+    open mode on loopback, no rate limit and no periodic GC (neither belongs in a throughput
+    figure). Fails unless the process serving really imported code_root's `app` and `storage`;
+    `server.code` holds what it reported."""
     port = free_port()
+    data_dir = data_dir.resolve()  # the server's cwd may be another tree
     data_dir.mkdir(parents=True, exist_ok=True)
+    probe = data_dir.with_name(data_dir.name + ".code.json")
+    probe.unlink(missing_ok=True)
     env = {
         "ARTIFACTS_PORT": str(port),
         "ARTIFACTS_DATA_DIR": str(data_dir),
         "ARTIFACTS_LOG_LEVEL": "warning",
         "ARTIFACTS_RATE_LIMIT": "",
         "ARTIFACTS_GC_INTERVAL": "0",
+        "BENCH_CODE_PROBE": str(probe),
+        **code_env(code_root),
         **(extra_env or {}),
     }
     if database_url:
         env["ARTIFACTS_DATABASE_URL"] = database_url
-    cmd = [sys.executable, "-c", "from app.cli import main; main()", "serve"]
-    return ServerProcess(
-        "artifacts serve", cmd, port=port, ready=http_ok("/readyz"), core=core, env=env, log=log
+    cmd = [sys.executable, "-c", SERVE_CODE, "serve"]
+    server = ServerProcess(
+        "artifacts serve",
+        cmd,
+        port=port,
+        ready=http_ok("/readyz"),
+        core=core,
+        env=env,
+        log=log,
+        cwd=code_root,
     )
+    try:
+        server.code = json.loads(probe.read_text())
+        wrong = code_origin(server.code, code_root)
+        if wrong is None and server.code.get("pid") != server.pid:
+            wrong = f"the probe came from pid {server.code.get('pid')}, not the server's"
+    except (OSError, ValueError) as exc:
+        wrong = f"no readable code probe at {probe}: {exc}"
+    if wrong is not None:
+        server.stop()
+        raise RuntimeError(f"artifacts serve is not serving the code of {code_root}: {wrong}")
+    return server
 
 
 def uvicorn_server(

@@ -8,6 +8,11 @@ Every ratio is to a reference measured in the same run:
 - JSON creates: / the durable create loop (bench/durable.py, limits);
 - bytes: upload and verified download MB/s / this machine's sha256+write MB/s (limits, the same
   repetition).
+
+With --baseline (bench/baseline.py) the run is a before/after comparison instead: per figure,
+the baseline ref's server ("before") and this tree's ("after"), each with its ratio to the same
+reference, and after/before (the median of per-repetition ratios) against its threshold; the
+targets are those comparisons.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import fmt_size
+from bench.common import ROOT, fmt_size
 
 UPLOAD_TARGET = 0.7  # x the same run's sha256+write MB/s
 DOWNLOAD_TARGET = 1.5  # verified download, x sha256+write
@@ -157,6 +162,21 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
+    baseline = report.get("baseline", {})
+    for f in baseline.get("figures", []):
+        out.append(
+            {
+                "group": "before/after",
+                "target": f"{f['figure']}: after / before ≥ {f['threshold']}×",
+                "figure": f"after {num(f['after'])} {f['unit']}",
+                "reference": f"before ({baseline['sha'][:12]}) {num(f['before'])} {f['unit']}",
+                "ratio": f["after_vs_before"],
+                "goal": f["threshold"],
+                "status": status(f["met"]),
+                "note": f"median of {f['reps']} per-repetition ratios",
+            }
+        )
+
     rows = report.get("bytes", {}).get("results", [])
     for r in rows:
         for c in byte_checks(r):
@@ -270,6 +290,82 @@ def check_table(checks: list[Check]) -> list[str]:
     return lines
 
 
+def shown(path: str) -> str:
+    """A path relative to this tree when it is inside it."""
+    return path.removeprefix(str(ROOT) + "/")
+
+
+def baseline_section(b: dict[str, Any], commit: str) -> list[str]:
+    """The before/after comparison of a --baseline run."""
+    lines = [
+        f"## Before/after: baseline `{b['ref']}` ({b['sha'][:12]}) against this tree (`{commit}`)",
+        "",
+    ]
+    if "error" in b:
+        return [*lines, f"Failed: {b['error']}", ""]
+    code = b.get("code", {})
+    served = "; ".join(
+        f"{side}: {c['servers']} servers, `app` from "
+        + ", ".join(f"`{shown(a)}`" for a in c["apps"])
+        for side, c in code.items()
+    )
+    lines += [
+        "Both servers ran on this tree's environment (the baseline's requirements.lock pins the "
+        f"same), the baseline's code from its worktree `{shown(b['worktree'])}`; what each server "
+        f"imported, as it reported: {served}. Per repetition ({b['reps']}): the reference, then "
+        + (
+            "before, then after"
+            if b.get("order", "ab") == "ab"
+            else "before and after, each first in every other repetition (--baseline-order abba)"
+        )
+        + ", each a fresh server pinned to the server core and warmed up right "
+        "before its timed run. Before and after: medians over the repetitions; × ref: each "
+        "side's median per-repetition ratio to the reference; after / before: the median of the "
+        "per-repetition ratios (range: lowest–highest), met when at least "
+        f"{b['threshold']}× (docs/benchmarks.md says why). Creates go into an empty store "
+        "migrated by each side's own code.",
+        "",
+        "| figure | reference | reference figure | before | after | before × ref | after × ref "
+        f"| after / before | range | met (≥ {b['threshold']}×) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in b.get("figures", []):
+        ratios = f.get("after_vs_before_per_rep") or []
+        spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "–"
+        unit = f["unit"]
+        lines.append(
+            f"| {f['figure']} | {f['reference']} | {num(f['reference_figure'])} {unit} "
+            f"| {num(f['before'])} {unit} | {num(f['after'])} {unit} "
+            f"| {times(f['before_vs_reference'])} | {times(f['after_vs_reference'])} "
+            f"| {times(f['after_vs_before'])} | {spread} | {status(f['met'])} |"
+        )
+    for what, why in b.get("skipped", {}).items():
+        lines.append(f"| {what} | – | – | – | – | – | – | – | – | {why} |")
+    figures = b.get("figures", [])
+    if figures:
+        lines += [
+            "",
+            "Server CPU per unit (MEASURED.md: steadier than the rate; no target, a second "
+            "opinion: below 1× after costs less), and how the byte runs were made: each client "
+            "repeats its transfer (transfers per client; every upload new bytes to a new "
+            "artifact), beside the bare ASGI app doing the same transfers.",
+            "",
+            "| figure | CPU per unit | before | after | CPU after / before | transfers per client "
+            "| bare ASGI MB/s | before × bare | after × bare |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for f in figures:
+            bare = f.get("bare_asgi_MBps")
+            lines.append(
+                f"| {f['figure']} | {f.get('cpu_unit', '–')} | {num(f.get('before_cpu'), 2)} "
+                f"| {num(f.get('after_cpu'), 2)} | {times(f.get('cpu_after_vs_before'))} "
+                f"| {f.get('rounds', '–')} | {num(bare)} "
+                f"| {times(f.get('before_vs_bare_asgi'))} | {times(f.get('after_vs_bare_asgi'))} |"
+            )
+    lines.append("")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines: list[str] = []
     meta = report["run"]
@@ -284,8 +380,11 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("errors"):
         lines += ["**Errors:**", ""] + [f"- {e}" for e in report["errors"]] + [""]
 
+    if "baseline" in report:
+        lines += baseline_section(report["baseline"], meta.get("commit", "?"))
     limits = report.get("limits", {})
-    lines += ["## Limits", "", "| figure | value |", "|---|---|"]
+    if "limits" in report or "bytes" in report:
+        lines += ["## Limits", "", "| figure | value |", "|---|---|"]
     b = report.get("bytes", {}).get("limits", {})
     for key, label in (
         ("sha256_MBps", "sha256, one core"),
@@ -345,28 +444,31 @@ def markdown(report: dict[str, Any]) -> str:
     elif "bytes" in report.get("skipped", {}):
         lines += ["## Bytes", "", f"Skipped: {report['skipped']['bytes']}", ""]
 
-    lines += ["## Peer: the MLflow artifact server", ""]
-    peer_rows = [r for r in rows if "vs_mlflow" in r]
-    if peer_rows:
-        lines += [
-            "`mlflow server --artifacts-only --workers 1` (its job runner off), pinned like ours; "
-            "one server for the run, as it takes 30-60 s to start here, with a warm-up before "
-            "each timed transfer; the same files through PUT/GET "
-            "`/api/2.0/mlflow-artifacts/artifacts/…`. Its CPU and RSS cover all its processes.",
-            "",
-            "| scenario | size | clients | ours MB/s | MLflow MB/s | ours / MLflow | ahead | "
-            "MLflow CPU s/GB | MLflow peak RSS |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in peer_rows:
-            lines.append(
-                f"| {r['scenario']} | {fmt_size(r['size'])} | {r['clients']} | {r['MBps']:,.0f} "
-                f"| {r['mlflow_MBps']:,.0f} | {r['vs_mlflow']:.2f} | {status(r['vs_mlflow'] > 1)} "
-                f"| {r['mlflow_cpu_s_per_GB']:.2f} | {r['mlflow_peak_rss_MiB']:.0f} MiB |"
-            )
-    else:
-        lines.append(f"Skipped: {report.get('peer', {}).get('skipped', 'not run')}.")
-    lines.append("")
+    if "bytes" in report or "peer" in report:
+        lines += ["## Peer: the MLflow artifact server", ""]
+        peer_rows = [r for r in rows if "vs_mlflow" in r]
+        if peer_rows:
+            lines += [
+                "`mlflow server --artifacts-only --workers 1` (its job runner off), pinned like "
+                "ours; one server for the run, as it takes 30-60 s to start here, with a warm-up "
+                "before each timed transfer; the same files through PUT/GET "
+                "`/api/2.0/mlflow-artifacts/artifacts/…`. Its CPU and RSS cover all its "
+                "processes.",
+                "",
+                "| scenario | size | clients | ours MB/s | MLflow MB/s | ours / MLflow | ahead | "
+                "MLflow CPU s/GB | MLflow peak RSS |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for r in peer_rows:
+                lines.append(
+                    f"| {r['scenario']} | {fmt_size(r['size'])} | {r['clients']} "
+                    f"| {r['MBps']:,.0f} | {r['mlflow_MBps']:,.0f} | {r['vs_mlflow']:.2f} "
+                    f"| {status(r['vs_mlflow'] > 1)} | {r['mlflow_cpu_s_per_GB']:.2f} "
+                    f"| {r['mlflow_peak_rss_MiB']:.0f} MiB |"
+                )
+        else:
+            lines.append(f"Skipped: {report.get('peer', {}).get('skipped', 'not run')}.")
+        lines.append("")
 
     durable = limits.get("durable_create", {}).get("per_s")
     for db, result in report.get("metadata", {}).items():
