@@ -27,10 +27,10 @@ gone, never a version a loser of an If-Match race or a lost upload made), and ev
 version of a live artifact reads back byte-identical through the storage API's version read
 (ArtifactService.get_version + read_bytes), an expired one VersionNotFound; deleted ones
 answer 404; each workflow's listing, followed page by page through X-Next-Cursor, is exactly
-the model's live set, newest first; fsck --verify-data finds no error. After a GC step: the artifact rows, blob
-rows and blob files are exactly what the model says GC keeps (soft-deleted parents and former
-primary deliverables stay by design), and fsck has no warning left (only trash, which start-up
-empties, may remain until the next restart).
+the model's live set, newest first; fsck --verify-data finds no error. After a GC step: the
+artifact rows, blob rows and blob files are exactly what the model says GC keeps (soft-deleted
+parents and former primary deliverables stay by design), and fsck has no warning left (only
+trash, which start-up empties, may remain until the next restart).
 """
 
 from __future__ import annotations
