@@ -73,4 +73,4 @@ def test_redoc_renders_offline(browser: Browser, api: Server) -> None:
     # it fails to load; that request alone may try to leave the host.
     assert set(left) <= {REDOCLY_LOGO}
     assert all(p.startswith("Failed to load resource: net::") for p in problems), problems
-    assert len(problems) == len(left)
+    assert len(problems) <= len(left)  # Chromium may log the aborted image, or not yet
