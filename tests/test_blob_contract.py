@@ -35,8 +35,10 @@ from storage.errors import (
     BlobTooLarge,
     DigestMismatch,
     StorageUnavailable,
+    VersionNotFound,
 )
 from storage.maintenance import collect_garbage, fsck, recover_trash
+from storage.records import NewContent, now_us
 from tests.support.blobs import rand_bytes, sha, stream
 from tests.support.s3 import S3_TEST_PART_SIZE, MotoServer
 from tests.support.servers import free_port
@@ -44,6 +46,8 @@ from tests.support.servers import free_port
 pytestmark = pytest.mark.anyio
 PART = S3_TEST_PART_SIZE
 KiB = 1024
+HOUR = 3600 * 1_000_000
+DAY = 24 * HOUR
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
@@ -358,6 +362,16 @@ def new() -> NewArtifact:
     return NewArtifact(workflow_id="wf", artifact_type="text", title="t", content_type="text/plain")
 
 
+def new_child(parent: str) -> NewArtifact:
+    return NewArtifact(
+        workflow_id="wf",
+        artifact_type="text",
+        title="child",
+        content_type="text/plain",
+        derived_from=(parent,),
+    )
+
+
 async def test_gc_and_fsck_over_a_service(backend: Backend, tmp_path: Path) -> None:
     """Artifacts, an orphan blob, a deleted artifact and crash litter: GC (grace 0) reclaims
     exactly the garbage, fsck is clean before and after, every kept artifact reads back."""
@@ -405,6 +419,92 @@ async def test_trash_recovery_over_a_service(backend: Backend, tmp_path: Path) -
         check = await fsck(db, backend.store, verify_data=True)
         assert check.errors == []
         assert await backend.store.read_bytes(a.content_hash) == b"survivor"
+    finally:
+        await db.dispose()
+
+
+class _Clock:
+    """Real time minus `age` microseconds: a version replaced now looks `age` old to GC."""
+
+    def __init__(self) -> None:
+        self.age = 0
+
+    def __call__(self) -> int:
+        return now_us() - self.age
+
+
+async def test_versions_over_a_service(backend: Backend, tmp_path: Path) -> None:
+    """Versions (issue 17) on every backend: old versions read back after new uploads (one of
+    them multipart-sized on S3); GC with a retention keeps the pinned version's blob and the
+    recent one's, expires the rest and reclaims their blobs; once the pin goes (its child
+    deleted and purged), retention 0 lets that version go too. fsck clean throughout."""
+    url = sqlite_url(tmp_path / "versions.db")
+    upgrade(url)
+    db = Database(url)
+    clock = _Clock()
+    content = NewContent(content_type="application/octet-stream")
+    data = {
+        n: rand_bytes(2 * PART + 3, 10 + n) if n == 1 else b"version %d" % n for n in range(1, 5)
+    }
+    try:
+        svc = ArtifactService(db, backend.store, clock=clock)
+
+        async def read(artifact_id: str, n: int) -> bytes:
+            at, version = await svc.get_version(artifact_id, n)
+            assert (version.version, version.content_hash) == (n, sha(data[n]))
+            return await svc.read_bytes(at)
+
+        async def clean() -> None:
+            check = await fsck(db, backend.store, verify_data=True)
+            assert (check.errors, check.warnings) == ([], [])
+
+        clock.age = 3 * DAY
+        a = await svc.create(new(), data[1])
+        await svc.replace_content(a.id, data[2], content)  # v1 replaced 3 days ago
+        child = await svc.create(new_child(a.id), b"derived from version 2")
+        await svc.replace_content(a.id, data[3], content)  # v2 replaced 3 days ago, pinned
+        clock.age = 0
+        await svc.replace_content(a.id, data[4], content)  # v3 replaced just now
+        for n in range(1, 5):
+            assert await read(a.id, n) == data[n]
+        assert (await svc.get(a.id)).version == 4
+        await clean()
+
+        report = await collect_garbage(
+            db, backend.store, grace_us=0, deleted_retention_us=0, version_retention_us=DAY
+        )
+        assert report.versions_expired == 1
+        assert report.blobs_deleted == [sha(data[1])]
+        with pytest.raises(VersionNotFound):
+            await svc.get_version(a.id, 1)
+        for n in (2, 3, 4):
+            assert await read(a.id, n) == data[n]
+        blobs = {sha(data[n]) for n in (2, 3, 4)} | {child.content_hash}
+        assert {d for d, _, _ in await backend.store.scan_blobs()} == blobs
+        await clean()
+
+        report = await collect_garbage(
+            db, backend.store, grace_us=0, deleted_retention_us=0, version_retention_us=0
+        )
+        assert (report.versions_expired, report.blobs_deleted) == (1, [sha(data[3])])
+        assert await read(a.id, 2) == data[2]  # pinned by the live child
+        assert await read(a.id, 4) == data[4]
+        await clean()
+
+        await svc.delete(child.id)
+        report = await collect_garbage(
+            db, backend.store, grace_us=0, deleted_retention_us=0, version_retention_us=0
+        )
+        assert report.artifacts_purged == [child.id]
+        assert report.versions_expired == 1
+        assert set(report.blobs_deleted) == {sha(data[2]), child.content_hash}
+        assert {d for d, _, _ in await backend.store.scan_blobs()} == {sha(data[4])}
+        for n in (1, 2, 3):
+            with pytest.raises(VersionNotFound):
+                await svc.get_version(a.id, n)
+        assert await read(a.id, 4) == data[4]
+        assert await svc.read_bytes(await svc.get(a.id)) == data[4]
+        await clean()
     finally:
         await db.dispose()
 

@@ -7,17 +7,30 @@ Rules: creates (JSON and multipart, with lineage and the primary flag), content 
 multipart) replacing an artifact's bytes, duplicate contents (bytes seen before, possibly of a
 deleted or purged artifact), deletes, keyed writes and their retries (the stored response,
 replayed), a used key on a different request (422 idempotency_key_reused), a failed keyed
-request (its key stays free), garbage collection (grace 0, retention 0), restarts on the same
-data, crash leftovers (orphan blobs, stale staging files, trash) and a crash inside GC (a blob
-moved to trash/ while its row survives, then a restart).
+request (its key stays free), garbage collection (grace 0, no retention of deleted artifacts;
+replaced versions kept for 0, 1 or 2 hours of the machine's hand-driven clock, or for ever),
+time passing (`tick`), several uploads to one artifact at once, two uploads racing with the same
+If-Match, restarts on the same data, crash leftovers (orphan blobs, stale staging files, trash)
+and a crash inside GC (a blob moved to trash/ while its row survives, then a restart).
+
+Versions (issue 17): the model keeps each artifact's versions (number -> bytes, and the hour
+each was replaced) and the version each lineage edge pins. Concurrent uploads all succeed with
+consecutive new versions, each holding one upload's bytes, the newest current; of two racing
+conditional uploads exactly one wins and the other is 412 with the winner's ETag, storing no
+version. GC expires exactly the replaced versions that are older than its retention and pinned
+by no live child (a purge takes all of an artifact's versions).
 
 After every step: every live artifact answers GET /artifacts/{id} with the model's metadata and
-content_hash = sha256(bytes) and downloads byte-identical; deleted ones answer 404; each
-workflow's listing, followed page by page through X-Next-Cursor, is exactly the model's live
-set, newest first; fsck --verify-data finds no error. After a GC step: the artifact rows, blob
-rows and blob files are exactly what the model says GC keeps (soft-deleted parents and former
-primary deliverables stay by design), and fsck has no warning left (only trash, which start-up
-empties, may remain until the next restart).
+content_hash = sha256(bytes) and its current version's number, and downloads byte-identical;
+the artifact_versions rows are exactly the model's retained versions (so never a pinned one
+gone, never a version a loser of an If-Match race or a lost upload made), and every retained
+version of a live artifact reads back byte-identical through the storage API's version read
+(ArtifactService.get_version + read_bytes), an expired one VersionNotFound; deleted ones
+answer 404; each workflow's listing, followed page by page through X-Next-Cursor, is exactly
+the model's live set, newest first; fsck --verify-data finds no error. After a GC step: the
+artifact rows, blob rows and blob files are exactly what the model says GC keeps (soft-deleted
+parents and former primary deliverables stay by design), and fsck has no warning left (only
+trash, which start-up empties, may remain until the next restart).
 """
 
 from __future__ import annotations
@@ -52,15 +65,22 @@ from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import sqlite_url
 from storage.db.migrate import upgrade
+from storage.db.tables import artifact_versions
 from storage.db.tables import artifacts as artifacts_table
 from storage.db.tables import blobs as blobs_table
+from storage.errors import VersionNotFound
 from storage.maintenance import collect_garbage, fsck
+from storage.records import now_us
 from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
 
 WORKFLOWS = ("wf-a", "wf-b")
 PHASES = ("p1", "p2")
 PAGE = 3  # small pages, so listings paginate
 UPLOAD_TYPES = ("application/octet-stream", "text/plain")
+HOUR = 3600 * 1_000_000
+MAX_HOURS = 200  # how far the machine's clock may run (ticks of 1-3 hours, 25 steps)
+# what a GC rule keeps replaced versions for, in model hours: none, some, for ever
+RETENTIONS = (0, 1, 2, None)
 
 picks = st.integers(min_value=0, max_value=255)  # an index into a model list, modulo its length
 
@@ -113,6 +133,18 @@ class Record:
     created_at: str
     deleted: bool = False
     purged: bool = False  # its row is gone (GC)
+    # version number -> bytes, of the versions the store must still hold (the current one, and
+    # replaced ones that no GC expired yet), and the model hour each replaced one was replaced at
+    versions: dict[int, bytes] = field(default_factory=dict)
+    superseded: dict[int, int] = field(default_factory=dict)
+    current: int = 1
+
+    def new_version(self, number: int, data: bytes, hour: int) -> None:
+        """Version `number` (the next one) becomes current with `data`."""
+        assert number == self.current + 1, (number, self.current)
+        self.superseded[self.current] = hour
+        self.current = number
+        self.versions[number] = self.data = data
 
 
 @dataclass(frozen=True)
@@ -120,6 +152,7 @@ class Edge:
     child: str
     parent: str
     parent_digest: str  # the parent's content when the child was created
+    parent_version: int  # and its version, which the edge pins while the child is live
 
 
 @dataclass(frozen=True)
@@ -207,6 +240,11 @@ class StoreMachine(RuleBasedStateMachine):
         # than three changes, adds little, and hypothesis (which favours the argument-free
         # rules) would spend most steps on them
         self.since_gc = self.since_restart = 0
+        # the service's hand-driven clock: real time minus `skew`, which `tick` lowers an hour
+        # at a time; GC reads real time, so the gc rule adds the skew of its moment to the
+        # retention it passes, and a version replaced h model hours before a GC looks h hours
+        # (plus the few real seconds between) old to it; `hour` counts the ticks
+        self.hour = self.since_tick = 0
         self.runner.run(self._start())
 
     def teardown(self) -> None:
@@ -227,6 +265,7 @@ class StoreMachine(RuleBasedStateMachine):
         life = Lifespan(app)
         await life.__aenter__()
         self.app, self.life = app, life
+        app.state.service.clock = self.clock  # every request's service (one tenant: the same)
         transport = httpx.ASGITransport(app=app)
         self.client = httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30)
 
@@ -268,6 +307,12 @@ class StoreMachine(RuleBasedStateMachine):
 
     def run(self, coro: Any) -> Any:
         return self.runner.run(coro)
+
+    def skew(self) -> int:
+        return (MAX_HOURS + 1 - self.hour) * HOUR
+
+    def clock(self) -> int:
+        return now_us() - self.skew()
 
     # -- model helpers --------------------------------------------------------------------------
 
@@ -312,6 +357,7 @@ class StoreMachine(RuleBasedStateMachine):
     def changed(self) -> None:
         self.since_gc += 1
         self.since_restart += 1
+        self.since_tick += 1
 
     def remember(self, data: bytes) -> None:
         if data not in self.pool:
@@ -323,8 +369,30 @@ class StoreMachine(RuleBasedStateMachine):
     def expected_digests(self) -> set[str]:
         """The blobs GC must keep: every remaining row's content and every remaining edge's."""
         rows = self.kept_rows()
-        digests = {sha(self.records[i].data) for i in rows}
+        digests = {sha(d) for i in rows for d in self.records[i].versions.values()}
         return digests | {e.parent_digest for e in self.edges if e.child in rows}
+
+    def pinned(self) -> set[tuple[str, int]]:
+        """(artifact, version) pairs a live child's edge pins: no retention may expire them."""
+        live = {r.id for r in self.live()}
+        return {(e.parent, e.parent_version) for e in self.edges if e.child in live}
+
+    def expire(self, retention: int | None) -> int:
+        """The replaced versions a GC with `retention` (model hours; None: for ever) expires,
+        after its purge: replaced at least `retention` model hours ago (0: all of them), pinned
+        by no live child (a deleted one pins nothing).
+        Returns how many."""
+        if retention is None:
+            return 0
+        pinned, gone = self.pinned(), 0
+        for rec in self.records.values():
+            if rec.purged:
+                continue
+            for n in [n for n in rec.versions if n != rec.current]:
+                if (rec.id, n) not in pinned and self.hour - rec.superseded[n] >= retention:
+                    del rec.versions[n]
+                    gone += 1
+        return gone
 
     # -- creates --------------------------------------------------------------------------------
 
@@ -344,8 +412,10 @@ class StoreMachine(RuleBasedStateMachine):
             for other in self.live():
                 if (other.workflow_id, other.phase_id) == (rec.workflow_id, rec.phase_id):
                     other.primary = False
+        rec.versions = {1: rec.data}
         for parent in rec.parents:
-            self.edges.append(Edge(rec.id, parent, sha(self.records[parent].data)))
+            p = self.records[parent]
+            self.edges.append(Edge(rec.id, parent, sha(p.data), p.current))
         self.records[rec.id] = rec
         self.remember(rec.data)
         self.changed()
@@ -527,7 +597,9 @@ class StoreMachine(RuleBasedStateMachine):
         assert (body["artifact_id"], body["status"]) == (rec.id, "uploaded")
         assert (body["content_hash"], body["size_bytes"]) == (sha(data), len(data))
         assert body["content_type"] == ctype
-        rec.data, rec.content_type, rec.is_text = data, ctype, ctype.startswith("text/")
+        assert body["version"] == rec.current + 1, "an upload skipped or reused a version number"
+        rec.new_version(body["version"], data, self.hour)
+        rec.content_type, rec.is_text = ctype, ctype.startswith("text/")
         self.remember(data)
         self.changed()
         if key is not None:
@@ -549,6 +621,100 @@ class StoreMachine(RuleBasedStateMachine):
             await self._upload(parent, content, UPLOAD_TYPES[0], True, None)
 
         self.run(go())
+
+    @precondition(lambda self: self.live())
+    @rule(
+        pick=picks,
+        kind=kinds,
+        uploads=st.lists(st.tuples(contents, st.booleans()), min_size=2, max_size=4),
+    )
+    def concurrent_uploads(
+        self, pick: int, kind: str, uploads: list[tuple[bytes | int, bool]]
+    ) -> None:
+        """Several uploads to one artifact at once (no If-Match): every one succeeds, their
+        versions are the next ones, consecutive, each with the bytes of one of them, and the
+        newest is current."""
+        rec = self.pick_live(pick, kind)
+        sent = [(self.bytes_of(c), UPLOAD_TYPES[i % 2], raw) for i, (c, raw) in enumerate(uploads)]
+
+        async def go() -> None:
+            reqs = [self._upload_req(rec.id, data, ctype, raw) for data, ctype, raw in sent]
+            resps = await asyncio.gather(*(self.send(req) for req in reqs))
+            made: dict[int, tuple[bytes, str]] = {}
+            for (data, ctype, _), resp in zip(sent, resps, strict=True):
+                assert resp.status_code == 200, resp.text
+                body = resp.json()
+                assert (body["artifact_id"], body["content_hash"]) == (rec.id, sha(data))
+                assert body["version"] not in made, "two uploads made the same version"
+                made[body["version"]] = (data, ctype)
+            first = rec.current + 1
+            assert sorted(made) == list(range(first, first + len(sent))), (rec.current, made)
+            for number in sorted(made):
+                data, ctype = made[number]
+                rec.new_version(number, data, self.hour)
+                rec.content_type, rec.is_text = ctype, ctype.startswith("text/")
+                self.remember(data)
+            self.changed()
+
+        self.run(go())
+
+    @precondition(lambda self: self.live())
+    @rule(
+        pick=picks,
+        kind=kinds,
+        first=fresh_bytes,
+        second=st.one_of(st.none(), contents),  # None: the same bytes as the first
+        raw=st.booleans(),
+        listed=st.booleans(),
+    )
+    def if_match_race(
+        self,
+        pick: int,
+        kind: str,
+        first: bytes,
+        second: bytes | int | None,
+        raw: bool,
+        listed: bool,
+    ) -> None:
+        """Two uploads with the same If-Match (the current ETag, alone or in a list), at once,
+        with bytes other than the current ones (maybe the same as each other): exactly one
+        succeeds and makes the next version; the other answers 412 precondition_failed with
+        the winner's ETag and stores nothing (no version: the invariant counts them)."""
+        rec = self.pick_live(pick, kind)
+        etag = f'"{sha(rec.data)}"'
+        if listed:
+            etag = f'"{"0" * 64}", {etag}'
+        other = first if second is None else self.bytes_of(second)
+        datas = [d + b"!" if d == rec.data else d for d in (first, other)]
+
+        async def go() -> None:
+            reqs = [
+                replace(r, headers={**r.headers, "if-match": etag})
+                for r in (self._upload_req(rec.id, d, UPLOAD_TYPES[0], raw) for d in datas)
+            ]
+            resps = await asyncio.gather(*(self.send(req) for req in reqs))
+            codes = sorted(r.status_code for r in resps)
+            assert codes == [200, 412], [r.text for r in resps]
+            won = 0 if resps[0].status_code == 200 else 1
+            winner, loser = resps[won], resps[1 - won]
+            body = winner.json()
+            assert body["content_hash"] == sha(datas[won])
+            assert body["version"] == rec.current + 1
+            assert loser.json()["code"] == "precondition_failed"
+            assert loser.headers["etag"] == f'"{sha(datas[won])}"'
+            rec.new_version(body["version"], datas[won], self.hour)
+            rec.content_type, rec.is_text = UPLOAD_TYPES[0], False
+            self.remember(datas[won])
+            self.changed()
+
+        self.run(go())
+
+    @precondition(lambda self: self.since_tick >= 1 and self.hour + 3 <= MAX_HOURS)
+    @rule(hours=st.integers(min_value=1, max_value=3))
+    def tick(self, hours: int) -> None:
+        """Time passes (the service's clock): versions replaced before look `hours` older."""
+        self.hour += hours
+        self.since_tick = 0
 
     # -- deletes --------------------------------------------------------------------------------
 
@@ -651,16 +817,34 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.since_gc >= 1)
     @rule()
     def gc(self) -> None:
-        """GC with no grace and no retention (of deleted artifacts, nor of replaced versions):
-        reclaims exactly what the model says is garbage."""
+        """GC keeping no replaced version (see _gc)."""
+        self._gc(0)
+
+    @precondition(lambda self: self.since_gc >= 1)
+    @rule(retention=st.sampled_from(RETENTIONS[1:]))
+    def gc_retaining(self, retention: int | None) -> None:
+        """GC keeping replaced versions some hours, or for ever (a rule of its own: hypothesis
+        then picks it as often as `gc`, where a sampled argument mostly came out as 0)."""
+        self._gc(retention)
+
+    def _gc(self, retention: int | None) -> None:
+        """GC with no grace, no retention of deleted artifacts, and replaced versions kept
+        `retention` model hours (0: none; None: for ever): reclaims exactly what the model says
+        is garbage, and expires exactly the replaced versions it says, never a pinned one.
+        (A retention of k hours is passed as k - 1/2, so that the few real seconds between a
+        write and the GC never decide anything.)"""
+        retention_us = None
+        if retention is not None:  # GC counts from real time: the clock's skew added
+            retention_us = max(0, retention * HOUR - HOUR // 2) + self.skew()
 
         async def go() -> None:
             db, store = self.service.db, self.store
             report = await collect_garbage(
-                db, store, grace_us=0, deleted_retention_us=0, version_retention_us=0
+                db, store, grace_us=0, deleted_retention_us=0, version_retention_us=retention_us
             )
             purged = self._purge()
             assert sorted(report.artifacts_purged) == sorted(purged)
+            assert report.versions_expired == self.expire(retention)
             assert not report.dry_run
             rows, blob_rows = await db.run_read(
                 lambda conn: (
@@ -747,8 +931,35 @@ class StoreMachine(RuleBasedStateMachine):
             await self._check_listing(workflow)
         for rec in self.records.values():
             await self._check_record(rec)
+        await self._check_versions()
         report = await fsck(self.service.db, self.store, verify_data=True)
         assert report.errors == []
+
+    async def _check_versions(self) -> None:
+        """The version rows are exactly the model's (no version lost, none extra, none changed,
+        every pinned one there), and every version of a live artifact reads back byte-identical
+        through the storage API (those expired: VersionNotFound)."""
+        v = artifact_versions.c
+        query = sa.select(v.artifact_id, v.version, v.content_hash)
+        rows = await self.service.db.run_read(lambda conn: conn.execute(query).all())
+        found = {(r.artifact_id, r.version): r.content_hash for r in rows}
+        kept = [r for r in self.records.values() if not r.purged]
+        assert found == {(r.id, n): sha(d) for r in kept for n, d in r.versions.items()}
+        for parent, number in self.pinned():
+            assert (parent, number) in found, f"version {number} of {parent}, pinned, is gone"
+        for rec in self.live():
+            for number in range(1, rec.current + 1):
+                if number not in rec.versions:
+                    with pytest.raises(VersionNotFound):
+                        await self.service.get_version(rec.id, number)
+                    continue
+                at, version = await self.service.get_version(rec.id, number)
+                assert (version.version, version.content_hash) == (
+                    number,
+                    sha(rec.versions[number]),
+                )
+                assert (version.superseded_at is None) == (number == rec.current)
+                assert await self.service.read_bytes(at) == rec.versions[number]
 
     async def _check_record(self, rec: Record) -> None:
         assert self.client is not None
@@ -771,6 +982,7 @@ class StoreMachine(RuleBasedStateMachine):
             "derived_from": list(rec.parents),
             "created_at": rec.created_at,
             "content": utf8(rec.data) if rec.is_text else None,
+            "version": rec.current,
         }
         assert {k: body[k] for k in expected} == expected
         download = await self.client.get(f"/artifacts/{rec.id}/download")

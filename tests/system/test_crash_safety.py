@@ -17,6 +17,13 @@ artifacts; sizes from 1 byte to 2 MiB (so kills land mid-body); a quarter reuse 
 another upload (the dedupe path, racing it); half carry an Idempotency-Key. Everything in the
 plan (contents, keys, order, kill points) comes from random.Random(seed); thread scheduling
 does not, so a failure names its seed and the per-upload story (`Upload.story`).
+
+Versions (issue 17), test_sigkill_during_concurrent_uploads_to_one_artifact: several clients
+upload to the same artifact at once, a third of the uploads with If-Match (the ETag the client
+last saw), the server SIGKILLed and restarted in each of a few rounds; after each restart every
+acknowledged upload is the version it was answered with, byte for byte, the version numbers have
+no gap or duplicate, the current version is the newest, every version's bytes are exactly one
+sent upload's (no partial version, none of a 412's, none twice), and fsck finds no error.
 """
 
 from __future__ import annotations
@@ -269,12 +276,15 @@ def record(u: Upload, r: httpx.Response, phase: str) -> None:
         u.error = None
 
 
-def cli(data_dir: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    data_dir: Path, database_url: str, *args: str, retention: str = "0"
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "ARTIFACTS_DATA_DIR": str(data_dir),
         "ARTIFACTS_DATABASE_URL": database_url,
-        "ARTIFACTS_VERSION_RETENTION": "0",  # gc keeps no replaced version: only what is live
+        # by default gc keeps no replaced version: only what is live
+        "ARTIFACTS_VERSION_RETENTION": retention,
     }
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
@@ -484,3 +494,236 @@ def test_sigkill_during_concurrent_uploads(
             f"fsck before gc: {len(before_gc['warnings'])} warnings {sorted(kinds)}; "
             f"storm {storm_s:.1f}s, total {time.monotonic() - started:.1f}s"
         )
+
+
+# ------------------------------------------------- versions: many clients, one artifact (issue 17)
+
+V_ROUNDS = 3  # a burst of uploads, a kill in the middle of it, a restart, then the checks
+V_CLIENTS = 6  # threads, each its own connection, all uploading to the same artifact
+V_PER_CLIENT = 5  # uploads per client and round, one after the other
+V_SEEDS = [1717]
+
+
+@dataclass
+class VersionUpload:
+    index: int
+    data: bytes  # unique: it names its upload, so a version's bytes say which upload made it
+    raw: bool
+    conditional: bool  # If-Match: the ETag this client last saw
+    if_match: str | None = None
+    status: int | None = None
+    version: int | None = None  # what a 200 answered
+    story: list[str] = field(default_factory=list)
+
+
+def version_upload_bytes(rng: random.Random, index: int) -> bytes:
+    head = f"upload {index:04d}\n".encode()
+    return head + rng.randbytes(binary_size(rng) // 2)  # up to 1 MiB: kills land mid-body
+
+
+def send_version_upload(fleet: Fleet, artifact_id: str, u: VersionUpload) -> httpx.Response | None:
+    headers = {"If-Match": u.if_match} if u.if_match else {}
+    if u.raw:
+        headers["Content-Type"] = "application/octet-stream"
+        body = u.data
+    else:
+        boundary = f"vb{u.index:06d}"
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        body = multipart(boundary, {}, f"v{u.index:04d}.bin", u.data)
+    url = fleet.url()
+    try:
+        r = fleet.client().post(
+            f"{url}/artifacts/{artifact_id}/upload", headers=headers, content=body
+        )
+    except httpx.TimeoutException as exc:
+        u.story.append(f"timeout {type(exc).__name__}")
+        return None
+    except httpx.TransportError as exc:
+        u.story.append(f"{type(exc).__name__}: {exc} ({url})")
+        return None
+    u.story.append(f"{r.status_code} {r.content[:200]!r} ({url})")
+    return r
+
+
+def current_etag(fleet: Fleet, artifact_id: str) -> str:
+    """What a client that has not seen the artifact yet reads first (a kill may refuse it:
+    then from the next server)."""
+    for _ in range(20):
+        try:
+            r = fleet.client().get(f"{fleet.url()}/artifacts/{artifact_id}")
+        except httpx.TransportError:
+            time.sleep(0.05)
+            continue
+        assert r.status_code == 200, r.text
+        return f'"{r.json()["content_hash"]}"'
+    raise AssertionError("no server answered a GET")
+
+
+def list_versions(c: httpx.Client, artifact_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    params: dict[str, str | int] = {"limit": 200}
+    for _ in range(50):
+        r = c.get(f"/artifacts/{artifact_id}/versions", params=params)
+        assert r.status_code == 200, r.text
+        items += r.json()
+        cursor = r.headers.get("x-next-cursor")
+        if cursor is None:
+            return items
+        params["cursor"] = cursor
+    raise AssertionError("the versions listing did not end")
+
+
+def check_versions(
+    fleet: Fleet,
+    artifact_id: str,
+    initial: bytes,
+    sent: list[VersionUpload],
+    where: str,
+) -> dict[int, bytes]:
+    """What every restart must leave: versions 1..current with no gap and no duplicate, the
+    current one the newest; each version's bytes are exactly the initial bytes or one sent
+    upload's (no partial version), no upload's bytes in two versions, none of a 412's; every
+    acknowledged upload is the version it was answered with, byte for byte. Returns them."""
+    by_data = {u.data: u for u in sent}
+    with httpx.Client(base_url=fleet.url(), timeout=60) as c:
+        listed = list_versions(c, artifact_id)
+        current = c.get(f"/artifacts/{artifact_id}")
+        assert current.status_code == 200, (where, current.text)
+        numbers = [v["version"] for v in listed]
+        assert numbers == list(range(len(listed), 0, -1)), (where, "gap or duplicate", numbers)
+        assert current.json()["version"] == numbers[0], (where, current.json(), numbers[0])
+        assert [v["is_current"] for v in listed] == [True] + [False] * (len(listed) - 1), where
+        got: dict[int, bytes] = {}
+        for v in listed:
+            r = c.get(f"/artifacts/{artifact_id}/versions/{v['version']}/download")
+            assert r.status_code == 200, (where, v, r.text)
+            assert sha(r.content) == v["content_hash"] and len(r.content) == v["size_bytes"], where
+            got[v["version"]] = r.content
+    assert got[1] == initial, where
+    made: dict[int, VersionUpload] = {}
+    for number, data in got.items():
+        if number == 1:
+            continue
+        u = by_data.get(data)
+        assert u is not None, (where, f"version {number}: bytes no upload sent", data[:40])
+        assert u.status != 412, (where, f"version {number} is a refused upload's", u.story)
+        assert u.index not in {m.index for m in made.values()}, (where, "in two versions", u.story)
+        made[number] = u
+    for u in sent:
+        if u.status == 200:
+            assert u.version is not None and made.get(u.version) is u, (where, u.version, u.story)
+    return got
+
+
+@pytest.mark.parametrize("seed", V_SEEDS)
+def test_sigkill_during_concurrent_uploads_to_one_artifact(
+    seed: int, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17's crash loop: V_CLIENTS clients upload to the same artifact at once, a third of
+    the uploads with If-Match (the ETag that client last saw), while the server is SIGKILLed
+    and restarted once per round; after each restart (the round's clients done), the versions
+    are checked (check_versions) and fsck --verify-data has no error. At the end: gc --grace 0
+    (versions kept for ever, the default) reclaims the litter and no version, fsck is clean,
+    and a fresh server serves every acknowledged version."""
+    rng = random.Random(seed)
+    where = f"versions seed={seed} ({database_url.split(':')[0]})"
+    data_dir = tmp_path / "data"
+    started = time.monotonic()
+    initial = b"version one\n"
+    sent: list[VersionUpload] = []
+    counter = itertools.count(1)
+    fleet = Fleet(data_dir, database_url)
+    try:
+        with httpx.Client(base_url=fleet.url(), timeout=30) as c:
+            r = c.post(
+                "/artifacts",
+                json={"workflow_id": f"wf-v-{seed}", "artifact_type": "text", "title": "target",
+                      "content": initial.decode(), "content_type": "text/plain"},
+            )  # fmt: skip
+            assert r.status_code == 201, (where, r.text)
+            artifact_id = r.json()["id"]
+            etag0 = r.headers.get("etag") or f'"{r.json()["content_hash"]}"'
+        unexpected: list[str] = []
+        answered = threading.Semaphore(0)
+        rounds = []
+        for round_no in range(V_ROUNDS):
+            plans = [
+                [
+                    VersionUpload(
+                        i, version_upload_bytes(rng, i), rng.random() < 0.5, rng.random() < 1 / 3
+                    )
+                    for i in (next(counter) for _ in range(V_PER_CLIENT))
+                ]
+                for _ in range(V_CLIENTS)
+            ]
+            sent += [u for p in plans for u in p]
+            kill_after, jitter = rng.randint(2, V_CLIENTS * V_PER_CLIENT // 2), rng.random() * 0.02
+
+            def client(plan: list[VersionUpload], round_no: int = round_no) -> None:
+                seen = etag0 if round_no == 0 else None
+                for u in plan:
+                    if u.conditional:
+                        seen = seen or current_etag(fleet, artifact_id)
+                        u.if_match = seen
+                    r = send_version_upload(fleet, artifact_id, u)
+                    answered.release()
+                    if r is None:
+                        continue
+                    u.status = r.status_code
+                    if r.status_code == 200:
+                        u.version = r.json()["version"]
+                        seen = f'"{r.json()["content_hash"]}"'
+                    elif r.status_code == 412 and u.conditional:
+                        assert r.json()["code"] == "precondition_failed"
+                        seen = r.headers["etag"]
+                    else:
+                        unexpected.append(f"upload {u.index}: {r.status_code} {r.text[:200]}")
+
+            def killer(kill_after: int = kill_after, jitter: float = jitter) -> None:
+                for _ in range(kill_after):
+                    answered.acquire(timeout=120)
+                time.sleep(jitter)
+                fleet.kill()
+
+            kill_thread = threading.Thread(target=killer, daemon=True)
+            kill_thread.start()
+            with ThreadPoolExecutor(V_CLIENTS) as pool:
+                list(pool.map(client, plans))
+            kill_thread.join(60)
+            assert not kill_thread.is_alive(), where
+            while answered.acquire(blocking=False):  # what the killer did not wait for
+                pass
+            assert not unexpected, (where, unexpected)
+            assert fleet.kills == round_no + 1, where
+            got = check_versions(fleet, artifact_id, initial, sent, where)
+            run = cli(data_dir, database_url, "fsck", "--verify-data", "--json")
+            check = json.loads(run.stdout)
+            assert (run.returncode, check["errors"]) == (0, []), (where, run.stdout, run.stderr)
+            assert {w["problem"] for w in check["warnings"]} <= GC_KINDS, (where, check)
+            statuses = [u.status for u in sent[-V_CLIENTS * V_PER_CLIENT :]]
+            rounds.append(
+                f"{statuses.count(200)} ok, {statuses.count(412)} 412, "
+                f"{statuses.count(None)} unanswered -> {len(got)} versions"
+            )
+        acked = sum(u.status == 200 for u in sent)
+        assert acked >= V_ROUNDS, (where, "hardly anything was acknowledged")
+        assert any(u.status is None for u in sent), (where, "the kills interrupted no upload")
+        fleet.stop()
+
+        run = cli(data_dir, database_url, "gc", "--grace", "0", "--json", retention="forever")
+        assert run.returncode == 0, (where, run.stdout, run.stderr)
+        report = json.loads(run.stdout)
+        assert (report["artifacts_purged"], report["versions_expired"]) == ([], 0), where
+        run = cli(data_dir, database_url, "fsck", "--verify-data", "--json")
+        check = json.loads(run.stdout)
+        assert (run.returncode, check["errors"], check["warnings"]) == (0, [], []), (where, check)
+        assert check["versions_checked"] == len(got), (where, check)
+        assert count_rows(database_url, "artifact_versions") == len(got), where
+
+        fleet.restart()
+        assert check_versions(fleet, artifact_id, initial, sent, where) == got, where
+    finally:
+        fleet.stop()
+
+    with capsys.disabled():
+        print(f"\n{where}: rounds {rounds}; total {time.monotonic() - started:.1f}s")
