@@ -63,6 +63,7 @@ class Created(msgspec.Struct):
     content_hash: str
     size_bytes: int
     created_at: str
+    version: int
 
 
 class ContentBody(msgspec.Struct):
@@ -164,7 +165,7 @@ def record(a: Artifact, content: str | None, download_url: str) -> ArtifactRecor
 def created(a: Artifact) -> Created:
     return Created(
         a.id, a.title, a.artifact_type, "created", a.content_hash, a.size_bytes,
-        us_to_iso(a.created_at),
+        us_to_iso(a.created_at), a.version,
     )  # fmt: skip
 
 

@@ -120,6 +120,18 @@ def test_versions_follow_create_uploads_and_not_metadata_updates(
     assert v1[0]["download_url"] == f"{server.url}/api/v1/artifacts/{aid}/versions/4/download"
 
 
+def test_a_create_answers_its_version_as_an_upload_does(client: httpx.Client) -> None:
+    """The 201 names version 1 (JSON and multipart creates), the next upload version 2."""
+    body = {"workflow_id": "wf-v", "artifact_type": "text", "title": "t", "content": "x"}
+    made = client.post("/artifacts", json=body)
+    assert (made.status_code, made.json()["version"]) == (201, 1)
+    form = {k: v for k, v in body.items() if k != "content"}
+    multi = client.post("/artifacts", data=form, files={"file": ("a.bin", b"\x00")})
+    assert (multi.status_code, multi.json()["version"]) == (201, 1)
+    r = upload(client, made.json()["id"], b"second")
+    assert (r.status_code, r.json()["version"]) == (200, 2)
+
+
 def test_every_version_reads_back_byte_identical_after_later_uploads(
     client: httpx.Client,
 ) -> None:
