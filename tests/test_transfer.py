@@ -401,6 +401,7 @@ def test_multipart_create_stores_the_file(live: Live, http: httpx.Client) -> Non
         "content_hash": sha(data),
         "size_bytes": len(data),
         "created_at": created["created_at"],
+        "version": 1,
     }
     got = record(http, aid)
     assert {k: v for k, v in got.items() if k not in ("id", "created_at", "updated_at")} == {
