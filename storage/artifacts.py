@@ -333,20 +333,7 @@ class ArtifactService:
         def write(conn: sa.Connection, epoch: int | None) -> Artifact:
             now = self.clock()
             self._ensure_blob_row(conn, put, now, epoch)
-            version = self._next_version(conn, artifact_id, expected_version)
-            conn.execute(
-                artifacts.update()
-                .where(artifacts.c.id == artifact_id, self.mine)
-                .values(
-                    content_hash=put.digest,
-                    size_bytes=put.size,
-                    content_type=described.content_type,
-                    filename=described.filename,
-                    is_text=described.is_text,
-                    updated_at=now,
-                    version=version,
-                )
-            )
+            version = self._next_version(conn, artifact_id, expected_version, put, described, now)
             previous = conn.execute(
                 artifact_versions.update()
                 .where(
@@ -373,22 +360,47 @@ class ArtifactService:
         self.on_commit()
         return after
 
-    def _next_version(self, conn: sa.Connection, artifact_id: str, expected: int | None) -> int:
-        """The number the next version of a live artifact gets, its row locked until the
-        transaction ends (PostgreSQL: FOR UPDATE, so concurrent uploads number their versions
-        one after the other; SQLite writers are serialised already). `expected`: the version
-        that must still be current (If-Match), else PreconditionFailed."""
-        stmt = sa.select(artifacts.c.version, artifacts.c.content_hash).where(
-            artifacts.c.id == artifact_id, self.mine, LIVE
-        )
-        if self.db.dialect == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).first()
-        if row is None:
+    def _next_version(
+        self,
+        conn: sa.Connection,
+        artifact_id: str,
+        expected: int | None,
+        put: PutResult,
+        described: NewContent,
+        now: int,
+    ) -> int:
+        """The live artifact's row turned to its next version, in one statement that also
+        numbers it (`version + 1 ... RETURNING version`; on PostgreSQL the UPDATE holds the row
+        until the transaction ends, so concurrent uploads number their versions one after the
+        other; SQLite writers are serialised already). `expected`: the version that must still
+        be current (If-Match), else PreconditionFailed; ArtifactNotFound when it is gone."""
+        where = [artifacts.c.id == artifact_id, self.mine, LIVE]
+        if expected is not None:
+            where.append(artifacts.c.version == expected)
+        version = conn.execute(
+            artifacts.update()
+            .where(*where)
+            .values(
+                content_hash=put.digest,
+                size_bytes=put.size,
+                content_type=described.content_type,
+                filename=described.filename,
+                is_text=described.is_text,
+                updated_at=now,
+                version=artifacts.c.version + 1,
+            )
+            .returning(artifacts.c.version)
+        ).scalar()
+        if version is not None:
+            return int(version)
+        current = conn.execute(
+            sa.select(artifacts.c.content_hash).where(
+                artifacts.c.id == artifact_id, self.mine, LIVE
+            )
+        ).scalar()
+        if current is None:
             raise ArtifactNotFound(artifact_id)
-        if expected is not None and row.version != expected:
-            raise PreconditionFailed(artifact_id, row.content_hash)
-        return int(row.version) + 1
+        raise PreconditionFailed(artifact_id, current)
 
     async def update(
         self, ref: str, changes: ArtifactChanges, *, hook: WriteHook | None = None
