@@ -23,10 +23,10 @@ import pytest
 
 from storage.artifacts import MIN_PREFIX, ArtifactService
 from storage.blobs import FilesystemBlobStore
-from storage.db.engine import Database, sqlite_url
+from storage.db.engine import Database
 from storage.db.migrate import upgrade
 from storage.records import NewArtifact
-from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.databases import BACKENDS, fresh_database
 from tests.support.inprocess import AppServer, start_app
 from tests.support.routes import ROUTES
 
@@ -72,21 +72,13 @@ class Env:
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("prefixes")
-    if request.param == "sqlite":
-        url = sqlite_url(tmp / "artifacts.db")
-    else:
-        assert POSTGRES_URL
-        url = create_pg_database(POSTGRES_URL)
-    try:
+    with fresh_database(tmp, request.param) as url:
         upgrade(url)
         server = start_app(tmp / "data", database_url=url)
         try:
             yield Env(server, url)
         finally:
             server.stop()
-    finally:
-        if request.param != "sqlite":
-            drop_pg_database(POSTGRES_URL, url)
 
 
 @pytest.fixture

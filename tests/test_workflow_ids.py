@@ -24,10 +24,10 @@ import pytest
 from app.workflows.export import safe_segment
 from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
-from storage.db.engine import Database, sqlite_url
+from storage.db.engine import Database
 from storage.db.migrate import upgrade
 from storage.records import NewArtifact
-from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
+from tests.support.databases import BACKENDS, fresh_database
 from tests.support.exports import assert_safe_name
 from tests.support.inprocess import AppServer, start_app
 
@@ -96,12 +96,7 @@ def seed_legacy(url: str, server: AppServer) -> tuple[str, str]:
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("workflow-ids")
-    if request.param == "sqlite":
-        url = sqlite_url(tmp / "artifacts.db")
-    else:
-        assert POSTGRES_URL
-        url = create_pg_database(POSTGRES_URL)
-    try:
+    with fresh_database(tmp, request.param) as url:
         upgrade(url)
         server = start_app(tmp / "data", database_url=url)
         try:
@@ -120,9 +115,6 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             yield Env(server, ids)
         finally:
             server.stop()
-    finally:
-        if request.param != "sqlite":
-            drop_pg_database(POSTGRES_URL, url)
 
 
 @pytest.fixture
