@@ -78,6 +78,11 @@ def _run_batch(
     transaction itself fails (BEGIN, a savepoint, COMMIT), every write that had not failed on
     its own fails with that error, and nothing of the batch is stored."""
     _worker.loop = loop
+    if len(batch) == 1:
+        try:
+            return [_run_alone(engine, batch[0])]
+        finally:
+            _worker.loop = None
     outcomes: list[tuple[bool, Any]] = []
     try:
         with engine.connect() as conn, conn.begin():
@@ -100,6 +105,23 @@ def _run_batch(
     finally:
         _worker.loop = None
     return outcomes
+
+
+def _run_alone(engine: sa.Engine, write: _Write) -> tuple[bool, Any]:
+    """A batch of one (the common case below a handful of concurrent writers): the write alone
+    in its transaction, without the savepoint (two statements compiled and run per write) that
+    only keeps a failing write from taking others down. The outcome is the batch's: the
+    write's own exception even when the rollback after it fails too."""
+    failed: Exception | None = None
+    try:
+        with engine.connect() as conn, conn.begin():
+            try:
+                return True, write.work(conn)
+            except Exception as exc:
+                failed = exc
+                raise
+    except Exception as exc:
+        return False, failed or exc
 
 
 def _read_in_thread(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
