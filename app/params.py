@@ -131,8 +131,9 @@ def _headers(request: Request, wanted: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def parse(request: Request, model: type[P]) -> P:
-    """The route's parameters, or InvalidInput with every failing field's items."""
+def parse(request: Request, model: type[P], context: dict[str, Any] | None = None) -> P:
+    """The route's parameters, or InvalidInput with every failing field's items. `context`:
+    the validation context (limits from the settings) for fields that read one."""
     plan = _plan(model)
     query = dict(query_items(request))
     headers = _headers(request, [alias for _, alias, is_header, _ in plan if is_header])
@@ -152,10 +153,15 @@ def parse(request: Request, model: type[P]) -> P:
         values[name] = value
     if fast:
         return model.model_construct(**values)  # type: ignore[return-value]
-    return _validate(model, query, headers)
+    return _validate(model, query, headers, context)
 
 
-def _validate(model: type[P], query: dict[str, str], headers: dict[str, str]) -> P:
+def _validate(
+    model: type[P],
+    query: dict[str, str],
+    headers: dict[str, str],
+    context: dict[str, Any] | None = None,
+) -> P:
     data: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         alias = field.alias or name
@@ -163,7 +169,7 @@ def _validate(model: type[P], query: dict[str, str], headers: dict[str, str]) ->
         if alias in source:
             data[alias] = source[alias]
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         items = []
         for err in exc.errors(include_url=False):

@@ -171,6 +171,30 @@ def test_one_versions_record_inlines_its_text(server: AppServer, client: httpx.C
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "include_content"]
 
 
+def test_an_upload_names_who_wrote_its_version(client: httpx.Client) -> None:
+    """`created_by` on an upload (a query parameter: the body is the bytes) is its version's,
+    held to the same rules as the create's field; the artifact keeps its creator."""
+    aid = create(client, "first", created_by="agent-1")
+    uploaded(client, aid, b"second", created_by="agent-2")
+    r = client.post(
+        f"/artifacts/{aid}/upload", files={"file": ("c.txt", b"third")}, params={"created_by": "ci"}
+    )
+    assert r.status_code == 200, r.text
+    versions = client.get(f"/artifacts/{aid}/versions").json()
+    assert [(v["version"], v["created_by"]) for v in versions] == [
+        (3, "ci"),
+        (2, "agent-2"),
+        (1, "agent-1"),
+    ]
+    assert client.get(f"/artifacts/{aid}").json()["created_by"] == "agent-1"
+    for bad, kind in (("x" * 256, "string_too_long"), ("a\x00b", "string_nul")):
+        r = upload(client, aid, b"refused", created_by=bad)
+        assert r.status_code == 422, r.text
+        item = r.json()["detail"][0]
+        assert (item["loc"], item["type"]) == (["query", "created_by"], kind), item
+    assert len(client.get(f"/artifacts/{aid}/versions").json()) == 3  # nothing stored
+
+
 def test_the_versions_list_paginates_with_a_cursor(client: httpx.Client) -> None:
     aid = create(client, "0")
     for i in range(1, 7):

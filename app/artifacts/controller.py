@@ -119,6 +119,10 @@ class GetParams(params.Params):
 class UploadParams(KeyedParams):
     HEADERS = KeyedParams.HEADERS | {"if_match"}
     filename: str | None = None
+    # who wrote the version this upload makes (the create's body says it for version 1)
+    created_by: schemas.Id | None = Field(
+        None, description=f"who wrote this version; {schemas.IDS}"
+    )
     # `*` or entity tags: write only if the current version's ETag ("<sha256>") is one of them
     if_match: str | None = Field(None, alias="if-match")
 
@@ -438,7 +442,7 @@ class ArtifactController(Controller):
         Every upload makes a new version. With `If-Match` (the download's ETag `"<sha256>"`,
         or `*`), 412 `precondition_failed` when another version is current, or landed while
         the body streamed: nothing is written."""
-        p = params.parse(request, UploadParams)
+        p = params.parse(request, UploadParams, schemas.input_limits(settings))
         if_match = if_match_of(p.if_match)
         # a conditional upload is another request than an unconditional one (keys compare it)
         condition = () if p.if_match is None else (f"if-match:{p.if_match}",)
@@ -477,7 +481,12 @@ class ArtifactController(Controller):
                 target = acting_on(replayed_id(idem, artifact_id), "/upload")
                 digest = await _hash_only(chunks, limit)
                 return idem.replay(fingerprint(request, head, digest, *condition, path=target))
-            described = NewContent(content_type=ctype, filename=name, is_text=is_textual(ctype))
+            described = NewContent(
+                content_type=ctype,
+                filename=name,
+                is_text=is_textual(ctype),
+                created_by=p.created_by,
+            )
 
             def render(a: Artifact) -> Answer:
                 body = encode(wire.uploaded(a, download_url(request, settings, a)))
