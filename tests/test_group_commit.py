@@ -74,6 +74,16 @@ async def test_a_failing_write_rolls_back_alone(db: Database) -> None:
         assert 1 <= len(commits) < 40  # batched: the savepoints did the isolating
 
 
+async def test_a_write_alone_in_its_batch_fails_alone(db: Database) -> None:
+    """One write at a time (each a batch of one, run without a savepoint): a failing write's
+    insert is rolled back and it hears its own error; the next write is unaffected."""
+    await db.run_write(insert(1))
+    with pytest.raises(ValueError, match="write 2 fails"):
+        await db.run_write(insert(2, fail=True))
+    assert await db.run_write(insert(3)) == 3
+    assert await stored(db) == {1, 3}
+
+
 async def test_a_failed_commit_fails_every_write_of_its_batch(db: Database) -> None:
     """A write whose deferred foreign key only fails at COMMIT takes its batch with it: none
     of the batch is stored and every caller hears of it; later writes are unaffected."""

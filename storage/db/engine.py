@@ -86,18 +86,23 @@ def _run_batch(
     outcomes: list[tuple[bool, Any]] = []
     try:
         with engine.connect() as conn, conn.begin():
+            # the savepoints as plain SQL on the sqlite3 connection: SQLAlchemy's begin_nested()
+            # compiles SAVEPOINT and RELEASE anew for every write (they have no cache key)
+            raw = conn.connection.driver_connection
+            assert raw is not None
             for write in batch:
-                savepoint = conn.begin_nested()
+                raw.execute("SAVEPOINT write")
                 try:
                     result = write.work(conn)
                 except Exception as exc:
                     try:
-                        savepoint.rollback()
+                        raw.execute("ROLLBACK TO write")
+                        raw.execute("RELEASE write")
                     except Exception:  # SQLite rolled the whole transaction back (disk full, I/O)
                         raise exc from None
                     outcomes.append((False, exc))
                 else:
-                    savepoint.commit()
+                    raw.execute("RELEASE write")
                     outcomes.append((True, result))
     except Exception as exc:
         failed = [o if not o[0] else (False, exc) for o in outcomes]
@@ -109,8 +114,8 @@ def _run_batch(
 
 def _run_alone(engine: sa.Engine, write: _Write) -> tuple[bool, Any]:
     """A batch of one (the common case below a handful of concurrent writers): the write alone
-    in its transaction, without the savepoint (two statements compiled and run per write) that
-    only keeps a failing write from taking others down. The outcome is the batch's: the
+    in its transaction, without the savepoint that only keeps a failing write from taking
+    others down. The outcome is the batch's: the
     write's own exception even when the rollback after it fails too."""
     failed: Exception | None = None
     try:
