@@ -231,7 +231,7 @@ class AsyncArtifactsClient:
                 "Content-Digest": c.content_digest(form.digest(source)),
                 "X-Content-SHA256": source.sha256,
             }
-            body = _AReplay(lambda: form.chunks(source), progress)
+            body = _AReplay(lambda: form.chunks(source), progress, (form.head, form.tail))
             key = idempotency_key or c.new_key()
             data = await self._json("POST", "/artifacts", body=body, headers=headers, key=key)
             return Created.from_json(data)
@@ -620,8 +620,14 @@ class _AReplay:
     """A body made afresh for each attempt; on a retry, `progress` is rewound by what the
     failed attempt had sent."""
 
-    def __init__(self, make: Callable[[], Iterator[bytes]], progress: c.Progress | None) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Iterator[bytes]],
+        progress: c.Progress | None,
+        envelope: tuple[bytes, ...] = (),
+    ) -> None:
         self.make, self.progress, self.sent = make, progress, 0
+        self.envelope = envelope  # chunks that are framing, not content: not reported
 
     def __call__(self) -> AsyncIterator[bytes]:
         if self.progress is not None and self.sent:
@@ -631,6 +637,9 @@ class _AReplay:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         for chunk in self.make():
+            if any(chunk is e for e in self.envelope):
+                yield chunk
+                continue
             self.sent += len(chunk)
             if self.progress is not None:
                 self.progress(len(chunk))

@@ -229,7 +229,7 @@ class ArtifactsClient:
                 "Content-Digest": c.content_digest(form.digest(source)),
                 "X-Content-SHA256": source.sha256,
             }
-            body = _Replay(lambda: form.chunks(source), progress)
+            body = _Replay(lambda: form.chunks(source), progress, (form.head, form.tail))
             key = idempotency_key or c.new_key()
             data = self._json("POST", "/artifacts", body=body, headers=headers, key=key)
             return Created.from_json(data)
@@ -606,8 +606,14 @@ class _Replay:
     """A body made afresh for each attempt; on a retry, `progress` is rewound by what the
     failed attempt had sent."""
 
-    def __init__(self, make: Callable[[], Iterator[bytes]], progress: c.Progress | None) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Iterator[bytes]],
+        progress: c.Progress | None,
+        envelope: tuple[bytes, ...] = (),
+    ) -> None:
         self.make, self.progress, self.sent = make, progress, 0
+        self.envelope = envelope  # chunks that are framing, not content: not reported
 
     def __call__(self) -> Iterator[bytes]:
         if self.progress is not None and self.sent:
@@ -617,6 +623,9 @@ class _Replay:
 
     def _chunks(self) -> Iterator[bytes]:
         for chunk in self.make():
+            if any(chunk is e for e in self.envelope):
+                yield chunk
+                continue
             self.sent += len(chunk)
             if self.progress is not None:
                 self.progress(len(chunk))
