@@ -225,10 +225,11 @@ class AsyncArtifactsClient:
                 )
             )
             form = c.Multipart(fields, name, ctype)
+            source.scan(form.head, form.tail)  # the file's and the body's sha256, one read
             headers = {
                 "Content-Type": form.content_type,
                 "Content-Length": str(form.length(source)),
-                "Content-Digest": c.content_digest(form.digest(source)),
+                "Content-Digest": c.content_digest(source.body_sha256),
                 "X-Content-SHA256": source.sha256,
             }
             body = _AReplay(lambda: form.chunks(source), progress, (form.head, form.tail))
@@ -256,6 +257,7 @@ class AsyncArtifactsClient:
         source = await _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name
+            source.scan()
             headers = {
                 "Content-Type": content_type or c.guess_type(name),
                 "Content-Length": str(source.size),

@@ -159,7 +159,9 @@ class Source:
                 self._spool_from(iter(lambda: fileobj.read(self.chunk_size), b""))
         else:
             self._spool_from(iter(body))
-        self.size, self.sha256 = self._scan()
+        self.size = 0
+        self.sha256 = ""
+        self.body_sha256 = ""  # of head + bytes + tail, when scan() was given an envelope
 
     def _spool_from(self, chunks: Iterator[bytes]) -> None:
         spool = tempfile.TemporaryFile(prefix="wfa-spool-")
@@ -184,13 +186,18 @@ class Source:
         self.file.seek(self._start)
         yield from iter(lambda: self.file.read(self.chunk_size), b"")  # type: ignore[union-attr]
 
-    def _scan(self) -> tuple[int, str]:
-        h = hashlib.sha256()
+    def scan(self, head: bytes = b"", tail: bytes = b"") -> Source:
+        """Read the bytes once for their size and sha256 (and, with a multipart envelope,
+        the whole body's): the digests go in headers, before the body."""
+        h, body = hashlib.sha256(), hashlib.sha256(head)
         size = 0
         for chunk in self.chunks():
             h.update(chunk)
+            body.update(chunk)
             size += len(chunk)
-        return size, h.hexdigest()
+        body.update(tail)
+        self.size, self.sha256, self.body_sha256 = size, h.hexdigest(), body.hexdigest()
+        return self
 
     def adopt(self, spool: IO[bytes]) -> None:
         """Close `spool` (a temporary file this source reads) with the source."""
@@ -253,14 +260,6 @@ class Multipart:
 
     def length(self, source: Source) -> int:
         return len(self.head) + source.size + len(self.tail)
-
-    def digest(self, source: Source) -> str:
-        """sha256 of the whole body (Content-Digest covers it, RFC 9530): one more read."""
-        h = hashlib.sha256(self.head)
-        for chunk in source.chunks():
-            h.update(chunk)
-        h.update(self.tail)
-        return h.hexdigest()
 
     def chunks(self, source: Source) -> Iterator[bytes]:
         yield self.head

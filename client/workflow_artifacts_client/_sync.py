@@ -223,10 +223,11 @@ class ArtifactsClient:
                 )
             )
             form = c.Multipart(fields, name, ctype)
+            source.scan(form.head, form.tail)  # the file's and the body's sha256, one read
             headers = {
                 "Content-Type": form.content_type,
                 "Content-Length": str(form.length(source)),
-                "Content-Digest": c.content_digest(form.digest(source)),
+                "Content-Digest": c.content_digest(source.body_sha256),
                 "X-Content-SHA256": source.sha256,
             }
             body = _Replay(lambda: form.chunks(source), progress, (form.head, form.tail))
@@ -254,6 +255,7 @@ class ArtifactsClient:
         source = c.Source(file, self.chunk_size, filename)
         try:
             name = filename or source.name
+            source.scan()
             headers = {
                 "Content-Type": content_type or c.guess_type(name),
                 "Content-Length": str(source.size),
