@@ -113,7 +113,12 @@ class Retry:
         return base * (0.5 + random.random() / 2)  # noqa: S311 (jitter, not security)
 
 
+PERMANENT = frozenset({"crownest_not_configured"})  # 503s that no wait will change
+
+
 def retryable(error: ApiError) -> bool:
+    if error.code in PERMANENT:
+        return False
     return error.status in RETRY_STATUS or error.code == "idempotency_request_in_progress"
 
 
@@ -451,11 +456,13 @@ class Sink:
         got = self.hash.hexdigest()
         if got != self.sha256:
             self.discard()
-            raise DigestMismatch(
+            error = DigestMismatch(
                 0,
                 "digest_mismatch",
                 f"the downloaded bytes hash to {got}, not {self.sha256}; nothing was kept",
             )
+            error.resumed = self.resumed_from > 0  # type: ignore[attr-defined]
+            raise error
         self.file.flush()
         if self.part is not None and self.dest is not None:
             os.fsync(self.file.fileno())

@@ -384,6 +384,39 @@ class ArtifactsClient:
         `.wfa-part` file renamed onto `dest` only once the sha256 matches (DigestMismatch
         otherwise, and nothing is left). `expected_sha256` (e.g. a listing's `content_hash`)
         saves a HEAD and is held to: other bytes raise DigestMismatch."""
+        try:
+            return self._download_once(
+                artifact_id,
+                dest,
+                version=version,
+                expected_sha256=expected_sha256,
+                resume=resume,
+                progress=progress,
+            )
+        except DigestMismatch as exc:
+            if not (resume and getattr(exc, "resumed", False)):
+                raise
+        # the bytes of an earlier run's .part were not these bytes: fetch them all again
+        return self._download_once(
+            artifact_id,
+            dest,
+            version=version,
+            expected_sha256=expected_sha256,
+            resume=False,
+            progress=progress,
+        )
+
+    def _download_once(
+        self,
+        artifact_id: str,
+        dest: Dest,
+        *,
+        version: int | None = None,
+        expected_sha256: str | None = None,
+        resume: bool = True,
+        progress: c.Progress | None = None,
+    ) -> Downloaded:
+        """One attempt at download(); see there."""
         path = _download_path(artifact_id, version)
         head = self._request("HEAD", path)
         sha, size = c.sha_of_head(head)
@@ -420,7 +453,7 @@ class ArtifactsClient:
                             progress(-sink.offset)
                         sink.restart()
                     before = sink.offset
-                    for chunk in response.iter_bytes(self.chunk_size):
+                    for chunk in response.iter_bytes():
                         sink.write(chunk)
                         if progress is not None:
                             progress(len(chunk))
@@ -465,7 +498,7 @@ class ArtifactsClient:
             out: IO[bytes] = part.open("wb") if part else dest  # type: ignore[assignment]
             written = 0
             try:
-                for chunk in response.iter_bytes(self.chunk_size):
+                for chunk in response.iter_bytes():
                     out.write(chunk)
                     written += len(chunk)
                     if progress is not None:
