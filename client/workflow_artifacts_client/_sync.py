@@ -418,7 +418,14 @@ class ArtifactsClient:
     ) -> Downloaded:
         """One attempt at download(); see there."""
         path = _download_path(artifact_id, version)
-        head = self._request("HEAD", path)
+        try:
+            head = self._request("HEAD", path)
+        except ApiError as exc:
+            if exc.code is not None:
+                raise
+            # a HEAD answer has no body: ask again by GET for the error's code and detail
+            self._json("GET", path.removesuffix("/download"), params={"include_content": "false"})
+            raise
         sha, size = c.sha_of_head(head)
         if expected_sha256 is not None and expected_sha256.lower() != sha:
             raise DigestMismatch(

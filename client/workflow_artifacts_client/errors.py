@@ -53,7 +53,8 @@ class ApiError(ArtifactsError):
             for item in detail:
                 if isinstance(item, dict):
                     loc = ".".join(str(x) for x in item.get("loc", []))
-                    parts.append(f"{loc}: {item.get('msg', item.get('type'))}")
+                    kind = f" [{item['type']}]" if item.get("type") else ""
+                    parts.append(f"{loc}: {item.get('msg', '')}{kind}")
                 else:
                     parts.append(str(item))
             detail = "; ".join(parts)
