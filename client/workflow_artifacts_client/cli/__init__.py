@@ -282,8 +282,9 @@ def target_of(a: Artifact, by_phase: bool) -> PurePosixPath:
     meta_path = a.metadata.get("path") if isinstance(a.metadata, dict) else None
     rel = safe_rel(meta_path if isinstance(meta_path, str) else None)
     rel = rel or safe_rel(a.filename) or safe_rel(a.title) or PurePosixPath(a.id)
-    if by_phase:
-        rel = (safe_rel(a.phase_id) or PurePosixPath("_no_phase")) / rel
+    phase = safe_rel(a.phase_id) if by_phase else None
+    if phase is not None:  # without --phase, each phase is a folder (no phase: DEST itself)
+        rel = phase / rel
     return rel
 
 
