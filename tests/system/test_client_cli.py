@@ -257,3 +257,42 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(srv: Server, wf: str, tmp_path
     run = wfa("push", "-w", wf, url=srv.url)  # argparse's own usage error
     assert run.returncode == 2 and "usage: wfa push" in run.stderr
     assert wfa("--help", url=None).returncode == 0
+
+
+def test_in_a_terminal_with_rich_push_and_pull_draw_bars(srv: Server, wf: str, tmp_path: Path):
+    pytest.importorskip("rich")
+    import pty
+
+    (tmp_path / "a.bin").write_bytes(os.urandom(2_000_000))
+
+    def in_terminal(*args: str) -> tuple[int, str]:
+        leader, follower = pty.openpty()
+        env = {**os.environ, "ARTIFACTS_URL": srv.url, "COLUMNS": "120", "TERM": "xterm"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workflow_artifacts_client", *args],
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            env=env,
+        )
+        os.close(follower)
+        out = b""
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the other end closed
+                break
+            if not data:
+                break
+            out += data
+        os.close(leader)
+        return proc.wait(30), out.decode("utf-8", "replace")
+
+    code, out = in_terminal("push", str(tmp_path / "a.bin"), "-w", wf)
+    assert code == 0, out
+    assert "\x1b[" in out and "━" in out  # a drawn bar, not plain lines
+    assert "┃" in out or "│" in out  # the summary as a rich table
+    assert "push a.bin (" not in out
+    code, out = in_terminal("pull", "-w", wf, str(tmp_path / "out"))
+    assert code == 0, out
+    assert (tmp_path / "out" / "a.bin").read_bytes() == (tmp_path / "a.bin").read_bytes()

@@ -143,3 +143,42 @@ def test_a_wrong_byte_on_the_wire_fails_and_leaves_nothing(srv: Server, wf: str,
     assert "digest_mismatch" in run.stdout and "Traceback" not in run.stderr
     assert "1 of 1 file(s) failed" in run.stderr
     assert not dest.exists() or [p for p in dest.rglob("*") if p.is_file()] == []
+
+
+def test_an_interrupted_pull_is_finished_by_running_it_again(srv: Server, wf: str, tmp_path: Path):
+    payload = os.urandom(6 * MiB)
+    with ArtifactsClient(srv.url) as direct:
+        direct.create_from_file(wf, payload, filename="big.bin", metadata={"path": "big.bin"})
+    dest = tmp_path / "out"
+
+    def pull(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "workflow_artifacts_client",
+                "pull",
+                "-w",
+                wf,
+                str(dest),
+                *extra,
+            ],
+            env={**os.environ, "ARTIFACTS_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with Proxy(port_of(srv), Faults(drop_response_after=2 * MiB, faulty=None)) as proxy:
+        first = pull(proxy.url, "--retries", "0")
+    assert first.returncode == 1 and "run again to resume" in first.stderr
+    parts = list(dest.glob(".big.bin.*.wfa-part"))
+    assert len(parts) == 1 and 0 < parts[0].stat().st_size < len(payload)
+    assert not (dest / "big.bin").exists() and not (dest / "wfa-manifest.json").exists()
+    kept = parts[0].stat().st_size
+
+    second = pull(srv.url)
+    assert second.returncode == 0, second.stderr
+    assert f"resumed at {kept / MiB:.1f} MiB" in second.stdout
+    assert (dest / "big.bin").read_bytes() == payload
+    assert sorted(p.name for p in dest.iterdir()) == ["big.bin", "wfa-manifest.json"]

@@ -137,6 +137,11 @@ class PlainTask:
         if ok:
             self.parent.done_files += 1
             self.parent.done_bytes += self.total
+        p = self.parent
+        share = p.done_bytes * 100 // max(p.total, 1)
+        p.print(
+            f"  [{p.done_files}/{p.files} files, {size(p.done_bytes)} of {size(p.total)}, {share}%]"
+        )
 
 
 # -- rich bars --------------------------------------------------------------------------------
