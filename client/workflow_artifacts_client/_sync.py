@@ -384,6 +384,14 @@ class ArtifactsClient:
         `.wfa-part` file renamed onto `dest` only once the sha256 matches (DigestMismatch
         otherwise, and nothing is left). `expected_sha256` (e.g. a listing's `content_hash`)
         saves a HEAD and is held to: other bytes raise DigestMismatch."""
+        reported = 0
+
+        def counted(n: int) -> None:
+            nonlocal reported
+            reported += n
+            if progress is not None:
+                progress(n)
+
         try:
             return self._download_once(
                 artifact_id,
@@ -391,12 +399,14 @@ class ArtifactsClient:
                 version=version,
                 expected_sha256=expected_sha256,
                 resume=resume,
-                progress=progress,
+                progress=counted,
             )
         except DigestMismatch as exc:
             if not (resume and getattr(exc, "resumed", False)):
                 raise
         # the bytes of an earlier run's .part were not these bytes: fetch them all again
+        if progress is not None and reported:
+            progress(-reported)
         return self._download_once(
             artifact_id,
             dest,
