@@ -455,6 +455,8 @@ def test_a_wrong_key_is_unauthorized_and_too_large_is_too_large(
         with pytest.raises(TooLarge) as big:
             client.upload(a.id, b"x" * 200_000)
         assert "100000" in big.value.detail
+        with pytest.raises(TooLarge):  # refused while the client is still sending
+            client.create_from_file("wf", os.urandom(30 * 1024 * 1024), filename="huge.bin")
         assert [v.version for v in client.versions(a.id)] == [1]
 
 

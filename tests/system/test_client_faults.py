@@ -182,3 +182,34 @@ def test_an_interrupted_pull_is_finished_by_running_it_again(srv: Server, wf: st
     assert f"resumed at {kept / MiB:.1f} MiB" in second.stdout
     assert (dest / "big.bin").read_bytes() == payload
     assert sorted(p.name for p in dest.iterdir()) == ["big.bin", "wfa-manifest.json"]
+
+
+def test_the_async_client_resumes_and_retries_alike(srv: Server, wf: str, tmp_path: Path):
+    import asyncio
+
+    from workflow_artifacts_client import AsyncArtifactsClient
+
+    payload = os.urandom(4 * MiB)
+
+    async def upload(url: str) -> str:
+        async with AsyncArtifactsClient(url, retry=FAST) as client:
+            created = await client.create_from_file(wf, payload, filename="a.bin")
+            return created.id
+
+    async def download(url: str, artifact_id: str) -> None:
+        async with AsyncArtifactsClient(url, retry=FAST) as client:
+            got = await client.download(artifact_id, tmp_path / "a.bin")
+            assert got.reconnects >= 3
+            stream = client.events(workflow_id=wf)
+            first = await stream.__anext__()
+            await stream.aclose()  # type: ignore[attr-defined]
+            assert first.artifact_id == artifact_id
+
+    with Proxy(port_of(srv), Faults(drop_request_after=MiB)) as proxy:
+        artifact_id = asyncio.run(upload(proxy.url))
+        assert proxy.cuts == 1
+    with Proxy(port_of(srv), Faults(drop_response_after=MiB, faulty=None)) as proxy:
+        asyncio.run(download(proxy.url, artifact_id))
+    assert (tmp_path / "a.bin").read_bytes() == payload
+    with ArtifactsClient(srv.url) as direct:
+        assert [r.id for r in direct.list(workflow_id=wf)] == [artifact_id]
