@@ -89,6 +89,10 @@ def run(argv: Sequence[str] | None) -> int:
         return fail(str(exc), 2)
     except ArtifactsError as exc:
         return fail(str(exc), 1)
+    except BrokenPipeError:  # `wfa cat ID | head`: the reader left, as it may
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         return fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
     except KeyboardInterrupt:
