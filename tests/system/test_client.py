@@ -56,7 +56,9 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("client") / "data")
+    # a short idempotency lease: a request still in progress answers Retry-After of 3 s, not 30
+    env = {"ARTIFACTS_IDEMPOTENCY_LEASE": "3"}
+    server = start_server(tmp_path_factory.mktemp("client") / "data", env=env)
     try:
         yield server
     finally:
@@ -136,9 +138,7 @@ def test_create_from_a_path_a_file_object_and_an_iterator(
     assert sum(moved) == len(payload)  # the file's bytes, not the multipart envelope
     from_file = client.create_from_file(wf, io.BytesIO(payload), filename="r.bin", title="T")
     chunks = (payload[i : i + 100_000] for i in range(0, len(payload), 100_000))
-    from_iter = client.create_from_file(
-        wf, chunks, filename="notes.md", artifact_type="markdown"
-    )
+    from_iter = client.create_from_file(wf, chunks, filename="notes.md", artifact_type="markdown")
     for created in (from_path, from_file, from_iter):
         assert (created.content_hash, created.size_bytes) == (sha(payload), len(payload))
         out = io.BytesIO()
@@ -341,9 +341,7 @@ def test_lineage_up_and_down(client: ArtifactsClient, wf: str) -> None:
     assert tomb and tomb[0].deleted
 
 
-def test_workflow_views_deliverables_and_export(
-    client: ArtifactsClient, tmp_path: Path
-) -> None:
+def test_workflow_views_deliverables_and_export(client: ArtifactsClient, tmp_path: Path) -> None:
     wf = f"org/repo-{uuid.uuid4().hex[:6]}"  # a `/` in the id travels as %2F
     a = client.create(wf, "Plan", "# plan", phase_id="plan", is_primary_deliverable=True)
     b = client.create(wf, "Data", {"x": 1}, phase_id="build")
@@ -392,7 +390,8 @@ def test_events_as_pages_and_as_a_stream(client: ArtifactsClient, wf: str) -> No
 
 
 def test_imports_start_follow_and_resume(
-    tmp_path: Path, crownest_fake: FakeCrowNest  # noqa: F811
+    tmp_path: Path,
+    crownest_fake: FakeCrowNest,  # noqa: F811
 ) -> None:
     st = crownest_fake.state
     sbx = st.add_sandbox()
@@ -562,3 +561,49 @@ def test_the_async_client_does_the_same(srv: Server, wf: str, tmp_path: Path) ->
                 await client.import_crownest("s", wf)
 
     asyncio.run(go())
+
+
+def test_a_key_still_in_progress_is_waited_for_then_replayed(
+    srv: Server, client: ArtifactsClient, wf: str
+) -> None:
+    """Another attempt of the same call (same key, same bytes) is still streaming: the server
+    answers 409 idempotency_request_in_progress with Retry-After, the client waits, and gets
+    the first attempt's answer: one version, not two."""
+    import threading
+
+    a = client.create(wf, "doc", "v1")
+    data = os.urandom(300_000)
+    key = f"k-{uuid.uuid4()}"
+    first: dict[str, Any] = {}
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[:100_000]
+        time.sleep(1.5)
+        yield data[100_000:]
+
+    def first_attempt() -> None:
+        first["answer"] = httpx.post(
+            f"{srv.url}/artifacts/{a.id}/upload",
+            params={"filename": "x.bin"},
+            content=slow_body(),
+            headers={"Content-Type": "application/octet-stream", "Idempotency-Key": key},
+            timeout=30,
+        )
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    time.sleep(0.5)
+    transport = Counting()
+    with ArtifactsClient(srv.url, transport=transport) as retrying:
+        up = retrying.upload(
+            a.id,
+            data,
+            content_type="application/octet-stream",
+            filename="x.bin",
+            idempotency_key=key,
+        )
+    thread.join(30)
+    assert first["answer"].status_code == 200
+    assert up.version == first["answer"].json()["version"] == 2
+    assert len(transport.requests) >= 2  # at least one 409 waited out
+    assert [v.version for v in client.versions(a.id)] == [2, 1]
