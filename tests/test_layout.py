@@ -29,3 +29,22 @@ def test_storage_never_imports_http_or_app():
 
 def test_the_walker_catches_an_http_import():
     assert imported_roots("from fastapi import Request\nimport app.cli\n") == {"fastapi", "app"}
+
+
+CLIENT = Path(__file__).resolve().parent.parent / "client" / "workflow_artifacts_client"
+CLIENT_MAY_IMPORT = {"httpx", "rich", "workflow_artifacts_client"}  # rich: the optional `cli` extra
+
+
+def test_the_client_imports_only_the_stdlib_httpx_and_rich():
+    """The client is installed where the server is not: it never imports app, storage or any
+    server dependency (tests/system/test_client_install.py installs it alone)."""
+    import sys
+
+    offenders = {
+        str(path.relative_to(CLIENT)): sorted(
+            imported_roots(path.read_text()) - set(sys.stdlib_module_names) - CLIENT_MAY_IMPORT
+        )
+        for path in CLIENT.rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert len(offenders) >= 8

@@ -1,0 +1,721 @@
+"""ArtifactsClient: every route of the API, synchronous, over one httpx.Client."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import httpx
+
+from workflow_artifacts_client import _common as c
+from workflow_artifacts_client.errors import ApiError, ConnectionFailed, DigestMismatch, error_for
+from workflow_artifacts_client.models import (
+    Artifact,
+    ArtifactSummary,
+    Changed,
+    Content,
+    Created,
+    Downloaded,
+    DownloadLink,
+    Event,
+    ImportJob,
+    Lineage,
+    Record,
+    Uploaded,
+    Version,
+    Workflow,
+    WorkflowSummary,
+)
+
+R = TypeVar("R", bound=Record)
+Dest = str | os.PathLike[str] | IO[bytes]
+
+
+class ArtifactsClient:
+    """A client of one workflow-artifacts server.
+
+    `url` and `api_key` default to ARTIFACTS_URL and ARTIFACTS_API_KEY (the URL to
+    http://127.0.0.1:8000). Connection errors, timeouts, 429, 502, 503 and 504 are retried
+    (`retry`, bounded, honouring Retry-After); every write carries an Idempotency-Key made once
+    per call, so a retried write never takes effect twice. Errors raise the classes of
+    `workflow_artifacts_client.errors`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retry: c.Retry | None = None,
+        chunk_size: int = c.CHUNK,
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url, self.api_key = c.settings(url, api_key)
+        self.retry = retry or c.Retry()
+        self.chunk_size = chunk_size
+        base_headers = {"User-Agent": "workflow-artifacts-client/0.1", **(headers or {})}
+        if self.api_key:
+            base_headers["Authorization"] = f"Bearer {self.api_key}"
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=base_headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+        )
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ArtifactsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the retry loop ---------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        body: Callable[[], Any] | None = None,
+        headers: dict[str, str] | None = None,
+        key: str | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """One logical call: sent again (same key, same bytes) after a connection error or a
+        retryable answer, at most `retry.attempts` times. `body` makes the content afresh for
+        each attempt."""
+        headers = dict(headers or {})
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        attempt = 0
+        while True:
+            request = self._http.build_request(
+                method,
+                path,
+                params=params,
+                json=json_body,
+                content=body() if body is not None else None,
+                headers=headers,
+            )
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.UnsupportedProtocol as exc:
+                raise ConnectionFailed(f"{method} {request.url}: {exc}") from None
+            except httpx.TransportError as exc:
+                attempt += 1
+                wait = self.retry.wait(attempt)
+                if wait is None:
+                    raise ConnectionFailed(_failed(method, request.url, exc, attempt)) from exc
+                self._sleep(wait)
+                continue
+            if response.status_code < 400:
+                return response
+            response.read()
+            response.close()
+            error = error_for(response)
+            attempt += 1
+            retry_after = response.headers.get("retry-after")
+            wait = self.retry.wait(attempt, retry_after) if c.retryable(error) else None
+            if wait is None:
+                raise error
+            self._sleep(wait)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _pages(self, path: str, params: dict[str, str], model: type[R]) -> Iterator[R]:
+        """Every row of a paginated list, a page at a time, following X-Next-Cursor."""
+        params = dict(params)
+        while True:
+            response = self._request("GET", path, params=params)
+            for row in response.json():
+                yield model.from_json(row)
+            cursor = response.headers.get("x-next-cursor")
+            if not cursor:
+                return
+            params["cursor"] = cursor
+
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def create(
+        self,
+        workflow_id: str,
+        title: str,
+        content: Any,
+        *,
+        artifact_type: str | None = None,
+        phase_id: str | None = None,
+        session_id: str | None = None,
+        content_type: str | None = None,
+        is_primary_deliverable: bool = False,
+        derived_from: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        created_by: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Created:
+        """A text artifact (a str, stored as its UTF-8 bytes, text/markdown unless told) or a
+        JSON one (any other JSON value, application/json, type `json` unless told)."""
+        text, ctype = c.text_content(content, content_type)
+        body = c.create_fields(
+            workflow_id,
+            title,
+            artifact_type or ("markdown" if isinstance(content, str) else "json"),
+            phase_id=phase_id,
+            session_id=session_id,
+            is_primary_deliverable=is_primary_deliverable,
+            derived_from=derived_from,
+            metadata=metadata,
+            created_by=created_by,
+            content_type=ctype,
+        )
+        body["content"] = text
+        key = idempotency_key or c.new_key()
+        return Created.from_json(self._json("POST", "/artifacts", json_body=body, key=key))
+
+    def create_from_file(
+        self,
+        workflow_id: str,
+        file: c.Body,
+        *,
+        title: str | None = None,
+        artifact_type: str = "other",
+        filename: str | None = None,
+        content_type: str | None = None,
+        phase_id: str | None = None,
+        session_id: str | None = None,
+        is_primary_deliverable: bool = False,
+        derived_from: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        created_by: str | None = None,
+        idempotency_key: str | None = None,
+        progress: c.Progress | None = None,
+    ) -> Created:
+        """One multipart request: the fields, then the file's bytes, streamed. The file's
+        sha256 goes as X-Content-SHA256 and the body's as Content-Digest (hashed in a first
+        read), so the server stores nothing unless every byte arrived intact."""
+        source = c.Source(file, self.chunk_size, filename)
+        try:
+            name = filename or source.name or "file"
+            ctype = content_type or c.guess_type(name)
+            fields = c.form_fields(
+                c.create_fields(
+                    workflow_id,
+                    title or name,
+                    artifact_type,
+                    phase_id=phase_id,
+                    session_id=session_id,
+                    is_primary_deliverable=is_primary_deliverable,
+                    derived_from=derived_from,
+                    metadata=metadata,
+                    created_by=created_by,
+                )
+            )
+            form = c.Multipart(fields, name, ctype)
+            source.scan(form.head, form.tail)  # the file's and the body's sha256, one read
+            headers = {
+                "Content-Type": form.content_type,
+                "Content-Length": str(form.length(source)),
+                "Content-Digest": c.content_digest(source.body_sha256),
+                "X-Content-SHA256": source.sha256,
+            }
+            body = _Replay(lambda: form.chunks(source), progress, (form.head, form.tail))
+            key = idempotency_key or c.new_key()
+            data = self._json("POST", "/artifacts", body=body, headers=headers, key=key)
+            return Created.from_json(data)
+        finally:
+            source.close()
+
+    def upload(
+        self,
+        artifact_id: str,
+        file: c.Body,
+        *,
+        content_type: str | None = None,
+        filename: str | None = None,
+        if_match: str | None = None,
+        idempotency_key: str | None = None,
+        progress: c.Progress | None = None,
+    ) -> Uploaded:
+        """Replace the content (a new version) with a path, a binary file object, bytes or an
+        iterator of bytes, streamed as the raw body with `Content-Digest`. `if_match`: an ETag
+        (`Uploaded.etag`, `'"<sha256>"'`) or `*`; PreconditionFailed (412) when another
+        version is current."""
+        source = c.Source(file, self.chunk_size, filename)
+        try:
+            name = filename or source.name
+            source.scan()
+            headers = {
+                "Content-Type": content_type or c.guess_type(name),
+                "Content-Length": str(source.size),
+                "Content-Digest": c.content_digest(source.sha256),
+            }
+            if if_match is not None:
+                headers["If-Match"] = if_match
+            body = _Replay(source.chunks, progress)
+            key = idempotency_key or c.new_key()
+            data = self._json(
+                "POST",
+                f"/artifacts/{c.seg(artifact_id)}/upload",
+                params=c.query(filename=name),
+                body=body,
+                headers=headers,
+                key=key,
+            )
+            return Uploaded.from_json(data)
+        finally:
+            source.close()
+
+    def get(self, artifact_id: str, *, include_content: bool = True) -> Artifact:
+        params = c.query(include_content=include_content)
+        return Artifact.from_json(
+            self._json("GET", f"/artifacts/{c.seg(artifact_id)}", params=params)
+        )
+
+    def content(self, artifact_id: str) -> Content:
+        return Content.from_json(self._json("GET", f"/artifacts/{c.seg(artifact_id)}/content"))
+
+    def list(
+        self,
+        *,
+        workflow_id: str | None = None,
+        phase_id: str | None = None,
+        artifact_type: str | None = None,
+        session_id: str | None = None,
+        content_type: str | None = None,
+        is_primary_deliverable: bool | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        derived_from: str | None = None,
+        page_size: int = 200,
+    ) -> Iterator[ArtifactSummary]:
+        """Every matching artifact, newest first, fetched a page at a time as you iterate."""
+        params = c.query(
+            workflow_id=workflow_id,
+            phase_id=phase_id,
+            artifact_type=artifact_type,
+            session_id=session_id,
+            content_type=content_type,
+            is_primary_deliverable=is_primary_deliverable,
+            created_after=created_after,
+            created_before=created_before,
+            derived_from=derived_from,
+            limit=page_size,
+        )
+        return self._pages("/artifacts", params, ArtifactSummary)
+
+    def update(
+        self,
+        artifact_id: str,
+        *,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        is_primary_deliverable: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> Changed:
+        body = {
+            k: v
+            for k, v in (
+                ("title", title),
+                ("metadata", metadata),
+                ("is_primary_deliverable", is_primary_deliverable),
+            )
+            if v is not None
+        }
+        key = idempotency_key or c.new_key()
+        path = f"/artifacts/{c.seg(artifact_id)}"
+        return Changed.from_json(self._json("PUT", path, json_body=body, key=key))
+
+    def delete(self, artifact_id: str, *, idempotency_key: str | None = None) -> Changed:
+        key = idempotency_key or c.new_key()
+        return Changed.from_json(self._json("DELETE", f"/artifacts/{c.seg(artifact_id)}", key=key))
+
+    def lineage(self, artifact_id: str, *, direction: str = "both", depth: int = 1) -> Lineage:
+        params = c.query(direction=direction, depth=depth)
+        path = f"/artifacts/{c.seg(artifact_id)}/lineage"
+        return Lineage.from_json(self._json("GET", path, params=params))
+
+    def download_url(
+        self, artifact_id: str, *, expires_in: int | None = None, version: int | None = None
+    ) -> DownloadLink:
+        params = c.query(expires_in=expires_in, version=version)
+        path = f"/artifacts/{c.seg(artifact_id)}/download-url"
+        return DownloadLink.from_json(self._json("POST", path, params=params))
+
+    # -- versions ---------------------------------------------------------------------------
+
+    def versions(self, artifact_id: str, *, page_size: int = 200) -> Iterator[Version]:
+        path = f"/artifacts/{c.seg(artifact_id)}/versions"
+        return self._pages(path, c.query(limit=page_size), Version)
+
+    def get_version(
+        self, artifact_id: str, version: int, *, include_content: bool = True
+    ) -> Version:
+        path = f"/artifacts/{c.seg(artifact_id)}/versions/{int(version)}"
+        params = c.query(include_content=include_content)
+        return Version.from_json(self._json("GET", path, params=params))
+
+    # -- downloads ----------------------------------------------------------------------------
+
+    def download(
+        self,
+        artifact_id: str,
+        dest: Dest,
+        *,
+        version: int | None = None,
+        expected_sha256: str | None = None,
+        resume: bool = True,
+        progress: c.Progress | None = None,
+    ) -> Downloaded:
+        """Stream the bytes (of `version`, else the current ones) to a path or a binary file,
+        hashing them as they are written. A dropped connection is resumed with `Range` (and
+        `If-Range`, so the bytes cannot change underneath); to a path, the bytes go to a
+        `.wfa-part` file renamed onto `dest` only once the sha256 matches (DigestMismatch
+        otherwise, and nothing is left). `expected_sha256` (e.g. a listing's `content_hash`)
+        saves a HEAD and is held to: other bytes raise DigestMismatch."""
+        reported = 0
+
+        def counted(n: int) -> None:
+            nonlocal reported
+            reported += n
+            if progress is not None:
+                progress(n)
+
+        try:
+            return self._download_once(
+                artifact_id,
+                dest,
+                version=version,
+                expected_sha256=expected_sha256,
+                resume=resume,
+                progress=counted,
+            )
+        except DigestMismatch as exc:
+            if not (resume and getattr(exc, "resumed", False)):
+                raise
+        # the bytes of an earlier run's .part were not these bytes: fetch them all again
+        if progress is not None and reported:
+            progress(-reported)
+        return self._download_once(
+            artifact_id,
+            dest,
+            version=version,
+            expected_sha256=expected_sha256,
+            resume=False,
+            progress=progress,
+        )
+
+    def _download_once(
+        self,
+        artifact_id: str,
+        dest: Dest,
+        *,
+        version: int | None = None,
+        expected_sha256: str | None = None,
+        resume: bool = True,
+        progress: c.Progress | None = None,
+    ) -> Downloaded:
+        """One attempt at download(); see there."""
+        path = _download_path(artifact_id, version)
+        try:
+            head = self._request("HEAD", path)
+        except ApiError as exc:
+            if exc.code is not None:
+                raise
+            # a HEAD answer has no body: ask again by GET for the error's code and detail
+            self._json("GET", path.removesuffix("/download"), params={"include_content": "false"})
+            raise
+        sha, size = c.sha_of_head(head)
+        if expected_sha256 is not None and expected_sha256.lower() != sha:
+            raise DigestMismatch(
+                0,
+                "digest_mismatch",
+                f"the server now has {sha}, not the expected {expected_sha256}",
+            )
+        sink = c.Sink(dest, sha, resume)
+        if progress is not None and sink.offset:
+            progress(sink.offset)
+        reconnects = failures = 0
+        try:
+            while sink.offset < size or size == 0:
+                headers = {}
+                if sink.offset:
+                    headers = {"Range": f"bytes={sink.offset}-", "If-Range": f'"{sha}"'}
+                try:
+                    response = self._request("GET", path, headers=headers, stream=True)
+                except ApiError as exc:
+                    if exc.status == 416 and sink.offset:  # a stale .part: start over
+                        if progress is not None:
+                            progress(-sink.offset)
+                        sink.restart()
+                        continue
+                    raise
+                try:
+                    if (
+                        response.status_code != 206
+                        or c.content_range_start(response) != sink.offset
+                    ):
+                        if progress is not None and sink.offset:
+                            progress(-sink.offset)
+                        sink.restart()
+                    before = sink.offset
+                    for chunk in response.iter_bytes():
+                        sink.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                except httpx.TransportError as exc:
+                    reconnects += 1
+                    failures = 1 if sink.offset > before else failures + 1
+                    wait = self.retry.wait(failures)
+                    if wait is None:
+                        raise ConnectionFailed(
+                            f"download of {artifact_id} kept dropping at byte {sink.offset}: {exc}"
+                        ) from exc
+                    self._sleep(wait)
+                    continue
+                finally:
+                    response.close()
+                if size == 0:
+                    break
+            return sink.finish(reconnects)
+        except BaseException:
+            sink.close()
+            raise
+
+    def export(
+        self,
+        workflow_id: str,
+        dest: Dest,
+        *,
+        format: str = "zip",
+        scope: str = "all",
+        progress: c.Progress | None = None,
+    ) -> Path | None:
+        """The workflow as one zip or tar archive (`manifest.json` first), streamed to a path
+        (written beside it, renamed when complete) or a binary file. The archive is built as
+        it streams, so a dropped connection restarts it from the beginning."""
+        path = f"/store/workflows/{c.seg(workflow_id)}/export"
+        params = c.query(format=format, scope=scope)
+        target = Path(dest) if isinstance(dest, str | os.PathLike) else None
+        failures = 0
+        while True:
+            response = self._request("GET", path, params=params, stream=True)
+            part = target.with_name(f".{target.name}.wfa-part") if target else None
+            out: IO[bytes] = part.open("wb") if part else dest  # type: ignore[assignment]
+            written = 0
+            try:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            except httpx.TransportError as exc:
+                failures += 1
+                wait = self.retry.wait(failures) if part is not None else None
+                if part is not None:
+                    out.close()
+                    part.unlink(missing_ok=True)
+                if progress is not None:
+                    progress(-written)
+                if wait is None:
+                    raise ConnectionFailed(f"export of {workflow_id} dropped: {exc}") from exc
+                self._sleep(wait)
+                continue
+            finally:
+                response.close()
+            if part is not None and target is not None:
+                out.close()
+                os.replace(part, target)
+            return target
+
+    # -- workflows ------------------------------------------------------------------------------
+
+    def workflows(
+        self,
+        *,
+        active_after: str | None = None,
+        active_before: str | None = None,
+        page_size: int = 200,
+    ) -> Iterator[WorkflowSummary]:
+        params = c.query(active_after=active_after, active_before=active_before, limit=page_size)
+        return self._pages("/store/workflows", params, WorkflowSummary)
+
+    def workflow(self, workflow_id: str) -> Workflow:
+        return Workflow.from_json(self._json("GET", f"/store/workflows/{c.seg(workflow_id)}"))
+
+    def deliverables(
+        self, workflow_id: str, *, include_content: bool = False
+    ) -> builtins.list[Artifact]:
+        path = f"/store/workflows/{c.seg(workflow_id)}/deliverables"
+        rows = self._json("GET", path, params=c.query(include_content=include_content))
+        return [Artifact.from_json(r) for r in rows]
+
+    # -- the change feed ------------------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        after: str | None = None,
+        workflow_id: str | None = None,
+        follow: bool = True,
+        page_size: int = 100,
+    ) -> Iterator[Event]:
+        """Changes in commit order, after the event id `after` (else from the start).
+        `follow=False`: the events there are now, as JSON pages, then the iterator ends.
+        `follow=True`: Server-Sent Events, waiting for new ones for as long as you iterate;
+        a dropped connection is reopened with `Last-Event-ID`, so no event is lost or seen
+        twice."""
+        cursor = after
+        if not follow:
+            while True:
+                page = self._json(
+                    "GET",
+                    "/store/events",
+                    params=c.query(after=cursor, workflow_id=workflow_id, limit=page_size),
+                    headers={"Accept": "application/json"},
+                )
+                for row in page["events"]:
+                    yield Event.from_json(row)
+                if len(page["events"]) < page_size:
+                    return
+                cursor = page["next_cursor"]
+        failures = 0
+        params = c.query(workflow_id=workflow_id, limit=page_size)
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if cursor:
+                headers["Last-Event-ID"] = cursor
+            parser = c.SseParser()
+            response = self._request(
+                "GET", "/store/events", params=params, headers=headers, stream=True
+            )
+            try:
+                for line in response.iter_lines():
+                    got = parser.feed(line)
+                    if got is not None:
+                        event = Event.from_json(json.loads(got[2]))
+                        cursor, failures = event.id, 0
+                        yield event
+            except httpx.TransportError:
+                pass
+            finally:
+                response.close()
+            failures += 1  # the stream ended or dropped: reopen it where it stopped
+            wait = self.retry.wait(failures)
+            if wait is None:
+                raise ConnectionFailed(f"the event stream kept dropping after event {cursor}")
+            self._sleep(parser.retry if parser.retry is not None and failures == 1 else wait)
+
+    # -- imports --------------------------------------------------------------------------------
+
+    def import_crownest(
+        self,
+        sandbox_id: str,
+        workflow_id: str,
+        *,
+        phase_id: str | None = None,
+        session_id: str | None = None,
+        artifact_type: str | None = None,
+        artifact_ids: builtins.list[str] | None = None,
+        source_path_prefix: str | None = None,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> ImportJob:
+        body = _import_body(
+            sandbox_id,
+            workflow_id,
+            phase_id,
+            session_id,
+            artifact_type,
+            artifact_ids,
+            source_path_prefix,
+            dry_run,
+        )
+        key = idempotency_key or c.new_key()
+        return ImportJob.from_json(self._json("POST", "/imports/crownest", json_body=body, key=key))
+
+    def get_import(self, import_id: str) -> ImportJob:
+        return ImportJob.from_json(self._json("GET", f"/imports/{c.seg(import_id)}"))
+
+    def resume_import(self, import_id: str, *, idempotency_key: str | None = None) -> ImportJob:
+        key = idempotency_key or c.new_key()
+        path = f"/imports/{c.seg(import_id)}/resume"
+        return ImportJob.from_json(self._json("POST", path, key=key))
+
+
+class _Replay:
+    """A body made afresh for each attempt; on a retry, `progress` is rewound by what the
+    failed attempt had sent."""
+
+    def __init__(
+        self,
+        make: Callable[[], Iterator[bytes]],
+        progress: c.Progress | None,
+        envelope: tuple[bytes, ...] = (),
+    ) -> None:
+        self.make, self.progress, self.sent = make, progress, 0
+        self.envelope = envelope  # chunks that are framing, not content: not reported
+
+    def __call__(self) -> Iterator[bytes]:
+        if self.progress is not None and self.sent:
+            self.progress(-self.sent)
+        self.sent = 0
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[bytes]:
+        for chunk in self.make():
+            if any(chunk is e for e in self.envelope):
+                yield chunk
+                continue
+            self.sent += len(chunk)
+            if self.progress is not None:
+                self.progress(len(chunk))
+            yield chunk
+
+
+def _download_path(artifact_id: str, version: int | None) -> str:
+    if version is None:
+        return f"/artifacts/{c.seg(artifact_id)}/download"
+    return f"/artifacts/{c.seg(artifact_id)}/versions/{int(version)}/download"
+
+
+def _failed(method: str, url: httpx.URL, exc: Exception, attempts: int) -> str:
+    reason = str(exc) or type(exc).__name__
+    return f"{method} {url}: {reason} (after {attempts} attempts)"
+
+
+def _import_body(
+    sandbox_id: str,
+    workflow_id: str,
+    phase_id: str | None,
+    session_id: str | None,
+    artifact_type: str | None,
+    artifact_ids: list[str] | None,
+    source_path_prefix: str | None,
+    dry_run: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"sandbox_id": sandbox_id, "workflow_id": workflow_id}
+    for name, value in (
+        ("phase_id", phase_id),
+        ("session_id", session_id),
+        ("artifact_type", artifact_type),
+        ("source_path_prefix", source_path_prefix),
+    ):
+        if value is not None:
+            body[name] = value
+    if artifact_ids:
+        body["artifact_ids"] = list(artifact_ids)
+    if dry_run:
+        body["dry_run"] = True
+    return body
