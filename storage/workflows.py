@@ -77,9 +77,11 @@ async def list_workflows(
     after: WorkflowCursor | None = None,
     active_after: int | None = None,
     active_before: int | None = None,
+    id_contains: str | None = None,
     tenant: str = DEFAULT_TENANT,
 ) -> tuple[list[WorkflowSummary], WorkflowCursor | None]:
-    """Most recently active first. `active_after`/`active_before` bound the last activity."""
+    """Most recently active first. `active_after`/`active_before` bound the last activity;
+    `id_contains` keeps the workflows whose id contains that text, in any case."""
     last = sa.func.max(c.updated_at)
     stmt = (
         sa.select(
@@ -95,6 +97,10 @@ async def list_workflows(
         .where(LIVE, c.tenant == tenant)
         .group_by(c.workflow_id)
     )
+    if id_contains:
+        stmt = stmt.where(
+            sa.func.lower(c.workflow_id).contains(id_contains.lower(), autoescape=True)
+        )
     if active_after is not None:
         stmt = stmt.having(last > active_after)
     if active_before is not None:
