@@ -224,6 +224,27 @@ async def phases(
     ]
 
 
+async def primary(
+    db: Database, workflow_id: str, phase_id: str | None, *, tenant: str = DEFAULT_TENANT
+) -> Artifact | None:
+    """The live primary deliverable of one phase (None: it has none), read through the partial
+    unique index that keeps it one (ux_artifacts_one_primary), so one index probe whatever the
+    size of the phase. Its key folds the null phase and `''` together: both may come back, and
+    the one of this phase is kept."""
+    if "\x00" in workflow_id or (phase_id is not None and "\x00" in phase_id):
+        return None
+    stmt = sa.select(artifacts).where(
+        c.tenant == tenant,
+        c.workflow_id == workflow_id,
+        sa.func.coalesce(c.phase_id, "") == (phase_id or ""),
+        sa.literal_column("is_primary_deliverable"),  # the index's own WHERE, term for term
+        c.deleted_at.is_(None),
+    )
+    rows = await db.run_read(lambda conn: conn.execute(stmt).all())
+    found = [r for r in rows if r.phase_id == phase_id]
+    return row_to_artifact(found[0], None) if found else None
+
+
 @dataclass(frozen=True, slots=True)
 class Parent:
     id: str
