@@ -248,53 +248,70 @@ async def workflows_page(request: AnyRequest) -> Answer:
 
 @dataclass
 class PhaseSection:
-    phase: workflows.PhaseView
+    phase_id: str | None
+    primary: Artifact | Summary | None
+    view: workflows.PhaseView | None  # its totals (None on a phase's own pages: not counted)
     rows: list[Summary]
-    more_url: str | None  # the next page of this phase's artifacts
-    shown: bool  # False: listed without its artifacts (past PREVIEW_PHASES)
+    more_url: str | None = None  # the next page of this phase's artifacts
+    shown: bool = True  # False: listed without its artifacts (past PREVIEW_PHASES)
 
     @property
     def url_params(self) -> dict[str, str]:
-        return {"no_phase": "1"} if self.phase.phase_id is None else {"phase": self.phase.phase_id}
+        return {"no_phase": "1"} if self.phase_id is None else {"phase": self.phase_id}
+
+
+def _phase_query(workflow_id: str, phase_id: str | None) -> ListQuery:
+    return ListQuery(workflow_id=workflow_id, phase_id=phase_id, no_phase=phase_id is None)
 
 
 @get("/workflow", opt=UI, name="ui_workflow")
 async def workflow_page(request: AnyRequest) -> Answer:
+    """Every phase with its totals and its first PREVIEW artifacts; or, with `phase` (or
+    `no_phase=1`), one phase's artifacts a page at a time. A phase's own pages read no totals:
+    each is its primary deliverable and one keyset page of rows (GET /artifacts's query), so
+    page 150 of a phase of 10,000 costs what page 1 does."""
     who = await viewer(request)
     service = service_for(request, who)
     workflow_id = query(request, "id")
     if not workflow_id:
         raise BadRequest("Name a workflow: /ui/workflow?id=<workflow id>.")
-    # the feed's position first: whatever commits after it reaches the page live
-    head = await events.head(service.db, workflow_id=workflow_id, tenant=service.tenant)
-    phases = await workflows.phases(service.db, workflow_id, tenant=service.tenant)
     one_phase = query(request, "phase")
     no_phase = query(request, "no_phase") == "1"
-    after = _cursor(query(request, "cursor"))
-    sections: list[PhaseSection] = []
     focused = one_phase is not None or no_phase
-    for index, phase in enumerate(phases):
-        if focused and phase.phase_id != (None if one_phase is None else one_phase):
-            continue
-        if not focused and index >= PREVIEW_PHASES:
-            sections.append(PhaseSection(phase, [], None, shown=False))
-            continue
-        limit = PAGE_SIZE if focused else PREVIEW
-        found = await service.page(
-            ListQuery(
-                workflow_id=workflow_id, phase_id=phase.phase_id, no_phase=phase.phase_id is None
-            ),
-            limit=limit,
-            after=after if focused else None,
-        )
-        section = PhaseSection(phase, found.items, None, shown=True)
+    after = _cursor(query(request, "cursor"))
+    # the feed's position first: whatever commits after it reaches the page live
+    head = await events.head(service.db, workflow_id=workflow_id, tenant=service.tenant)
+    phases: list[workflows.PhaseView] = []
+    sections: list[PhaseSection] = []
+    if focused:
+        wanted = one_phase if one_phase is not None else None
+        listed = _phase_query(workflow_id, wanted)
+        primary = await workflows.primary(service.db, workflow_id, wanted, tenant=service.tenant)
+        found = await service.page(listed, limit=PAGE_SIZE, after=after)
+        if not found.items and after is None:
+            raise WorkflowNotFound(workflow_id)
+        section = PhaseSection(wanted, primary, None, found.items)
         if found.next_cursor is not None:
             section.more_url = workflow_url(
                 workflow_id, **section.url_params, cursor=found.next_cursor.encode()
             )
         sections.append(section)
-    if focused and not sections:
-        raise WorkflowNotFound(workflow_id)
+    else:
+        phases = await workflows.phases(service.db, workflow_id, tenant=service.tenant)
+        for index, phase in enumerate(phases):
+            section = PhaseSection(phase.phase_id, phase.primary, phase, [])
+            if index >= PREVIEW_PHASES:
+                section.shown = False
+            else:
+                found = await service.page(
+                    _phase_query(workflow_id, phase.phase_id), limit=PREVIEW
+                )
+                section.rows = found.items
+                if found.next_cursor is not None:
+                    section.more_url = workflow_url(
+                        workflow_id, **section.url_params, cursor=found.next_cursor.encode()
+                    )
+            sections.append(section)
     live_url = "/ui/workflow/live?" + urlencode({"id": workflow_id, "after": str(head)})
     return page(
         "workflow.html",
