@@ -570,3 +570,27 @@ def test_titles_never_break_out_of_the_svg(client: httpx.Client, seeded: Seeded)
     texts = [t for t in p.elements if t[0] == "text"]
     assert texts  # the graph has the hostile node, its title as text
     assert XSS_TITLE not in client.get(f"/ui/artifacts/{seeded.hostile[0]}").text
+
+
+def test_a_long_markdown_document_renders(client: httpx.Client) -> None:
+    """Past RENDER_ON_LOOP characters it renders in a worker thread: the same HTML."""
+    text = "# Long\n\n" + "".join(f"- item **{i}** <i>x</i>\n" for i in range(8000))
+    body = {"workflow_id": "long", "artifact_type": "markdown", "title": "Long", "content": text}
+    made = client.post("/artifacts", json=body).json()["id"]
+    p = page(client, f"/ui/artifacts/{made}")
+    assert len(p.tags("li")) == 8000
+    assert len(p.tags("strong")) == 8000 + 1  # and the header's "project default"
+    assert not p.tags("i") and p.script_problems() == []
+
+
+def test_the_cookie_is_secure_behind_an_https_proxy(tmp_path: Path, database_url: str) -> None:
+    keys = make_keys(database_url)
+    env = {"ARTIFACTS_PUBLIC_URL": "https://artifacts.example"}
+    srv = start_app(tmp_path / "data", database_url=database_url, env=env)
+    try:
+        with srv.client(follow_redirects=False) as c:
+            r = c.post("/ui/sign-in", data={"key": keys.admin})
+            assert r.status_code == 303
+            assert r.headers["set-cookie"].endswith("; HttpOnly; SameSite=Strict; Secure")
+    finally:
+        srv.stop()

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import jinja2
+from anyio import to_thread
 from litestar import HttpMethod, Request, Router, get, post, route
 from litestar.params import FromPath
 from litestar.types import ASGIApp
@@ -71,6 +72,7 @@ PREVIEW_PHASES = 30  # phases shown with their artifacts; later ones link to the
 CHILDREN_SHOWN = 50
 VERSIONS_SHOWN = 20
 MAX_FORM_BYTES = 4096
+RENDER_ON_LOOP = 64 * 1024  # characters of markdown or JSON rendered right on the event loop
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -378,13 +380,13 @@ async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answ
     text = await _shown_text(service, artifact, kind)
     if kind in ("markdown", "json", "text") and text is None:
         kind = "binary"
-    content: Any = None
-    if kind == "markdown" and text is not None:
-        content = render.markdown_html(text)
-    elif kind == "json" and text is not None:
-        content = render.pretty_json(text)
-    elif text is not None:
-        content = text
+    content: Any = text
+    if text is not None and kind in ("markdown", "json"):
+        shape = render.markdown_html if kind == "markdown" else render.pretty_json
+        if len(text) > RENDER_ON_LOOP:  # a long document renders off the event loop
+            content = await to_thread.run_sync(shape, text)
+        else:
+            content = shape(text)
     versions = await service.versions(artifact.id, limit=VERSIONS_SHOWN)
     children = await service.page(ListQuery(derived_from=artifact.id), limit=CHILDREN_SHOWN)
     graph = await subgraph(service.db, artifact.id, "both", 2, tenant=service.tenant)
@@ -438,7 +440,10 @@ async def artifact_download(artifact_id: FromPath[str], request: AnyRequest) -> 
 
 
 def _secure(request: AnyRequest) -> bool:
-    return request.scope.get("scheme") == "https"
+    """The cookie is Secure when the browser reached us over https: directly, or through the
+    proxy ARTIFACTS_PUBLIC_URL names."""
+    public = request.app.state.settings.public_url or ""
+    return request.scope.get("scheme") == "https" or public.startswith("https://")
 
 
 def _same_origin(request: AnyRequest) -> bool:
