@@ -177,6 +177,11 @@ def test_unknown_things_answer_html_404(client: httpx.Client, seeded: Seeded) ->
     page(client, workflow_path("no-such-workflow"), 404)
     page(client, workflow_path(seeded.workflow, phase="no-such-phase"), 404)
     page(client, "/ui/workflow", 400)
+    for nul in ("/ui/?q=a%00", "/ui/workflow?id=a%00b", workflow_path("x", phase="p\x00")):
+        page(client, nul, 400)
+    assert client.get("/ui/workflow/live?id=a%00").status_code == 400
+    assert client.get("/ui/artifacts/abcdefgh%00/download").status_code == 404
+    page(client, "/ui/artifacts/abcdefgh%00", 404)
     page(client, "/ui/?cursor=garbage", 400)
     page(client, workflow_path(seeded.workflow, phase="discovery", cursor="garbage"), 400)
     assert client.get("/ui/static/nope.js").status_code == 404

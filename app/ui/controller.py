@@ -206,11 +206,15 @@ def service_for(request: AnyRequest, who: Viewer) -> ArtifactService:
 
 
 def query(request: AnyRequest, name: str) -> str | None:
-    """One query parameter (its last value, as the API reads them), None when absent."""
+    """One query parameter (its last value, as the API reads them), None when absent. No id
+    the store holds contains NUL (creates refuse it, and PostgreSQL cannot compare it): one is
+    a bad request, before any query."""
     value = None
     for key, item in parse_qsl(request.scope.get("query_string", b"").decode("latin-1")):
         if key == name:
             value = item
+    if value is not None and "\x00" in value:
+        raise BadRequest(f"The {name} parameter holds a NUL character.")
     return value
 
 
