@@ -295,6 +295,19 @@ def test_a_phase_pages_by_cursor_and_the_null_phase_too(client: httpx.Client) ->
     assert seen == [f"n{i:02}" for i in range(12, -1, -1)]  # the rest, each once
 
 
+def test_phases_past_the_first_thirty_link_to_their_own_pages(client: httpx.Client) -> None:
+    for i in range(32):
+        body = {"workflow_id": "many", "phase_id": f"p{i:02}", "artifact_type": "text"}
+        body |= {"title": f"t{i:02}", "content": "x"}
+        assert client.post("/artifacts", json=body).status_code == 201
+    p = page(client, workflow_path("many"))
+    assert [h for h in re.findall(r"Phase: (p\d\d)", p.text)] == [f"p{i:02}" for i in range(32)]
+    assert "t29" in p.text and "t30" not in p.text and "t31" not in p.text
+    links = [a["href"] for a in p.tags("a") if a.get("href", "").startswith("/ui/workflow?")]
+    assert workflow_path("many", phase="p31") in links
+    assert "t31" in page(client, workflow_path("many", phase="p31")).text
+
+
 def test_workflows_page_paginates(client: httpx.Client) -> None:
     for i in range(53):
         body = {"workflow_id": f"wf-{i:02}", "artifact_type": "text", "title": "t", "content": "x"}
@@ -534,6 +547,10 @@ def test_another_projects_artifacts_are_unreachable(
             page(c, f"/ui/artifacts/{artifact[:8]}", 404)
         r = c.get("/ui/workflow/export?" + str(httpx.QueryParams(id=theirs.workflow)))
         assert r.status_code == 404
+        r = c.get("/ui/workflow/export?" + str(httpx.QueryParams(id=mine.workflow)))
+        assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            assert len(json.loads(z.read("manifest.json"))["files"]) == 7
     with srv.client(follow_redirects=False) as c:
         assert sign_in(c, keys.other_tenant).status_code == 303
         assert theirs.workflow in page(c, "/ui/").text

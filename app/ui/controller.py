@@ -19,6 +19,10 @@ guard leaves them alone and each handler asks `viewer_of()` (app/ui/session.py) 
 these are, the open-mode user or a signed-in key's project, and reads through the service
 scoped to that project, so another project's artifacts answer exactly as unknown ones. Pages
 are excluded from the OpenAPI document (`include_in_schema=False`).
+
+Templates are rendered with Jinja2 directly (autoescape on for every template), not through
+Litestar's TemplateConfig: a page becomes the app's own `Answer`, like every other answer here,
+so its status and headers (the CSP above all) are exactly the ones written below.
 """
 
 from __future__ import annotations
