@@ -30,6 +30,7 @@ from tests.support.keys import Keys, bearer, make_keys
 from tests.support.ui import (
     HTML_BYTES,
     PNG,
+    SVG_BYTES,
     XSS_TITLE,
     Page,
     Seeded,
@@ -81,10 +82,9 @@ def test_workflows_page_lists_the_workflow_with_its_totals(
         assert workflow_path("another-workflow") in links
     text = page(client, "/ui/").text
     assert "Open mode" in text
-    # 10 artifacts, three phases (in order of first activity), two primary deliverables... plus
-    # the hostile phase's primary-less artifacts: 7 + 3
+    # 7 artifacts in two phases, then the hostile phase's 4
     row = re.search(re.escape(seeded.workflow) + r" (\d+) ", text)
-    assert row is not None and row.group(1) == "10"
+    assert row is not None and row.group(1) == "11"
     assert "discovery analysis hostile" in text
 
 
@@ -239,6 +239,39 @@ def test_uploaded_html_is_never_served_inline(client: httpx.Client, seeded: Seed
     assert r.headers["x-content-type-options"] == "nosniff"
 
 
+def test_an_svg_image_is_shown_through_img_and_served_sandboxed(
+    client: httpx.Client, seeded: Seeded
+) -> None:
+    p = page(client, f"/ui/artifacts/{seeded.svg_file}")
+    src = f"/ui/artifacts/{seeded.svg_file}/download?version=1"
+    assert [i["src"] for i in p.tags("img")] == [src]
+    assert not p.tags("svg") or all("lineage" in (s.get("class") or "") for s in p.tags("svg"))
+    r = client.get(f"/ui/artifacts/{seeded.svg_file}/download?version=1")
+    assert r.content == SVG_BYTES and r.headers["content-type"] == "image/svg+xml"
+    assert r.headers["content-security-policy"] == "sandbox"
+    assert r.headers["content-disposition"].startswith("attachment")
+
+
+def test_versions_and_a_deleted_parent(client: httpx.Client, seeded: Seeded) -> None:
+    body = {"workflow_id": "v", "artifact_type": "text", "title": "Parent", "content": "p"}
+    parent = client.post("/artifacts", json=body).json()["id"]
+    child = client.post("/artifacts", json={
+        "workflow_id": "v", "artifact_type": "text", "title": "Child", "content": "one",
+        "derived_from": [parent]}).json()["id"]  # fmt: skip
+    r = client.post(f"/artifacts/{child}/upload", files={"file": ("two.txt", b"two", "text/plain")})
+    assert r.status_code == 200, r.text
+    assert client.delete(f"/artifacts/{parent}").status_code == 200
+    html = client.get(f"/ui/artifacts/{child}").text
+    p = Page(html)
+    assert "2 (current)" in p.text and "Download v1" in p.text and "Download v2" in p.text
+    assert client.get(f"/ui/artifacts/{child}/download?version=1").content == b"one"
+    assert client.get(f"/ui/artifacts/{child}/download").content == b"two"
+    assert f"deleted artifact {parent[:8]}" in p.text  # a parent gone: no link, said so
+    assert f"/ui/artifacts/{parent}" not in [a["href"] for a in p.tags("a")]
+    deleted = [g for g in p.tags("g") if "deleted" in (g.get("class") or "")]
+    assert [g["data-id"] for g in deleted] == [parent]
+
+
 def test_download_carries_the_exact_bytes_and_a_safe_name(
     client: httpx.Client, seeded: Seeded
 ) -> None:
@@ -263,7 +296,7 @@ def test_export_links_download_the_archives(client: httpx.Client, seeded: Seeded
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         names = z.namelist()
         manifest = json.loads(z.read("manifest.json"))
-    assert names[0] == "manifest.json" and len(manifest["files"]) == 10
+    assert names[0] == "manifest.json" and len(manifest["files"]) == 11
     deliverables = next(e for e in exports if "format=tar" in e and "deliverables" in e)
     r = client.get(deliverables)
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"

@@ -70,6 +70,11 @@ XSS_MARKDOWN = """# Hostile
 """
 XSS_METADATA = {"note": "</code></pre><script>window.__xss=9</script>", "<b>key</b>": "x"}
 XSS_FILENAME = '"><svg onload="window.__xss=10">.txt'
+# An SVG image that tries to run script: shown through an <img>, which runs none of it.
+SVG_BYTES = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20" onload="window.__xss=13">'
+    b'<script>window.__xss=14;alert(14)</script><rect width="40" height="20" fill="teal"/></svg>'
+)
 HTML_BYTES = b"<html><body><script>window.__xss=11;alert(11)</script>served inline?</body></html>"
 
 
@@ -84,6 +89,7 @@ class Seeded:
     grandchild: str  # derived from code: report -> data -> code -> grandchild
     hostile: list[str] = field(default_factory=list)  # XSS attempts
     html_file: str = ""
+    svg_file: str = ""
     ids: dict[str, str] = field(default_factory=dict)
 
 
@@ -175,6 +181,12 @@ def seed_hostile(
         "page.html", HTML_BYTES, "text/html", h,
     )  # fmt: skip
     seeded.hostile.append(seeded.html_file)
+    seeded.svg_file = upload_new(
+        client,
+        {**base, "artifact_type": "other", "title": "A scripted SVG"},
+        "drawing.svg", SVG_BYTES, "image/svg+xml", h,
+    )  # fmt: skip
+    seeded.hostile.append(seeded.svg_file)
 
 
 class Page(HTMLParser):
