@@ -393,3 +393,40 @@ def test_a_new_artifact_appears_on_an_open_workflow_page(
     assert tab.page.evaluate("window.__notReloaded") is True  # the same document: no reload
     tab.shot(shots, "09-live-update")
     expect_clean(tab)
+
+
+CONTRAST_JS = """
+() => {
+  const rgb = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length >= 3 && (c.length < 4 || c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const worst = [];
+  for (const el of document.querySelectorAll("main *, header *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || el.closest("svg") || !el.getClientRects().length) continue;
+    const a = lum(rgb(getComputedStyle(el).color)), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) worst.push(el.tagName + " " + el.textContent.trim().slice(0, 30) + " " + ratio.toFixed(2));
+  }
+  return worst;
+}
+"""
+
+
+def test_text_contrast_is_readable(tab: Tab, open_server: tuple[Server, Seeded]) -> None:
+    """Every piece of text on each page has at least 4.5:1 contrast with its background
+    (WCAG AA for body text), as the browser computes the colours."""
+    srv, s = open_server
+    for path in ("/ui/", workflow_path(s.workflow), f"/ui/artifacts/{s.report}", "/ui/sign-in"):
+        tab.page.goto(ui_url(srv, path))
+        assert tab.page.evaluate(CONTRAST_JS) == [], path
+    expect_clean(tab)
