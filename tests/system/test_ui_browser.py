@@ -415,7 +415,8 @@ CONTRAST_JS = """
     if (!own || el.closest("svg") || !el.getClientRects().length) continue;
     const a = lum(rgb(getComputedStyle(el).color)), b = lum(background(el));
     const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-    if (ratio < 4.5) worst.push(el.tagName + " " + el.textContent.trim().slice(0, 30) + " " + ratio.toFixed(2));
+    const what = el.tagName + " " + el.textContent.trim().slice(0, 30);
+    if (ratio < 4.5) worst.push(what + " " + ratio.toFixed(2));
   }
   return worst;
 }
