@@ -20,6 +20,7 @@ from app.imports.controller import ImportController
 from app.imports.runner import ImportRunner, importer_for
 from app.settings import Settings
 from app.signing import RedactSignatures, signer_from_settings
+from app.ui.controller import ROUTER as UI_ROUTER
 from app.workflows.controller import WorkflowController
 from app.workflows.paths import route_encoded_slashes
 from storage.apikeys import ApiKeys
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *docs.ROUTES,
             *CONTROLLERS,
             Router("/api/v1", route_handlers=list(CONTROLLERS)),
+            UI_ROUTER,  # the web pages for people (app/ui/): not in the OpenAPI document
         ],
         guards=[authorize],
         dependencies={

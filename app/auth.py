@@ -195,7 +195,11 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Any
     """The app's one guard (Litestar copies the handler for each guard it runs: one is
     cheaper): the reference's routing answers first (app/errors.py), then the route's
     `opt["scope"]` (None: a public route); with `opt["signed_links"]` a signed download link
-    stands in for a key with that scope."""
+    stands in for a key with that scope. The web UI's routes (`opt["ui"]`, app/ui/) are no part
+    of the reference's API: they route as Litestar does (`/ui/` is a page) and each handler
+    admits its viewer by the session cookie (app/ui/session.py)."""
+    if handler.opt.get("ui"):
+        return
     reference_routing(connection.scope)
     scope: str | None = handler.opt.get("scope")
     if scope is None:

@@ -165,6 +165,13 @@ class LinkSigner:
     def __repr__(self) -> str:
         return f"LinkSigner(max_lifetime={self.max_lifetime:g})"
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A key of its own for another use of this secret (the web UI's session cookie):
+        HMAC of the purpose under the secret, so a MAC made with it never opens a link, nor
+        the reverse, and rotating ARTIFACTS_SIGNING_KEY voids both."""
+        tagged = b"workflow-artifacts/derived-key/v1\n" + purpose.encode()
+        return hmac.digest(self._secret, tagged, "sha256")
+
     def _sig(
         self,
         artifact_id: str,

@@ -187,6 +187,17 @@ class ApiKeys:
         key = _key_from_columns(row)
         return key if key.active(now_us()) else None
 
+    async def active_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id if it is active now, else None (unknown, revoked or expired
+        alike): for a credential that names its key rather than carrying the secret (the web
+        UI's session cookie), so a revocation or an expiry ends it from the next request on."""
+        query = sa.select(api_keys).where(api_keys.c.id == key_id)
+        row = await self.db.run_read(lambda conn: conn.execute(query).first())
+        if row is None:
+            return None
+        key = _row_to_key(row)
+        return key if key.active(now_us()) else None
+
     async def access(self) -> Access:
         """How many keys are on record, and how many of them are active."""
         query = sa.select(sa.func.count(), _count(_active(now_us())))

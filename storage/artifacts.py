@@ -761,6 +761,8 @@ class ArtifactService:
         ):
             if value is not None:
                 conditions.append(column == value)
+        if query.no_phase:
+            conditions.append(c.phase_id.is_(None))
         if query.created_after is not None:
             conditions.append(c.created_at > query.created_after)
         if query.created_before is not None:

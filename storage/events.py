@@ -93,6 +93,18 @@ async def read_after(
     ]
 
 
+async def head(
+    db: Database, *, workflow_id: str | None = None, tenant: str = DEFAULT_TENANT
+) -> int:
+    """The tenant's last event's sequence number (of one workflow's events, if given), 0 when
+    there is none: where a reader that wants only what happens from now on starts."""
+    stmt = sa.select(sa.func.max(events.c.seq)).where(events.c.tenant == tenant)
+    if workflow_id is not None:
+        stmt = stmt.where(events.c.workflow_id == workflow_id)
+    value = await db.run_read(lambda conn: conn.execute(stmt).scalar())
+    return int(value or 0)
+
+
 class Notifier:
     """Wakes this process's feed readers after a commit; readers also poll, for other
     processes' writes (several replicas, the CLI)."""

@@ -191,6 +191,7 @@ class ListQuery:
     created_after: int | None = None  # exclusive
     created_before: int | None = None  # exclusive
     derived_from: str | None = None  # direct children of this artifact id
+    no_phase: bool = False  # only artifacts without a phase (phase_id must then be None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,9 +77,11 @@ async def list_workflows(
     after: WorkflowCursor | None = None,
     active_after: int | None = None,
     active_before: int | None = None,
+    id_contains: str | None = None,
     tenant: str = DEFAULT_TENANT,
 ) -> tuple[list[WorkflowSummary], WorkflowCursor | None]:
-    """Most recently active first. `active_after`/`active_before` bound the last activity."""
+    """Most recently active first. `active_after`/`active_before` bound the last activity;
+    `id_contains` keeps the workflows whose id contains that text, in any case."""
     last = sa.func.max(c.updated_at)
     stmt = (
         sa.select(
@@ -95,6 +97,10 @@ async def list_workflows(
         .where(LIVE, c.tenant == tenant)
         .group_by(c.workflow_id)
     )
+    if id_contains:
+        stmt = stmt.where(
+            sa.func.lower(c.workflow_id).contains(id_contains.lower(), autoescape=True)
+        )
     if active_after is not None:
         stmt = stmt.having(last > active_after)
     if active_before is not None:
@@ -216,6 +222,27 @@ async def phases(
         )
         for r in rows
     ]
+
+
+async def primary(
+    db: Database, workflow_id: str, phase_id: str | None, *, tenant: str = DEFAULT_TENANT
+) -> Artifact | None:
+    """The live primary deliverable of one phase (None: it has none), read through the partial
+    unique index that keeps it one (ux_artifacts_one_primary), so one index probe whatever the
+    size of the phase. Its key folds the null phase and `''` together: both may come back, and
+    the one of this phase is kept."""
+    if "\x00" in workflow_id or (phase_id is not None and "\x00" in phase_id):
+        return None
+    stmt = sa.select(artifacts).where(
+        c.tenant == tenant,
+        c.workflow_id == workflow_id,
+        sa.func.coalesce(c.phase_id, "") == (phase_id or ""),
+        sa.literal_column("is_primary_deliverable"),  # the index's own WHERE, term for term
+        c.deleted_at.is_(None),
+    )
+    rows = await db.run_read(lambda conn: conn.execute(stmt).all())
+    found = [r for r in rows if r.phase_id == phase_id]
+    return row_to_artifact(found[0], None) if found else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 is, and its routes are held to it both ways. Every documented operation is served and every
 served route is documented (the doc pages excepted), with the same scope, response statuses,
 query and header parameters (the handler's `opt["params"]` model) and path parameters; every
-secured route is also served under /api/v1, with the same methods and declarations."""
+secured route is also served under /api/v1, with the same methods and declarations. The web
+UI's pages (`opt["ui"]`, app/ui/) are no part of the API: they live under /ui only and are
+left out of the document."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "openapi" / "openapi.json"
 API_PREFIX = "/api/v1"
+UI_PREFIX = "/ui"
 DOC_METHODS = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
 # Served, public and not in the document: the document itself and the pages that render it.
 DOC_PAGES = {
@@ -70,6 +73,10 @@ def served(app: Litestar) -> tuple[dict[Operation, tuple[Any, HTTPRoute]], list[
         for handler in route.route_handlers:
             if _is_auto_options(handler) or handler.opt.get("alias_of"):
                 continue  # an alias serves a documented operation (its opt names which)
+            if handler.opt.get("ui"):
+                if not (route.path == UI_PREFIX or route.path.startswith(UI_PREFIX + "/")):
+                    problems.append(f"{route.path}: a web UI page outside {UI_PREFIX}")
+                continue  # the web UI: pages for people, not in the document
             for verb in sorted(handler.http_methods):
                 if (verb, path) in table:
                     problems.append(f"{verb} {route.path}: served twice")

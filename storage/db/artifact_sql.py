@@ -116,6 +116,8 @@ def page_sqlite(
         if value is not None:
             sql.append(f"AND {name} = ?")
             params.append(value)
+    if query.no_phase:
+        sql.append("AND phase_id IS NULL")
     if query.is_primary_deliverable is not None:
         sql.append("AND is_primary_deliverable = ?")
         params.append(1 if query.is_primary_deliverable else 0)

@@ -21,7 +21,9 @@ PUBLIC = {
 
 def app_routes() -> list[tuple[str, str, list[tuple[str, ...]]]]:
     """(method, path, scopes declared) for every route the app serves, routers included: a
-    handler's `opt["scope"]` (public routes declare none); Litestar's own OPTIONS left out."""
+    handler's `opt["scope"]` (public routes declare none); Litestar's own OPTIONS left out, and
+    the web UI's pages (`opt["ui"]`: they admit people by their session cookie, not by an API
+    key's scope; tests/test_ui.py walks them)."""
     app = create_app(Settings(data_dir=Path("/nonexistent")))
     out = []
     for route in app.routes:
@@ -31,6 +33,7 @@ def app_routes() -> list[tuple[str, str, list[tuple[str, ...]]]]:
             for h in getattr(route, "route_handlers", [])
             if not (set(h.http_methods) == {"OPTIONS"} and h.handler_name == "options_handler")
             and not h.opt.get("alias_of")  # serves a documented route, which is listed
+            and not h.opt.get("ui")
         ]
         methods = {m for h in handlers for m in h.http_methods}
         for handler in handlers:
