@@ -1,13 +1,17 @@
 """AsyncArtifactsClient: ArtifactsClient's calls as coroutines (and async iterators), over one
-httpx.AsyncClient. File reads and writes are plain blocking calls of at most one chunk each."""
+httpx.AsyncClient. File reads and writes are plain blocking calls of at most one chunk each.
+
+The one hand-written source of the client's calls: scripts/gen-sync-client writes _sync.py
+(ArtifactsClient) from this file, by whole-word replacements (`async def` -> `def`, `await ` ->
+``, httpx.AsyncClient -> httpx.Client, …) and the few `# unasync:` markers below."""
 
 from __future__ import annotations
 
-import asyncio
+import asyncio  # unasync: drop
 import builtins
 import json
 import os
-import tempfile
+import tempfile  # unasync: import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -15,7 +19,6 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from workflow_artifacts_client import _common as c
-from workflow_artifacts_client._sync import _download_path, _failed, _import_body
 from workflow_artifacts_client.errors import ApiError, ConnectionFailed, DigestMismatch, error_for
 from workflow_artifacts_client.models import (
     Artifact,
@@ -40,7 +43,7 @@ Dest = str | os.PathLike[str] | IO[bytes]
 
 
 class AsyncArtifactsClient:
-    """The async client of one workflow-artifacts server (see ArtifactsClient).
+    """A client of one workflow-artifacts server.
 
     `url` and `api_key` default to ARTIFACTS_URL and ARTIFACTS_API_KEY (the URL to
     http://127.0.0.1:8000). Connection errors, timeouts, 429, 502, 503 and 504 are retried
@@ -119,7 +122,7 @@ class AsyncArtifactsClient:
                 attempt += 1
                 wait = self.retry.wait(attempt)
                 if wait is None:
-                    raise ConnectionFailed(_failed(method, request.url, exc, attempt)) from exc
+                    raise ConnectionFailed(c.failed(method, request.url, exc, attempt)) from exc
                 await asyncio.sleep(wait)
                 continue
             if response.status_code < 400:
@@ -135,7 +138,8 @@ class AsyncArtifactsClient:
             await asyncio.sleep(wait)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return (await self._request(method, path, **kwargs)).json()
+        response = await self._request(method, path, **kwargs)
+        return response.json()
 
     async def _pages(self, path: str, params: dict[str, str], model: type[R]) -> AsyncIterator[R]:
         """Every row of a paginated list, a page at a time, following X-Next-Cursor."""
@@ -232,7 +236,7 @@ class AsyncArtifactsClient:
                 "Content-Digest": c.content_digest(source.body_sha256),
                 "X-Content-SHA256": source.sha256,
             }
-            body = _AReplay(lambda: form.chunks(source), progress, (form.head, form.tail))
+            body = _Replay(lambda: form.chunks(source), progress, (form.head, form.tail))
             key = idempotency_key or c.new_key()
             data = await self._json("POST", "/artifacts", body=body, headers=headers, key=key)
             return Created.from_json(data)
@@ -265,7 +269,7 @@ class AsyncArtifactsClient:
             }
             if if_match is not None:
                 headers["If-Match"] = if_match
-            body = _AReplay(source.chunks, progress)
+            body = _Replay(source.chunks, progress)
             key = idempotency_key or c.new_key()
             data = await self._json(
                 "POST",
@@ -435,7 +439,7 @@ class AsyncArtifactsClient:
         progress: c.Progress | None = None,
     ) -> Downloaded:
         """One attempt at download(); see there."""
-        path = _download_path(artifact_id, version)
+        path = c.download_path(artifact_id, version)
         try:
             head = await self._request("HEAD", path)
         except ApiError as exc:
@@ -644,7 +648,7 @@ class AsyncArtifactsClient:
         dry_run: bool = False,
         idempotency_key: str | None = None,
     ) -> ImportJob:
-        body = _import_body(
+        body = c.import_body(
             sandbox_id,
             workflow_id,
             phase_id,
@@ -670,7 +674,7 @@ class AsyncArtifactsClient:
         return ImportJob.from_json(await self._json("POST", path, key=key))
 
 
-class _AReplay:
+class _Replay:
     """A body made afresh for each attempt; on a retry, `progress` is rewound by what the
     failed attempt had sent."""
 
@@ -703,17 +707,17 @@ class _AReplay:
 async def _source(
     file: c.Body | AsyncIterable[bytes], chunk_size: int, name: str | None
 ) -> c.Source:
-    """c.Source, also of an async iterator of bytes (spooled to a temporary file first)."""
-    if not hasattr(file, "__aiter__"):
-        return c.Source(file, chunk_size, name)
-    spool = tempfile.TemporaryFile(prefix="wfa-spool-")
-    try:
-        async for chunk in file:
-            spool.write(chunk)
-        spool.seek(0)
-        source = c.Source(spool, chunk_size, name)
-    except BaseException:
-        spool.close()
-        raise
-    source.adopt(spool)
-    return source
+    """The upload's c.Source (the async client spools an async iterator to a temporary file)."""
+    if isinstance(file, AsyncIterable):  # unasync: drop
+        spool = tempfile.TemporaryFile(prefix="wfa-spool-")
+        try:
+            async for chunk in file:
+                spool.write(chunk)
+            spool.seek(0)
+            source = c.Source(spool, chunk_size, name)
+        except BaseException:
+            spool.close()
+            raise
+        source.adopt(spool)
+        return source
+    return c.Source(file, chunk_size, name)

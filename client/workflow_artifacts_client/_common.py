@@ -122,6 +122,12 @@ def retryable(error: ApiError) -> bool:
     return error.status in RETRY_STATUS or error.code == "idempotency_request_in_progress"
 
 
+def failed(method: str, url: httpx.URL, exc: Exception, attempts: int) -> str:
+    """The sentence of ConnectionFailed after the last retry."""
+    reason = str(exc) or type(exc).__name__
+    return f"{method} {url}: {reason} (after {attempts} attempts)"
+
+
 def check(response: httpx.Response) -> httpx.Response:
     """The response, or its error raised (its body must have been read)."""
     if response.status_code >= 400:
@@ -320,6 +326,33 @@ def form_fields(body: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def import_body(
+    sandbox_id: str,
+    workflow_id: str,
+    phase_id: str | None,
+    session_id: str | None,
+    artifact_type: str | None,
+    artifact_ids: list[str] | None,
+    source_path_prefix: str | None,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """The JSON body of POST /imports/crownest, without the unset members."""
+    body: dict[str, Any] = {"sandbox_id": sandbox_id, "workflow_id": workflow_id}
+    for name, value in (
+        ("phase_id", phase_id),
+        ("session_id", session_id),
+        ("artifact_type", artifact_type),
+        ("source_path_prefix", source_path_prefix),
+    ):
+        if value is not None:
+            body[name] = value
+    if artifact_ids:
+        body["artifact_ids"] = list(artifact_ids)
+    if dry_run:
+        body["dry_run"] = True
+    return body
+
+
 def text_content(content: Any, content_type: str | None) -> tuple[str, str]:
     """A create's `content` as text and its type: a str as is (text/markdown unless told), any
     other JSON value as JSON text (application/json)."""
@@ -329,6 +362,12 @@ def text_content(content: Any, content_type: str | None) -> tuple[str, str]:
 
 
 # -- downloads ----------------------------------------------------------------------------------
+
+
+def download_path(artifact_id: str, version: int | None) -> str:
+    if version is None:
+        return f"/artifacts/{seg(artifact_id)}/download"
+    return f"/artifacts/{seg(artifact_id)}/versions/{int(version)}/download"
 
 
 def etag_hash(response: httpx.Response) -> str | None:

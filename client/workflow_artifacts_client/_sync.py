@@ -1,4 +1,7 @@
-"""ArtifactsClient: every route of the API, synchronous, over one httpx.Client."""
+# Generated from _async.py by scripts/gen-sync-client: do not edit. Change _async.py and run
+# scripts/gen-sync-client (tests/client/test_generated.py fails while the two differ).
+"""ArtifactsClient: every route of the API, synchronous, over one httpx.Client (the calls of
+AsyncArtifactsClient in _async.py, without async)."""
 
 from __future__ import annotations
 
@@ -68,7 +71,6 @@ class ArtifactsClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
         )
-        self._sleep: Callable[[float], None] = time.sleep
 
     def close(self) -> None:
         self._http.close()
@@ -117,8 +119,8 @@ class ArtifactsClient:
                 attempt += 1
                 wait = self.retry.wait(attempt)
                 if wait is None:
-                    raise ConnectionFailed(_failed(method, request.url, exc, attempt)) from exc
-                self._sleep(wait)
+                    raise ConnectionFailed(c.failed(method, request.url, exc, attempt)) from exc
+                time.sleep(wait)
                 continue
             if response.status_code < 400:
                 return response
@@ -130,10 +132,11 @@ class ArtifactsClient:
             wait = self.retry.wait(attempt, retry_after) if c.retryable(error) else None
             if wait is None:
                 raise error
-            self._sleep(wait)
+            time.sleep(wait)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._request(method, path, **kwargs).json()
+        response = self._request(method, path, **kwargs)
+        return response.json()
 
     def _pages(self, path: str, params: dict[str, str], model: type[R]) -> Iterator[R]:
         """Every row of a paginated list, a page at a time, following X-Next-Cursor."""
@@ -205,7 +208,7 @@ class ArtifactsClient:
         """One multipart request: the fields, then the file's bytes, streamed. The file's
         sha256 goes as X-Content-SHA256 and the body's as Content-Digest (hashed in a first
         read), so the server stores nothing unless every byte arrived intact."""
-        source = c.Source(file, self.chunk_size, filename)
+        source = _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name or "file"
             ctype = content_type or c.guess_type(name)
@@ -252,7 +255,7 @@ class ArtifactsClient:
         iterator of bytes, streamed as the raw body with `Content-Digest`. `if_match`: an ETag
         (`Uploaded.etag`, `'"<sha256>"'`) or `*`; PreconditionFailed (412) when another
         version is current."""
-        source = c.Source(file, self.chunk_size, filename)
+        source = _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name
             source.scan()
@@ -284,7 +287,9 @@ class ArtifactsClient:
         )
 
     def content(self, artifact_id: str) -> Content:
-        return Content.from_json(self._json("GET", f"/artifacts/{c.seg(artifact_id)}/content"))
+        return Content.from_json(
+            self._json("GET", f"/artifacts/{c.seg(artifact_id)}/content")
+        )
 
     def list(
         self,
@@ -339,9 +344,13 @@ class ArtifactsClient:
 
     def delete(self, artifact_id: str, *, idempotency_key: str | None = None) -> Changed:
         key = idempotency_key or c.new_key()
-        return Changed.from_json(self._json("DELETE", f"/artifacts/{c.seg(artifact_id)}", key=key))
+        return Changed.from_json(
+            self._json("DELETE", f"/artifacts/{c.seg(artifact_id)}", key=key)
+        )
 
-    def lineage(self, artifact_id: str, *, direction: str = "both", depth: int = 1) -> Lineage:
+    def lineage(
+        self, artifact_id: str, *, direction: str = "both", depth: int = 1
+    ) -> Lineage:
         params = c.query(direction=direction, depth=depth)
         path = f"/artifacts/{c.seg(artifact_id)}/lineage"
         return Lineage.from_json(self._json("GET", path, params=params))
@@ -427,14 +436,16 @@ class ArtifactsClient:
         progress: c.Progress | None = None,
     ) -> Downloaded:
         """One attempt at download(); see there."""
-        path = _download_path(artifact_id, version)
+        path = c.download_path(artifact_id, version)
         try:
             head = self._request("HEAD", path)
         except ApiError as exc:
             if exc.code is not None:
                 raise
             # a HEAD answer has no body: ask again by GET for the error's code and detail
-            self._json("GET", path.removesuffix("/download"), params={"include_content": "false"})
+            self._json(
+                "GET", path.removesuffix("/download"), params={"include_content": "false"}
+            )
             raise
         sha, size = c.sha_of_head(head)
         if expected_sha256 is not None and expected_sha256.lower() != sha:
@@ -482,7 +493,7 @@ class ArtifactsClient:
                         raise ConnectionFailed(
                             f"download of {artifact_id} kept dropping at byte {sink.offset}: {exc}"
                         ) from exc
-                    self._sleep(wait)
+                    time.sleep(wait)
                     continue
                 finally:
                     response.close()
@@ -530,7 +541,7 @@ class ArtifactsClient:
                     progress(-written)
                 if wait is None:
                     raise ConnectionFailed(f"export of {workflow_id} dropped: {exc}") from exc
-                self._sleep(wait)
+                time.sleep(wait)
                 continue
             finally:
                 response.close()
@@ -615,7 +626,9 @@ class ArtifactsClient:
             wait = self.retry.wait(failures)
             if wait is None:
                 raise ConnectionFailed(f"the event stream kept dropping after event {cursor}")
-            self._sleep(parser.retry if parser.retry is not None and failures == 1 else wait)
+            time.sleep(
+                parser.retry if parser.retry is not None and failures == 1 else wait
+            )
 
     # -- imports --------------------------------------------------------------------------------
 
@@ -632,7 +645,7 @@ class ArtifactsClient:
         dry_run: bool = False,
         idempotency_key: str | None = None,
     ) -> ImportJob:
-        body = _import_body(
+        body = c.import_body(
             sandbox_id,
             workflow_id,
             phase_id,
@@ -643,12 +656,16 @@ class ArtifactsClient:
             dry_run,
         )
         key = idempotency_key or c.new_key()
-        return ImportJob.from_json(self._json("POST", "/imports/crownest", json_body=body, key=key))
+        return ImportJob.from_json(
+            self._json("POST", "/imports/crownest", json_body=body, key=key)
+        )
 
     def get_import(self, import_id: str) -> ImportJob:
         return ImportJob.from_json(self._json("GET", f"/imports/{c.seg(import_id)}"))
 
-    def resume_import(self, import_id: str, *, idempotency_key: str | None = None) -> ImportJob:
+    def resume_import(
+        self, import_id: str, *, idempotency_key: str | None = None
+    ) -> ImportJob:
         key = idempotency_key or c.new_key()
         path = f"/imports/{c.seg(import_id)}/resume"
         return ImportJob.from_json(self._json("POST", path, key=key))
@@ -684,38 +701,8 @@ class _Replay:
             yield chunk
 
 
-def _download_path(artifact_id: str, version: int | None) -> str:
-    if version is None:
-        return f"/artifacts/{c.seg(artifact_id)}/download"
-    return f"/artifacts/{c.seg(artifact_id)}/versions/{int(version)}/download"
-
-
-def _failed(method: str, url: httpx.URL, exc: Exception, attempts: int) -> str:
-    reason = str(exc) or type(exc).__name__
-    return f"{method} {url}: {reason} (after {attempts} attempts)"
-
-
-def _import_body(
-    sandbox_id: str,
-    workflow_id: str,
-    phase_id: str | None,
-    session_id: str | None,
-    artifact_type: str | None,
-    artifact_ids: list[str] | None,
-    source_path_prefix: str | None,
-    dry_run: bool,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"sandbox_id": sandbox_id, "workflow_id": workflow_id}
-    for name, value in (
-        ("phase_id", phase_id),
-        ("session_id", session_id),
-        ("artifact_type", artifact_type),
-        ("source_path_prefix", source_path_prefix),
-    ):
-        if value is not None:
-            body[name] = value
-    if artifact_ids:
-        body["artifact_ids"] = list(artifact_ids)
-    if dry_run:
-        body["dry_run"] = True
-    return body
+def _source(
+    file: c.Body, chunk_size: int, name: str | None
+) -> c.Source:
+    """The upload's c.Source (the async client spools an async iterator to a temporary file)."""
+    return c.Source(file, chunk_size, name)
