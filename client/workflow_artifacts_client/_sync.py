@@ -392,7 +392,7 @@ class ArtifactsClient:
         `If-Range`, so the bytes cannot change underneath); to a path, the bytes go to a
         `.wfa-part` file renamed onto `dest` only once the sha256 matches (DigestMismatch
         otherwise, and nothing is left). `expected_sha256` (e.g. a listing's `content_hash`)
-        saves a HEAD and is held to: other bytes raise DigestMismatch."""
+        is held to: other bytes raise DigestMismatch before any is written."""
         reported = 0
 
         def counted(n: int) -> None:
@@ -435,33 +435,21 @@ class ArtifactsClient:
         resume: bool = True,
         progress: c.Progress | None = None,
     ) -> Downloaded:
-        """One attempt at download(); see there."""
+        """One attempt at download(); see there. No HEAD first: the GET's own answer says
+        which bytes it carries (ETag, else Repr-Digest) and how many (Content-Length, or a
+        206's Content-Range)."""
         path = c.download_path(artifact_id, version)
-        try:
-            head = self._request("HEAD", path)
-        except ApiError as exc:
-            if exc.code is not None:
-                raise
-            # a HEAD answer has no body: ask again by GET for the error's code and detail
-            self._json(
-                "GET", path.removesuffix("/download"), params={"include_content": "false"}
-            )
-            raise
-        sha, size = c.sha_of_head(head)
-        if expected_sha256 is not None and expected_sha256.lower() != sha:
-            raise DigestMismatch(
-                0,
-                "digest_mismatch",
-                f"the server now has {sha}, not the expected {expected_sha256}",
-            )
-        sink = c.Sink(dest, sha, resume)
-        if progress is not None and sink.offset:
-            progress(sink.offset)
+        sha = expected_sha256.lower() if expected_sha256 is not None else None
+        sink = c.Sink(dest, resume)
+        size: int | None = None
+        answered = False  # whether an answer of these bytes came
         reconnects = failures = 0
         try:
-            while sink.offset < size or size == 0:
+            if sha is not None and sink.expect(sha) and progress is not None:
+                progress(sink.offset)  # a part file of an earlier call, taken up
+            while True:
                 headers = {}
-                if sink.offset:
+                if sink.offset:  # If-Range: the rest of these bytes, or all of other ones
                     headers = {"Range": f"bytes={sink.offset}-", "If-Range": f'"{sha}"'}
                 try:
                     response = self._request("GET", path, headers=headers, stream=True)
@@ -472,7 +460,21 @@ class ArtifactsClient:
                         sink.restart()
                         continue
                     raise
+                before = sink.offset
                 try:
+                    got = c.download_sha(response)
+                    if sha is None:  # the first answer names the bytes
+                        sha = got
+                        if sink.expect(sha):  # a part file of an earlier call: ask for the rest
+                            if progress is not None:
+                                progress(sink.offset)
+                            continue
+                    elif got != sha:
+                        if answered:  # replaced between two attempts: these bytes are gone
+                            sink.discard()
+                        raise c.changed(got, sha, during=answered)
+                    answered = True
+                    size = c.download_size(response)
                     if (
                         response.status_code != 206
                         or c.content_range_start(response) != sink.offset
@@ -480,11 +482,13 @@ class ArtifactsClient:
                         if progress is not None and sink.offset:
                             progress(-sink.offset)
                         sink.restart()
-                    before = sink.offset
+                        before = 0
                     for chunk in response.iter_bytes():
                         sink.write(chunk)
                         if progress is not None:
                             progress(len(chunk))
+                    if size is not None and sink.offset < size:
+                        raise httpx.RemoteProtocolError(f"the answer ended at byte {sink.offset}")
                 except httpx.TransportError as exc:
                     reconnects += 1
                     failures = 1 if sink.offset > before else failures + 1
@@ -497,9 +501,7 @@ class ArtifactsClient:
                     continue
                 finally:
                     response.close()
-                if size == 0:
-                    break
-            return sink.finish(reconnects)
+                return sink.finish(reconnects)
         except BaseException:
             sink.close()
             raise
