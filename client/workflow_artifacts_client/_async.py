@@ -1,5 +1,6 @@
 """AsyncArtifactsClient: ArtifactsClient's calls as coroutines (and async iterators), over one
-httpx.AsyncClient. File reads and writes are plain blocking calls of at most one chunk each.
+httpx.AsyncClient. Every read and write of a local file (hashing included) runs in a worker
+thread (anyio.to_thread), so the event loop never waits on the disk.
 
 The one hand-written source of the client's calls: scripts/gen-sync-client writes _sync.py
 (ArtifactsClient) from this file, by whole-word replacements (`async def` -> `def`, `await ` ->
@@ -7,7 +8,6 @@ The one hand-written source of the client's calls: scripts/gen-sync-client write
 
 from __future__ import annotations
 
-import asyncio  # unasync: drop
 import builtins
 import json
 import os
@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import anyio  # unasync: drop
 import httpx
 
 from workflow_artifacts_client import _common as c
@@ -123,7 +124,7 @@ class AsyncArtifactsClient:
                 wait = self.retry.wait(attempt)
                 if wait is None:
                     raise ConnectionFailed(c.failed(method, request.url, exc, attempt)) from exc
-                await asyncio.sleep(wait)
+                await anyio.sleep(wait)
                 continue
             if response.status_code < 400:
                 return response
@@ -135,7 +136,7 @@ class AsyncArtifactsClient:
             wait = self.retry.wait(attempt, retry_after) if c.retryable(error) else None
             if wait is None:
                 raise error
-            await asyncio.sleep(wait)
+            await anyio.sleep(wait)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
@@ -229,7 +230,8 @@ class AsyncArtifactsClient:
                 )
             )
             form = c.Multipart(fields, name, ctype)
-            source.scan(form.head, form.tail)  # the file's and the body's sha256, one read
+            # the file's and the body's sha256, in one read
+            await anyio.to_thread.run_sync(source.scan, form.head, form.tail)
             headers = {
                 "Content-Type": form.content_type,
                 "Content-Length": str(form.length(source)),
@@ -261,7 +263,7 @@ class AsyncArtifactsClient:
         source = await _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name
-            source.scan()
+            await anyio.to_thread.run_sync(source.scan)
             headers = {
                 "Content-Type": content_type or c.guess_type(name),
                 "Content-Length": str(source.size),
@@ -448,8 +450,10 @@ class AsyncArtifactsClient:
         answered = False  # whether an answer of these bytes came
         reconnects = failures = 0
         try:
-            if sha is not None and sink.expect(sha) and progress is not None:
-                progress(sink.offset)  # a part file of an earlier call, taken up
+            if sha is not None:  # a part file of an earlier call is taken up
+                taken_up = await anyio.to_thread.run_sync(sink.expect, sha)
+                if taken_up and progress is not None:
+                    progress(taken_up)
             while True:
                 headers = {}
                 if sink.offset:  # If-Range: the rest of these bytes, or all of other ones
@@ -460,7 +464,7 @@ class AsyncArtifactsClient:
                     if exc.status == 416 and sink.offset:  # a stale .part: start over
                         if progress is not None:
                             progress(-sink.offset)
-                        sink.restart()
+                        await anyio.to_thread.run_sync(sink.restart)
                         continue
                     raise
                 before = sink.offset
@@ -468,13 +472,14 @@ class AsyncArtifactsClient:
                     got = c.download_sha(response)
                     if sha is None:  # the first answer names the bytes
                         sha = got
-                        if sink.expect(sha):  # a part file of an earlier call: ask for the rest
+                        # a part file of an earlier call with some of them: ask for the rest
+                        if await anyio.to_thread.run_sync(sink.expect, sha):
                             if progress is not None:
                                 progress(sink.offset)
                             continue
                     elif got != sha:
                         if answered:  # replaced between two attempts: these bytes are gone
-                            sink.discard()
+                            await anyio.to_thread.run_sync(sink.discard)
                         raise c.changed(got, sha, during=answered)
                     answered = True
                     size = c.download_size(response)
@@ -484,10 +489,10 @@ class AsyncArtifactsClient:
                     ):
                         if progress is not None and sink.offset:
                             progress(-sink.offset)
-                        sink.restart()
+                        await anyio.to_thread.run_sync(sink.restart)
                         before = 0
                     async for chunk in response.aiter_bytes():
-                        sink.write(chunk)
+                        await anyio.to_thread.run_sync(sink.write, chunk)
                         if progress is not None:
                             progress(len(chunk))
                     if size is not None and sink.offset < size:
@@ -500,11 +505,11 @@ class AsyncArtifactsClient:
                         raise ConnectionFailed(
                             f"download of {artifact_id} kept dropping at byte {sink.offset}: {exc}"
                         ) from exc
-                    await asyncio.sleep(wait)
+                    await anyio.sleep(wait)
                     continue
                 finally:
                     await response.aclose()
-                return sink.finish(reconnects)
+                return await anyio.to_thread.run_sync(sink.finish, reconnects)
         except BaseException:
             sink.close()
             raise
@@ -528,11 +533,13 @@ class AsyncArtifactsClient:
         while True:
             response = await self._request("GET", path, params=params, stream=True)
             part = target.with_name(f".{target.name}.wfa-part") if target else None
-            out: IO[bytes] = part.open("wb") if part else dest  # type: ignore[assignment]
+            out: IO[bytes] = dest  # type: ignore[assignment]
+            if part is not None:
+                out = await anyio.to_thread.run_sync(part.open, "wb")
             written = 0
             try:
                 async for chunk in response.aiter_bytes():
-                    out.write(chunk)
+                    await anyio.to_thread.run_sync(out.write, chunk)
                     written += len(chunk)
                     if progress is not None:
                         progress(len(chunk))
@@ -540,19 +547,19 @@ class AsyncArtifactsClient:
                 failures += 1
                 wait = self.retry.wait(failures) if part is not None else None
                 if part is not None:
-                    out.close()
-                    part.unlink(missing_ok=True)
+                    await anyio.to_thread.run_sync(out.close)
+                    await anyio.to_thread.run_sync(part.unlink, True)  # missing_ok
                 if progress is not None:
                     progress(-written)
                 if wait is None:
                     raise ConnectionFailed(f"export of {workflow_id} dropped: {exc}") from exc
-                await asyncio.sleep(wait)
+                await anyio.sleep(wait)
                 continue
             finally:
                 await response.aclose()
             if part is not None and target is not None:
-                out.close()
-                os.replace(part, target)
+                await anyio.to_thread.run_sync(out.close)
+                await anyio.to_thread.run_sync(os.replace, part, target)
             return target
 
     # -- workflows ------------------------------------------------------------------------------
@@ -631,7 +638,7 @@ class AsyncArtifactsClient:
             wait = self.retry.wait(failures)
             if wait is None:
                 raise ConnectionFailed(f"the event stream kept dropping after event {cursor}")
-            await asyncio.sleep(
+            await anyio.sleep(
                 parser.retry if parser.retry is not None and failures == 1 else wait
             )
 
@@ -696,7 +703,8 @@ class _Replay:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self.make():
+        chunks = self.make()  # reads the file (the async client: a chunk per worker thread call)
+        while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
             if any(chunk is e for e in self.envelope):
                 yield chunk
                 continue
@@ -711,15 +719,15 @@ async def _source(
 ) -> c.Source:
     """The upload's c.Source (the async client spools an async iterator to a temporary file)."""
     if isinstance(file, AsyncIterable):  # unasync: drop
-        spool = tempfile.TemporaryFile(prefix="wfa-spool-")
+        spool = await anyio.to_thread.run_sync(tempfile.TemporaryFile)
         try:
             async for chunk in file:
-                spool.write(chunk)
-            spool.seek(0)
-            source = c.Source(spool, chunk_size, name)
+                await anyio.to_thread.run_sync(spool.write, chunk)
+            await anyio.to_thread.run_sync(spool.seek, 0)
+            source = await anyio.to_thread.run_sync(c.Source, spool, chunk_size, name)
         except BaseException:
             spool.close()
             raise
         source.adopt(spool)
         return source
-    return c.Source(file, chunk_size, name)
+    return await anyio.to_thread.run_sync(c.Source, file, chunk_size, name)

@@ -226,7 +226,8 @@ class ArtifactsClient:
                 )
             )
             form = c.Multipart(fields, name, ctype)
-            source.scan(form.head, form.tail)  # the file's and the body's sha256, one read
+            # the file's and the body's sha256, in one read
+            source.scan(form.head, form.tail)
             headers = {
                 "Content-Type": form.content_type,
                 "Content-Length": str(form.length(source)),
@@ -445,8 +446,10 @@ class ArtifactsClient:
         answered = False  # whether an answer of these bytes came
         reconnects = failures = 0
         try:
-            if sha is not None and sink.expect(sha) and progress is not None:
-                progress(sink.offset)  # a part file of an earlier call, taken up
+            if sha is not None:  # a part file of an earlier call is taken up
+                taken_up = sink.expect(sha)
+                if taken_up and progress is not None:
+                    progress(taken_up)
             while True:
                 headers = {}
                 if sink.offset:  # If-Range: the rest of these bytes, or all of other ones
@@ -465,7 +468,8 @@ class ArtifactsClient:
                     got = c.download_sha(response)
                     if sha is None:  # the first answer names the bytes
                         sha = got
-                        if sink.expect(sha):  # a part file of an earlier call: ask for the rest
+                        # a part file of an earlier call with some of them: ask for the rest
+                        if sink.expect(sha):
                             if progress is not None:
                                 progress(sink.offset)
                             continue
@@ -525,7 +529,9 @@ class ArtifactsClient:
         while True:
             response = self._request("GET", path, params=params, stream=True)
             part = target.with_name(f".{target.name}.wfa-part") if target else None
-            out: IO[bytes] = part.open("wb") if part else dest  # type: ignore[assignment]
+            out: IO[bytes] = dest  # type: ignore[assignment]
+            if part is not None:
+                out = part.open("wb")
             written = 0
             try:
                 for chunk in response.iter_bytes():
@@ -538,7 +544,7 @@ class ArtifactsClient:
                 wait = self.retry.wait(failures) if part is not None else None
                 if part is not None:
                     out.close()
-                    part.unlink(missing_ok=True)
+                    part.unlink(True)  # missing_ok
                 if progress is not None:
                     progress(-written)
                 if wait is None:
@@ -693,7 +699,8 @@ class _Replay:
         return self._chunks()
 
     def _chunks(self) -> Iterator[bytes]:
-        for chunk in self.make():
+        chunks = self.make()  # reads the file (the async client: a chunk per worker thread call)
+        while (chunk := next(chunks, None)) is not None:
             if any(chunk is e for e in self.envelope):
                 yield chunk
                 continue

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import httpx
 import pytest
@@ -357,3 +360,63 @@ def test_the_async_download_alike(tmp_path: Path) -> None:
     asyncio.run(go())
     assert (tmp_path / "out.bin").read_bytes() == payload
     assert [r.headers.get("range") for r in seen] == [None, "bytes=5000-", "bytes=10000-"]
+
+
+def test_the_async_client_reads_and_writes_files_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every disk access of an async upload and download (hashing, reading chunks, writing
+    them, the rename) runs in a worker thread, never on the event loop's thread."""
+    from workflow_artifacts_client import _common
+
+    loop_thread = threading.get_ident()
+    touched: dict[str, set[int]] = {}
+
+    def watched(name: str, fn: Any) -> Any:
+        if inspect.isgeneratorfunction(fn):
+
+            def gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                for item in fn(*args, **kwargs):
+                    touched.setdefault(name, set()).add(threading.get_ident())
+                    yield item
+
+            return gen
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            touched.setdefault(name, set()).add(threading.get_ident())
+            return fn(*args, **kwargs)
+
+        return call
+
+    watch = {_common.Source: ("scan", "chunks"), _common.Sink: ("expect", "write", "finish")}
+    for cls, names in watch.items():
+        for name in names:
+            monkeypatch.setattr(cls, name, watched(f"{cls.__name__}.{name}", getattr(cls, name)))
+
+    payload = bytes(range(256)) * 40
+    (tmp_path / "in.bin").write_bytes(payload)
+    download, _ = serving(payload)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            request.read()
+            return httpx.Response(201, json=CREATED)
+        return download.handle_request(request)  # type: ignore[return-value]
+
+    async def go() -> None:
+        async with AsyncArtifactsClient(
+            "http://server", transport=httpx.MockTransport(handle), retry=FAST, chunk_size=1000
+        ) as client:
+            await client.create_from_file("wf", tmp_path / "in.bin")
+            await client.download("a" * 8, tmp_path / "out.bin")
+
+    asyncio.run(go())
+    assert (tmp_path / "out.bin").read_bytes() == payload
+    assert set(touched) == {
+        "Source.scan",
+        "Source.chunks",
+        "Sink.expect",
+        "Sink.write",
+        "Sink.finish",
+    }
+    assert all(loop_thread not in threads for threads in touched.values()), touched
