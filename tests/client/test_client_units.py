@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
@@ -420,3 +421,43 @@ def test_the_async_client_reads_and_writes_files_off_the_event_loop(
         "Sink.finish",
     }
     assert all(loop_thread not in threads for threads in touched.values()), touched
+
+
+def test_plain_progress_lines_from_many_threads_never_mix() -> None:
+    """With --jobs, files report from their own threads: each line is written whole, and a
+    file's end is followed by the running total it makes, in order."""
+    import io
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workflow_artifacts_client.cli.output import PlainReporter
+
+    class Slow(io.StringIO):  # a stream that gives other threads every chance to cut in
+        def write(self, text: str) -> int:
+            for ch in text:
+                super().write(ch)
+                time.sleep(0)
+            return len(text)
+
+    stream = Slow()
+    reporter = PlainReporter("push", 40, 40 * 1000, stream)  # type: ignore[arg-type]
+
+    def one(i: int) -> None:
+        task = reporter.task(f"f{i:02d}", 1000)
+        for _ in range(10):
+            task(100)
+        task.finish(True)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(40)))
+    reporter.close()
+    lines = stream.getvalue().splitlines()
+    shapes = re.compile(
+        r"push f\d\d \(1000 B\)|  f\d\d: ok 1000 B in .*|  \[\d+/40 files, .*\]|total: .*"
+    )
+    assert [x for x in lines if not shapes.fullmatch(x)] == []
+    totals = [int(m[1]) for x in lines if (m := re.fullmatch(r"  \[(\d+)/40 files.*", x))]
+    assert totals == list(range(1, 41))
+    for i, x in enumerate(lines):
+        if x.startswith("  ["):
+            assert ": ok " in lines[i - 1]
