@@ -406,45 +406,30 @@ class AsyncArtifactsClient:
             if progress is not None:
                 progress(n)
 
+        sha = expected_sha256.lower() if expected_sha256 is not None else None
         try:
-            return await self._download_once(
-                artifact_id,
-                dest,
-                version=version,
-                expected_sha256=expected_sha256,
-                resume=resume,
-                progress=counted,
-            )
+            return await self._download_once(artifact_id, dest, sha, version, resume, counted)
         except DigestMismatch as exc:
             if not (resume and getattr(exc, "resumed", False)):
                 raise
         # the bytes of an earlier run's .part were not these bytes: fetch them all again
         if progress is not None and reported:
             progress(-reported)
-        return await self._download_once(
-            artifact_id,
-            dest,
-            version=version,
-            expected_sha256=expected_sha256,
-            resume=False,
-            progress=progress,
-        )
+        return await self._download_once(artifact_id, dest, sha, version, False, progress)
 
     async def _download_once(
         self,
         artifact_id: str,
         dest: Dest,
-        *,
-        version: int | None = None,
-        expected_sha256: str | None = None,
-        resume: bool = True,
-        progress: c.Progress | None = None,
+        sha: str | None,
+        version: int | None,
+        resume: bool,
+        progress: c.Progress | None,
     ) -> Downloaded:
-        """One attempt at download(); see there. No HEAD first: the GET's own answer says
-        which bytes it carries (ETag, else Repr-Digest) and how many (Content-Length, or a
-        206's Content-Range)."""
+        """One attempt at download(); see there (`sha`: expected_sha256, lowercased). No HEAD
+        first: the GET's own answer says which bytes it carries (ETag, else Repr-Digest) and
+        how many (Content-Length, or a 206's Content-Range)."""
         path = c.download_path(artifact_id, version)
-        sha = expected_sha256.lower() if expected_sha256 is not None else None
         sink = c.Sink(dest, resume)
         size: int | None = None
         answered = False  # whether an answer of these bytes came
