@@ -339,6 +339,19 @@ def test_a_download_is_one_get_and_resumes_with_if_range(tmp_path: Path) -> None
     assert seen[0].headers["range"] == "bytes=4000-" and seen[0].headers["if-range"] == f'"{sha}"'
     assert (tmp_path / "again.bin").read_bytes() == payload and not part.exists()
 
+    # the same without the expected sha256: the first answer names the part file, and is
+    # closed for a request of the rest (the one case that costs a second request)
+    part = part_path(tmp_path / "nohint.bin", sha)
+    part.write_bytes(payload[:4000])
+    transport, seen = serving(payload)
+    with ArtifactsClient("http://server", transport=transport, retry=FAST) as client:
+        got = client.download("a" * 8, tmp_path / "nohint.bin")
+    assert got.resumed_from == 4000 and [r.headers.get("range") for r in seen] == [
+        None,
+        "bytes=4000-",
+    ]
+    assert (tmp_path / "nohint.bin").read_bytes() == payload and not part.exists()
+
     # other bytes than expected: refused before anything is written
     transport, seen = serving(payload)
     with ArtifactsClient("http://server", transport=transport, retry=FAST) as client:
