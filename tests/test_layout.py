@@ -32,10 +32,11 @@ def test_the_walker_catches_an_http_import():
 
 
 CLIENT = Path(__file__).resolve().parent.parent / "client" / "workflow_artifacts_client"
-CLIENT_MAY_IMPORT = {"httpx", "rich", "workflow_artifacts_client"}  # rich: the optional `cli` extra
+# anyio: a dependency of httpx, imported by the async client; rich: the optional `cli` extra
+CLIENT_MAY_IMPORT = {"httpx", "anyio", "rich", "workflow_artifacts_client"}
 
 
-def test_the_client_imports_only_the_stdlib_httpx_and_rich():
+def test_the_client_imports_only_the_stdlib_httpx_anyio_and_rich():
     """The client is installed where the server is not: it never imports app, storage or any
     server dependency (tests/system/test_client_install.py installs it alone)."""
     import sys

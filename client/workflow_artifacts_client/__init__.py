@@ -7,7 +7,8 @@
         client.upload(created.id, "report.pdf")
         client.download(created.id, "copy.pdf")
 
-Depends on httpx only. The `wfa` command (workflow_artifacts_client.cli) ships with it.
+Depends on httpx only (and anyio, which httpx needs too). The `wfa` command
+(workflow_artifacts_client.cli) ships with it.
 """
 
 from workflow_artifacts_client._async import AsyncArtifactsClient

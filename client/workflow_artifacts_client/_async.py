@@ -1,21 +1,25 @@
 """AsyncArtifactsClient: ArtifactsClient's calls as coroutines (and async iterators), over one
-httpx.AsyncClient. File reads and writes are plain blocking calls of at most one chunk each."""
+httpx.AsyncClient. Every read and write of a local file (hashing included) runs in a worker
+thread (anyio.to_thread), so the event loop never waits on the disk.
+
+The one hand-written source of the client's calls: scripts/gen-sync-client writes _sync.py
+(ArtifactsClient) from this file, by whole-word replacements (`async def` -> `def`, `await ` ->
+``, httpx.AsyncClient -> httpx.Client, …) and the few `# unasync:` markers below."""
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import json
 import os
-import tempfile
+import tempfile  # unasync: import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import anyio  # unasync: drop
 import httpx
 
 from workflow_artifacts_client import _common as c
-from workflow_artifacts_client._sync import _download_path, _failed, _import_body
 from workflow_artifacts_client.errors import ApiError, ConnectionFailed, DigestMismatch, error_for
 from workflow_artifacts_client.models import (
     Artifact,
@@ -40,7 +44,7 @@ Dest = str | os.PathLike[str] | IO[bytes]
 
 
 class AsyncArtifactsClient:
-    """The async client of one workflow-artifacts server (see ArtifactsClient).
+    """A client of one workflow-artifacts server.
 
     `url` and `api_key` default to ARTIFACTS_URL and ARTIFACTS_API_KEY (the URL to
     http://127.0.0.1:8000). Connection errors, timeouts, 429, 502, 503 and 504 are retried
@@ -119,8 +123,8 @@ class AsyncArtifactsClient:
                 attempt += 1
                 wait = self.retry.wait(attempt)
                 if wait is None:
-                    raise ConnectionFailed(_failed(method, request.url, exc, attempt)) from exc
-                await asyncio.sleep(wait)
+                    raise ConnectionFailed(c.failed(method, request.url, exc, attempt)) from exc
+                await anyio.sleep(wait)
                 continue
             if response.status_code < 400:
                 return response
@@ -132,10 +136,11 @@ class AsyncArtifactsClient:
             wait = self.retry.wait(attempt, retry_after) if c.retryable(error) else None
             if wait is None:
                 raise error
-            await asyncio.sleep(wait)
+            await anyio.sleep(wait)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return (await self._request(method, path, **kwargs)).json()
+        response = await self._request(method, path, **kwargs)
+        return response.json()
 
     async def _pages(self, path: str, params: dict[str, str], model: type[R]) -> AsyncIterator[R]:
         """Every row of a paginated list, a page at a time, following X-Next-Cursor."""
@@ -225,14 +230,15 @@ class AsyncArtifactsClient:
                 )
             )
             form = c.Multipart(fields, name, ctype)
-            source.scan(form.head, form.tail)  # the file's and the body's sha256, one read
+            # the file's and the body's sha256, in one read
+            await anyio.to_thread.run_sync(source.scan, form.head, form.tail)
             headers = {
                 "Content-Type": form.content_type,
                 "Content-Length": str(form.length(source)),
                 "Content-Digest": c.content_digest(source.body_sha256),
                 "X-Content-SHA256": source.sha256,
             }
-            body = _AReplay(lambda: form.chunks(source), progress, (form.head, form.tail))
+            body = _Replay(lambda: form.chunks(source), progress, (form.head, form.tail))
             key = idempotency_key or c.new_key()
             data = await self._json("POST", "/artifacts", body=body, headers=headers, key=key)
             return Created.from_json(data)
@@ -257,7 +263,7 @@ class AsyncArtifactsClient:
         source = await _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name
-            source.scan()
+            await anyio.to_thread.run_sync(source.scan)
             headers = {
                 "Content-Type": content_type or c.guess_type(name),
                 "Content-Length": str(source.size),
@@ -265,7 +271,7 @@ class AsyncArtifactsClient:
             }
             if if_match is not None:
                 headers["If-Match"] = if_match
-            body = _AReplay(source.chunks, progress)
+            body = _Replay(source.chunks, progress)
             key = idempotency_key or c.new_key()
             data = await self._json(
                 "POST",
@@ -391,7 +397,7 @@ class AsyncArtifactsClient:
         `If-Range`, so the bytes cannot change underneath); to a path, the bytes go to a
         `.wfa-part` file renamed onto `dest` only once the sha256 matches (DigestMismatch
         otherwise, and nothing is left). `expected_sha256` (e.g. a listing's `content_hash`)
-        saves a HEAD and is held to: other bytes raise DigestMismatch."""
+        is held to: other bytes raise DigestMismatch before any is written."""
         reported = 0
 
         def counted(n: int) -> None:
@@ -400,67 +406,42 @@ class AsyncArtifactsClient:
             if progress is not None:
                 progress(n)
 
+        sha = expected_sha256.lower() if expected_sha256 is not None else None
         try:
-            return await self._download_once(
-                artifact_id,
-                dest,
-                version=version,
-                expected_sha256=expected_sha256,
-                resume=resume,
-                progress=counted,
-            )
+            return await self._download_once(artifact_id, dest, sha, version, resume, counted)
         except DigestMismatch as exc:
             if not (resume and getattr(exc, "resumed", False)):
                 raise
         # the bytes of an earlier run's .part were not these bytes: fetch them all again
         if progress is not None and reported:
             progress(-reported)
-        return await self._download_once(
-            artifact_id,
-            dest,
-            version=version,
-            expected_sha256=expected_sha256,
-            resume=False,
-            progress=progress,
-        )
+        return await self._download_once(artifact_id, dest, sha, version, False, progress)
 
     async def _download_once(
         self,
         artifact_id: str,
         dest: Dest,
-        *,
-        version: int | None = None,
-        expected_sha256: str | None = None,
-        resume: bool = True,
-        progress: c.Progress | None = None,
+        sha: str | None,
+        version: int | None,
+        resume: bool,
+        progress: c.Progress | None,
     ) -> Downloaded:
-        """One attempt at download(); see there."""
-        path = _download_path(artifact_id, version)
-        try:
-            head = await self._request("HEAD", path)
-        except ApiError as exc:
-            if exc.code is not None:
-                raise
-            # a HEAD answer has no body: ask again by GET for the error's code and detail
-            await self._json(
-                "GET", path.removesuffix("/download"), params={"include_content": "false"}
-            )
-            raise
-        sha, size = c.sha_of_head(head)
-        if expected_sha256 is not None and expected_sha256.lower() != sha:
-            raise DigestMismatch(
-                0,
-                "digest_mismatch",
-                f"the server now has {sha}, not the expected {expected_sha256}",
-            )
-        sink = c.Sink(dest, sha, resume)
-        if progress is not None and sink.offset:
-            progress(sink.offset)
+        """One attempt at download(); see there (`sha`: expected_sha256, lowercased). No HEAD
+        first: the GET's own answer says which bytes it carries (ETag, else Repr-Digest) and
+        how many (Content-Length, or a 206's Content-Range)."""
+        path = c.download_path(artifact_id, version)
+        sink = c.Sink(dest, resume)
+        size: int | None = None
+        answered = False  # whether an answer of these bytes came
         reconnects = failures = 0
         try:
-            while sink.offset < size or size == 0:
+            if sha is not None:  # a part file of an earlier call is taken up
+                taken_up = await anyio.to_thread.run_sync(sink.expect, sha)
+                if taken_up and progress is not None:
+                    progress(taken_up)
+            while True:
                 headers = {}
-                if sink.offset:
+                if sink.offset:  # If-Range: the rest of these bytes, or all of other ones
                     headers = {"Range": f"bytes={sink.offset}-", "If-Range": f'"{sha}"'}
                 try:
                     response = await self._request("GET", path, headers=headers, stream=True)
@@ -468,22 +449,39 @@ class AsyncArtifactsClient:
                     if exc.status == 416 and sink.offset:  # a stale .part: start over
                         if progress is not None:
                             progress(-sink.offset)
-                        sink.restart()
+                        await anyio.to_thread.run_sync(sink.restart)
                         continue
                     raise
+                before = sink.offset
                 try:
+                    got = c.download_sha(response)
+                    if sha is None:  # the first answer names the bytes
+                        sha = got
+                        # a part file of an earlier call with some of them: ask for the rest
+                        if await anyio.to_thread.run_sync(sink.expect, sha):
+                            if progress is not None:
+                                progress(sink.offset)
+                            continue
+                    elif got != sha:
+                        if answered:  # replaced between two attempts: these bytes are gone
+                            await anyio.to_thread.run_sync(sink.discard)
+                        raise c.changed(got, sha, during=answered)
+                    answered = True
+                    size = c.download_size(response)
                     if (
                         response.status_code != 206
                         or c.content_range_start(response) != sink.offset
                     ):
                         if progress is not None and sink.offset:
                             progress(-sink.offset)
-                        sink.restart()
-                    before = sink.offset
+                        await anyio.to_thread.run_sync(sink.restart)
+                        before = 0
                     async for chunk in response.aiter_bytes():
-                        sink.write(chunk)
+                        await anyio.to_thread.run_sync(sink.write, chunk)
                         if progress is not None:
                             progress(len(chunk))
+                    if size is not None and sink.offset < size:
+                        raise httpx.RemoteProtocolError(f"the answer ended at byte {sink.offset}")
                 except httpx.TransportError as exc:
                     reconnects += 1
                     failures = 1 if sink.offset > before else failures + 1
@@ -492,13 +490,11 @@ class AsyncArtifactsClient:
                         raise ConnectionFailed(
                             f"download of {artifact_id} kept dropping at byte {sink.offset}: {exc}"
                         ) from exc
-                    await asyncio.sleep(wait)
+                    await anyio.sleep(wait)
                     continue
                 finally:
                     await response.aclose()
-                if size == 0:
-                    break
-            return sink.finish(reconnects)
+                return await anyio.to_thread.run_sync(sink.finish, reconnects)
         except BaseException:
             sink.close()
             raise
@@ -522,11 +518,13 @@ class AsyncArtifactsClient:
         while True:
             response = await self._request("GET", path, params=params, stream=True)
             part = target.with_name(f".{target.name}.wfa-part") if target else None
-            out: IO[bytes] = part.open("wb") if part else dest  # type: ignore[assignment]
+            out: IO[bytes] = dest  # type: ignore[assignment]
+            if part is not None:
+                out = await anyio.to_thread.run_sync(part.open, "wb")
             written = 0
             try:
                 async for chunk in response.aiter_bytes():
-                    out.write(chunk)
+                    await anyio.to_thread.run_sync(out.write, chunk)
                     written += len(chunk)
                     if progress is not None:
                         progress(len(chunk))
@@ -534,19 +532,19 @@ class AsyncArtifactsClient:
                 failures += 1
                 wait = self.retry.wait(failures) if part is not None else None
                 if part is not None:
-                    out.close()
-                    part.unlink(missing_ok=True)
+                    await anyio.to_thread.run_sync(out.close)
+                    await anyio.to_thread.run_sync(part.unlink, True)  # missing_ok
                 if progress is not None:
                     progress(-written)
                 if wait is None:
                     raise ConnectionFailed(f"export of {workflow_id} dropped: {exc}") from exc
-                await asyncio.sleep(wait)
+                await anyio.sleep(wait)
                 continue
             finally:
                 await response.aclose()
             if part is not None and target is not None:
-                out.close()
-                os.replace(part, target)
+                await anyio.to_thread.run_sync(out.close)
+                await anyio.to_thread.run_sync(os.replace, part, target)
             return target
 
     # -- workflows ------------------------------------------------------------------------------
@@ -625,7 +623,7 @@ class AsyncArtifactsClient:
             wait = self.retry.wait(failures)
             if wait is None:
                 raise ConnectionFailed(f"the event stream kept dropping after event {cursor}")
-            await asyncio.sleep(
+            await anyio.sleep(
                 parser.retry if parser.retry is not None and failures == 1 else wait
             )
 
@@ -644,7 +642,7 @@ class AsyncArtifactsClient:
         dry_run: bool = False,
         idempotency_key: str | None = None,
     ) -> ImportJob:
-        body = _import_body(
+        body = c.import_body(
             sandbox_id,
             workflow_id,
             phase_id,
@@ -670,7 +668,7 @@ class AsyncArtifactsClient:
         return ImportJob.from_json(await self._json("POST", path, key=key))
 
 
-class _AReplay:
+class _Replay:
     """A body made afresh for each attempt; on a retry, `progress` is rewound by what the
     failed attempt had sent."""
 
@@ -690,7 +688,8 @@ class _AReplay:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self.make():
+        chunks = self.make()  # reads the file (the async client: a chunk per worker thread call)
+        while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
             if any(chunk is e for e in self.envelope):
                 yield chunk
                 continue
@@ -703,17 +702,17 @@ class _AReplay:
 async def _source(
     file: c.Body | AsyncIterable[bytes], chunk_size: int, name: str | None
 ) -> c.Source:
-    """c.Source, also of an async iterator of bytes (spooled to a temporary file first)."""
-    if not hasattr(file, "__aiter__"):
-        return c.Source(file, chunk_size, name)
-    spool = tempfile.TemporaryFile(prefix="wfa-spool-")
-    try:
-        async for chunk in file:
-            spool.write(chunk)
-        spool.seek(0)
-        source = c.Source(spool, chunk_size, name)
-    except BaseException:
-        spool.close()
-        raise
-    source.adopt(spool)
-    return source
+    """The upload's c.Source (the async client spools an async iterator to a temporary file)."""
+    if isinstance(file, AsyncIterable):  # unasync: drop
+        spool = await anyio.to_thread.run_sync(tempfile.TemporaryFile)
+        try:
+            async for chunk in file:
+                await anyio.to_thread.run_sync(spool.write, chunk)
+            await anyio.to_thread.run_sync(spool.seek, 0)
+            source = await anyio.to_thread.run_sync(c.Source, spool, chunk_size, name)
+        except BaseException:
+            spool.close()
+            raise
+        source.adopt(spool)
+        return source
+    return await anyio.to_thread.run_sync(c.Source, file, chunk_size, name)

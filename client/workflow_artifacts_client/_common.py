@@ -20,7 +20,13 @@ from urllib.parse import quote
 
 import httpx
 
-from workflow_artifacts_client.errors import ApiError, ArtifactsError, ConfigurationError, error_for
+from workflow_artifacts_client.errors import (
+    ApiError,
+    ArtifactsError,
+    ConfigurationError,
+    DigestMismatch,
+    error_for,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"  # what the server's scripts/serve listens on
 CHUNK = 1 << 20
@@ -120,6 +126,12 @@ def retryable(error: ApiError) -> bool:
     if error.code in PERMANENT:
         return False
     return error.status in RETRY_STATUS or error.code == "idempotency_request_in_progress"
+
+
+def failed(method: str, url: httpx.URL, exc: Exception, attempts: int) -> str:
+    """The sentence of ConnectionFailed after the last retry."""
+    reason = str(exc) or type(exc).__name__
+    return f"{method} {url}: {reason} (after {attempts} attempts)"
 
 
 def check(response: httpx.Response) -> httpx.Response:
@@ -320,6 +332,33 @@ def form_fields(body: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def import_body(
+    sandbox_id: str,
+    workflow_id: str,
+    phase_id: str | None,
+    session_id: str | None,
+    artifact_type: str | None,
+    artifact_ids: list[str] | None,
+    source_path_prefix: str | None,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """The JSON body of POST /imports/crownest, without the unset members."""
+    body: dict[str, Any] = {"sandbox_id": sandbox_id, "workflow_id": workflow_id}
+    for name, value in (
+        ("phase_id", phase_id),
+        ("session_id", session_id),
+        ("artifact_type", artifact_type),
+        ("source_path_prefix", source_path_prefix),
+    ):
+        if value is not None:
+            body[name] = value
+    if artifact_ids:
+        body["artifact_ids"] = list(artifact_ids)
+    if dry_run:
+        body["dry_run"] = True
+    return body
+
+
 def text_content(content: Any, content_type: str | None) -> tuple[str, str]:
     """A create's `content` as text and its type: a str as is (text/markdown unless told), any
     other JSON value as JSON text (application/json)."""
@@ -329,6 +368,12 @@ def text_content(content: Any, content_type: str | None) -> tuple[str, str]:
 
 
 # -- downloads ----------------------------------------------------------------------------------
+
+
+def download_path(artifact_id: str, version: int | None) -> str:
+    if version is None:
+        return f"/artifacts/{seg(artifact_id)}/download"
+    return f"/artifacts/{seg(artifact_id)}/versions/{int(version)}/download"
 
 
 def etag_hash(response: httpx.Response) -> str | None:
@@ -406,51 +451,73 @@ class SseParser:
 class Sink:
     """Where a download's bytes go, hashed as they are written.
 
-    To a path: into a `.wfa-part` file beside it (kept after a dropped connection so that a
-    later call resumes it), renamed onto the path only once the sha256 matches; a mismatch
-    removes it, so no wrong file is ever left at the destination. To a binary file object: the
-    bytes are written to it directly; a restart rewinds and truncates it when it is seekable."""
+    To a path: into a `.wfa-part` file beside it, named by the sha256 the bytes should have (so
+    a later call resumes it only for the same bytes), kept after a dropped connection,
+    renamed onto the path only once the sha256 matches; a mismatch removes it, so no wrong
+    file is ever left at the destination. Nothing is made on disk before the first byte (or,
+    for an empty artifact, before finish). To a binary file object: the bytes are written to
+    it directly; a restart rewinds and truncates it when it is seekable.
 
-    def __init__(self, dest: str | os.PathLike[str] | IO[bytes], sha256: str, resume: bool):
-        self.sha256 = sha256
+    Every method may touch the disk: the async client calls them in a worker thread."""
+
+    def __init__(self, dest: str | os.PathLike[str] | IO[bytes], resume: bool):
+        self.resume = resume
+        self.sha256: str | None = None
         self.hash = hashlib.sha256()
         self.offset = 0
         self.resumed_from = 0
         self.dest: Path | None = None
         self.part: Path | None = None
+        self.file: IO[bytes] | None = None
+        self._start: int | None = None
         if isinstance(dest, str | os.PathLike):
             self.dest = Path(dest)
-            if self.dest.is_dir():
-                raise IsADirectoryError(f"{self.dest} is a directory")
-            self.dest.parent.mkdir(parents=True, exist_ok=True)
-            self.part = part_path(self.dest, sha256)
-            if resume and self.part.exists():
-                self.offset = self.resumed_from = hash_file(self.part, self.hash)
-            self.file: IO[bytes] = self.part.open("ab" if self.offset else "wb")
         else:
             self.file = dest
             self._start = dest.tell() if _seekable(dest) else None
 
+    def expect(self, sha256: str) -> int:
+        """The sha256 the bytes must have: it names the part file, and a part file of an
+        earlier call with some of those bytes is taken up (hashed). Returns the offset to
+        resume at (0: from the start)."""
+        self.sha256 = sha256
+        if self.dest is not None:
+            if self.dest.is_dir():
+                raise IsADirectoryError(f"{self.dest} is a directory")
+            self.part = part_path(self.dest, sha256)
+            if self.resume and self.part.is_file():
+                self.offset = self.resumed_from = hash_file(self.part, self.hash)
+        return self.offset
+
+    def _open(self) -> IO[bytes]:
+        if self.file is None:
+            assert self.dest is not None and self.part is not None
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.part.open("ab" if self.offset else "wb")
+        return self.file
+
     def restart(self) -> None:
         """The server answered the whole body (not the range asked for): start over."""
+        had = self.offset
         self.hash = hashlib.sha256()
         self.offset = self.resumed_from = 0
         if self.part is not None:
-            self.file.seek(0)
-            self.file.truncate()
+            if self.file is not None:
+                self.file.seek(0)
+                self.file.truncate()
         elif self._start is not None:
+            assert self.file is not None
             self.file.seek(self._start)
             self.file.truncate()
-        elif self.offset:
+        elif had:
             raise OSError("cannot rewind the destination file to restart the download")
 
     def write(self, chunk: bytes) -> None:
-        self.file.write(chunk)
+        self._open().write(chunk)
         self.hash.update(chunk)
         self.offset += len(chunk)
 
     def finish(self, reconnects: int) -> Any:
-        from workflow_artifacts_client.errors import DigestMismatch
         from workflow_artifacts_client.models import Downloaded
 
         got = self.hash.hexdigest()
@@ -463,29 +530,59 @@ class Sink:
             )
             error.resumed = self.resumed_from > 0  # type: ignore[attr-defined]
             raise error
-        self.file.flush()
+        file = self._open()
+        file.flush()
         if self.part is not None and self.dest is not None:
-            os.fsync(self.file.fileno())
-            self.file.close()
+            os.fsync(file.fileno())
+            file.close()
             os.replace(self.part, self.dest)
         return Downloaded(self.dest, got, self.offset, self.resumed_from, reconnects)
 
     def discard(self) -> None:
+        """Drop what was written: the part file, or what went to a seekable file object."""
         if self.part is not None:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
             self.part.unlink(missing_ok=True)
-        elif self._start is not None:
+        elif self._start is not None and self.file is not None:
             self.file.seek(self._start)
             self.file.truncate()
 
     def close(self) -> None:
         """Stop, keeping a .part file for a later resume."""
-        if self.part is not None:
+        if self.part is not None and self.file is not None:
             self.file.close()
 
 
-def sha_of_head(response: httpx.Response) -> tuple[str, int]:
+def download_sha(response: httpx.Response) -> str:
+    """The sha256 of the bytes a download answer is of: its strong ETag, else its Repr-Digest
+    (both name the whole representation, also in a 206)."""
     sha = etag_hash(response)
     if sha is None:
-        raise ArtifactsError("the server sent no sha256 ETag for this download")
-    return sha, int(response.headers.get("content-length", "0"))
+        digest = response.headers.get("repr-digest", "")
+        if digest.startswith("sha-256=:") and digest.endswith(":"):
+            try:
+                sha = base64.b64decode(digest[9:-1], validate=True).hex()
+            except ValueError:
+                sha = None
+    if sha is None or len(sha) != 64:
+        raise ArtifactsError("the server sent no sha256 (ETag or Repr-Digest) for this download")
+    return sha
+
+
+def download_size(response: httpx.Response) -> int | None:
+    """The whole representation's size: a 206's Content-Range total, a 200's Content-Length."""
+    if response.status_code == 206:
+        total = response.headers.get("content-range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("content-length", "")
+    return int(length) if length.isdigit() else None
+
+
+def changed(sha: str, was: str, during: bool) -> DigestMismatch:
+    """The DigestMismatch of a download whose bytes are not the ones it is after."""
+    if during:
+        detail = f"the artifact changed during the download (now {sha}, was {was})"
+    else:
+        detail = f"the server now has {sha}, not the expected {was}"
+    return DigestMismatch(0, "digest_mismatch", detail)

@@ -1,4 +1,7 @@
-"""ArtifactsClient: every route of the API, synchronous, over one httpx.Client."""
+# Generated from _async.py by scripts/gen-sync-client: do not edit. Change _async.py and run
+# scripts/gen-sync-client (tests/client/test_generated.py fails while the two differ).
+"""ArtifactsClient: every route of the API, synchronous, over one httpx.Client (the calls of
+AsyncArtifactsClient in _async.py, without async)."""
 
 from __future__ import annotations
 
@@ -68,7 +71,6 @@ class ArtifactsClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
         )
-        self._sleep: Callable[[float], None] = time.sleep
 
     def close(self) -> None:
         self._http.close()
@@ -117,8 +119,8 @@ class ArtifactsClient:
                 attempt += 1
                 wait = self.retry.wait(attempt)
                 if wait is None:
-                    raise ConnectionFailed(_failed(method, request.url, exc, attempt)) from exc
-                self._sleep(wait)
+                    raise ConnectionFailed(c.failed(method, request.url, exc, attempt)) from exc
+                time.sleep(wait)
                 continue
             if response.status_code < 400:
                 return response
@@ -130,10 +132,11 @@ class ArtifactsClient:
             wait = self.retry.wait(attempt, retry_after) if c.retryable(error) else None
             if wait is None:
                 raise error
-            self._sleep(wait)
+            time.sleep(wait)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._request(method, path, **kwargs).json()
+        response = self._request(method, path, **kwargs)
+        return response.json()
 
     def _pages(self, path: str, params: dict[str, str], model: type[R]) -> Iterator[R]:
         """Every row of a paginated list, a page at a time, following X-Next-Cursor."""
@@ -205,7 +208,7 @@ class ArtifactsClient:
         """One multipart request: the fields, then the file's bytes, streamed. The file's
         sha256 goes as X-Content-SHA256 and the body's as Content-Digest (hashed in a first
         read), so the server stores nothing unless every byte arrived intact."""
-        source = c.Source(file, self.chunk_size, filename)
+        source = _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name or "file"
             ctype = content_type or c.guess_type(name)
@@ -223,7 +226,8 @@ class ArtifactsClient:
                 )
             )
             form = c.Multipart(fields, name, ctype)
-            source.scan(form.head, form.tail)  # the file's and the body's sha256, one read
+            # the file's and the body's sha256, in one read
+            source.scan(form.head, form.tail)
             headers = {
                 "Content-Type": form.content_type,
                 "Content-Length": str(form.length(source)),
@@ -252,7 +256,7 @@ class ArtifactsClient:
         iterator of bytes, streamed as the raw body with `Content-Digest`. `if_match`: an ETag
         (`Uploaded.etag`, `'"<sha256>"'`) or `*`; PreconditionFailed (412) when another
         version is current."""
-        source = c.Source(file, self.chunk_size, filename)
+        source = _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name
             source.scan()
@@ -284,7 +288,9 @@ class ArtifactsClient:
         )
 
     def content(self, artifact_id: str) -> Content:
-        return Content.from_json(self._json("GET", f"/artifacts/{c.seg(artifact_id)}/content"))
+        return Content.from_json(
+            self._json("GET", f"/artifacts/{c.seg(artifact_id)}/content")
+        )
 
     def list(
         self,
@@ -339,9 +345,13 @@ class ArtifactsClient:
 
     def delete(self, artifact_id: str, *, idempotency_key: str | None = None) -> Changed:
         key = idempotency_key or c.new_key()
-        return Changed.from_json(self._json("DELETE", f"/artifacts/{c.seg(artifact_id)}", key=key))
+        return Changed.from_json(
+            self._json("DELETE", f"/artifacts/{c.seg(artifact_id)}", key=key)
+        )
 
-    def lineage(self, artifact_id: str, *, direction: str = "both", depth: int = 1) -> Lineage:
+    def lineage(
+        self, artifact_id: str, *, direction: str = "both", depth: int = 1
+    ) -> Lineage:
         params = c.query(direction=direction, depth=depth)
         path = f"/artifacts/{c.seg(artifact_id)}/lineage"
         return Lineage.from_json(self._json("GET", path, params=params))
@@ -383,7 +393,7 @@ class ArtifactsClient:
         `If-Range`, so the bytes cannot change underneath); to a path, the bytes go to a
         `.wfa-part` file renamed onto `dest` only once the sha256 matches (DigestMismatch
         otherwise, and nothing is left). `expected_sha256` (e.g. a listing's `content_hash`)
-        saves a HEAD and is held to: other bytes raise DigestMismatch."""
+        is held to: other bytes raise DigestMismatch before any is written."""
         reported = 0
 
         def counted(n: int) -> None:
@@ -392,65 +402,42 @@ class ArtifactsClient:
             if progress is not None:
                 progress(n)
 
+        sha = expected_sha256.lower() if expected_sha256 is not None else None
         try:
-            return self._download_once(
-                artifact_id,
-                dest,
-                version=version,
-                expected_sha256=expected_sha256,
-                resume=resume,
-                progress=counted,
-            )
+            return self._download_once(artifact_id, dest, sha, version, resume, counted)
         except DigestMismatch as exc:
             if not (resume and getattr(exc, "resumed", False)):
                 raise
         # the bytes of an earlier run's .part were not these bytes: fetch them all again
         if progress is not None and reported:
             progress(-reported)
-        return self._download_once(
-            artifact_id,
-            dest,
-            version=version,
-            expected_sha256=expected_sha256,
-            resume=False,
-            progress=progress,
-        )
+        return self._download_once(artifact_id, dest, sha, version, False, progress)
 
     def _download_once(
         self,
         artifact_id: str,
         dest: Dest,
-        *,
-        version: int | None = None,
-        expected_sha256: str | None = None,
-        resume: bool = True,
-        progress: c.Progress | None = None,
+        sha: str | None,
+        version: int | None,
+        resume: bool,
+        progress: c.Progress | None,
     ) -> Downloaded:
-        """One attempt at download(); see there."""
-        path = _download_path(artifact_id, version)
-        try:
-            head = self._request("HEAD", path)
-        except ApiError as exc:
-            if exc.code is not None:
-                raise
-            # a HEAD answer has no body: ask again by GET for the error's code and detail
-            self._json("GET", path.removesuffix("/download"), params={"include_content": "false"})
-            raise
-        sha, size = c.sha_of_head(head)
-        if expected_sha256 is not None and expected_sha256.lower() != sha:
-            raise DigestMismatch(
-                0,
-                "digest_mismatch",
-                f"the server now has {sha}, not the expected {expected_sha256}",
-            )
-        sink = c.Sink(dest, sha, resume)
-        if progress is not None and sink.offset:
-            progress(sink.offset)
+        """One attempt at download(); see there (`sha`: expected_sha256, lowercased). No HEAD
+        first: the GET's own answer says which bytes it carries (ETag, else Repr-Digest) and
+        how many (Content-Length, or a 206's Content-Range)."""
+        path = c.download_path(artifact_id, version)
+        sink = c.Sink(dest, resume)
+        size: int | None = None
+        answered = False  # whether an answer of these bytes came
         reconnects = failures = 0
         try:
-            while sink.offset < size or size == 0:
+            if sha is not None:  # a part file of an earlier call is taken up
+                taken_up = sink.expect(sha)
+                if taken_up and progress is not None:
+                    progress(taken_up)
+            while True:
                 headers = {}
-                if sink.offset:
+                if sink.offset:  # If-Range: the rest of these bytes, or all of other ones
                     headers = {"Range": f"bytes={sink.offset}-", "If-Range": f'"{sha}"'}
                 try:
                     response = self._request("GET", path, headers=headers, stream=True)
@@ -461,7 +448,22 @@ class ArtifactsClient:
                         sink.restart()
                         continue
                     raise
+                before = sink.offset
                 try:
+                    got = c.download_sha(response)
+                    if sha is None:  # the first answer names the bytes
+                        sha = got
+                        # a part file of an earlier call with some of them: ask for the rest
+                        if sink.expect(sha):
+                            if progress is not None:
+                                progress(sink.offset)
+                            continue
+                    elif got != sha:
+                        if answered:  # replaced between two attempts: these bytes are gone
+                            sink.discard()
+                        raise c.changed(got, sha, during=answered)
+                    answered = True
+                    size = c.download_size(response)
                     if (
                         response.status_code != 206
                         or c.content_range_start(response) != sink.offset
@@ -469,11 +471,13 @@ class ArtifactsClient:
                         if progress is not None and sink.offset:
                             progress(-sink.offset)
                         sink.restart()
-                    before = sink.offset
+                        before = 0
                     for chunk in response.iter_bytes():
                         sink.write(chunk)
                         if progress is not None:
                             progress(len(chunk))
+                    if size is not None and sink.offset < size:
+                        raise httpx.RemoteProtocolError(f"the answer ended at byte {sink.offset}")
                 except httpx.TransportError as exc:
                     reconnects += 1
                     failures = 1 if sink.offset > before else failures + 1
@@ -482,13 +486,11 @@ class ArtifactsClient:
                         raise ConnectionFailed(
                             f"download of {artifact_id} kept dropping at byte {sink.offset}: {exc}"
                         ) from exc
-                    self._sleep(wait)
+                    time.sleep(wait)
                     continue
                 finally:
                     response.close()
-                if size == 0:
-                    break
-            return sink.finish(reconnects)
+                return sink.finish(reconnects)
         except BaseException:
             sink.close()
             raise
@@ -512,7 +514,9 @@ class ArtifactsClient:
         while True:
             response = self._request("GET", path, params=params, stream=True)
             part = target.with_name(f".{target.name}.wfa-part") if target else None
-            out: IO[bytes] = part.open("wb") if part else dest  # type: ignore[assignment]
+            out: IO[bytes] = dest  # type: ignore[assignment]
+            if part is not None:
+                out = part.open("wb")
             written = 0
             try:
                 for chunk in response.iter_bytes():
@@ -525,12 +529,12 @@ class ArtifactsClient:
                 wait = self.retry.wait(failures) if part is not None else None
                 if part is not None:
                     out.close()
-                    part.unlink(missing_ok=True)
+                    part.unlink(True)  # missing_ok
                 if progress is not None:
                     progress(-written)
                 if wait is None:
                     raise ConnectionFailed(f"export of {workflow_id} dropped: {exc}") from exc
-                self._sleep(wait)
+                time.sleep(wait)
                 continue
             finally:
                 response.close()
@@ -615,7 +619,9 @@ class ArtifactsClient:
             wait = self.retry.wait(failures)
             if wait is None:
                 raise ConnectionFailed(f"the event stream kept dropping after event {cursor}")
-            self._sleep(parser.retry if parser.retry is not None and failures == 1 else wait)
+            time.sleep(
+                parser.retry if parser.retry is not None and failures == 1 else wait
+            )
 
     # -- imports --------------------------------------------------------------------------------
 
@@ -632,7 +638,7 @@ class ArtifactsClient:
         dry_run: bool = False,
         idempotency_key: str | None = None,
     ) -> ImportJob:
-        body = _import_body(
+        body = c.import_body(
             sandbox_id,
             workflow_id,
             phase_id,
@@ -643,12 +649,16 @@ class ArtifactsClient:
             dry_run,
         )
         key = idempotency_key or c.new_key()
-        return ImportJob.from_json(self._json("POST", "/imports/crownest", json_body=body, key=key))
+        return ImportJob.from_json(
+            self._json("POST", "/imports/crownest", json_body=body, key=key)
+        )
 
     def get_import(self, import_id: str) -> ImportJob:
         return ImportJob.from_json(self._json("GET", f"/imports/{c.seg(import_id)}"))
 
-    def resume_import(self, import_id: str, *, idempotency_key: str | None = None) -> ImportJob:
+    def resume_import(
+        self, import_id: str, *, idempotency_key: str | None = None
+    ) -> ImportJob:
         key = idempotency_key or c.new_key()
         path = f"/imports/{c.seg(import_id)}/resume"
         return ImportJob.from_json(self._json("POST", path, key=key))
@@ -674,7 +684,8 @@ class _Replay:
         return self._chunks()
 
     def _chunks(self) -> Iterator[bytes]:
-        for chunk in self.make():
+        chunks = self.make()  # reads the file (the async client: a chunk per worker thread call)
+        while (chunk := next(chunks, None)) is not None:
             if any(chunk is e for e in self.envelope):
                 yield chunk
                 continue
@@ -684,38 +695,8 @@ class _Replay:
             yield chunk
 
 
-def _download_path(artifact_id: str, version: int | None) -> str:
-    if version is None:
-        return f"/artifacts/{c.seg(artifact_id)}/download"
-    return f"/artifacts/{c.seg(artifact_id)}/versions/{int(version)}/download"
-
-
-def _failed(method: str, url: httpx.URL, exc: Exception, attempts: int) -> str:
-    reason = str(exc) or type(exc).__name__
-    return f"{method} {url}: {reason} (after {attempts} attempts)"
-
-
-def _import_body(
-    sandbox_id: str,
-    workflow_id: str,
-    phase_id: str | None,
-    session_id: str | None,
-    artifact_type: str | None,
-    artifact_ids: list[str] | None,
-    source_path_prefix: str | None,
-    dry_run: bool,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"sandbox_id": sandbox_id, "workflow_id": workflow_id}
-    for name, value in (
-        ("phase_id", phase_id),
-        ("session_id", session_id),
-        ("artifact_type", artifact_type),
-        ("source_path_prefix", source_path_prefix),
-    ):
-        if value is not None:
-            body[name] = value
-    if artifact_ids:
-        body["artifact_ids"] = list(artifact_ids)
-    if dry_run:
-        body["dry_run"] = True
-    return body
+def _source(
+    file: c.Body, chunk_size: int, name: str | None
+) -> c.Source:
+    """The upload's c.Source (the async client spools an async iterator to a temporary file)."""
+    return c.Source(file, chunk_size, name)

@@ -6,8 +6,14 @@ talks to the server is tested against a real one in tests/system/test_client*.py
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 import json
-from pathlib import PurePosixPath
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +29,7 @@ from workflow_artifacts_client import (
     ServerError,
     Unavailable,
 )
-from workflow_artifacts_client._common import Multipart, Source, SseParser
+from workflow_artifacts_client._common import Multipart, Source, SseParser, part_path
 from workflow_artifacts_client.cli import plan_pull, render_lineage, safe_rel
 from workflow_artifacts_client.errors import error_for
 from workflow_artifacts_client.models import Artifact, Lineage
@@ -259,3 +265,212 @@ def test_lineage_renders_as_a_tree() -> None:
         "    └── gggggggg grandchild [code]",
         "(more beyond --depth)",
     ]
+
+
+def serving(payload: bytes, *, cut_after: int | None = None) -> tuple[httpx.MockTransport, list]:
+    """A download route that honours Range and If-Range like the server's, optionally cutting
+    each answer after `cut_after` bytes."""
+    sha = hashlib.sha256(payload).hexdigest()
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        headers = {"ETag": f'"{sha}"', "Accept-Ranges": "bytes"}
+        start, status = 0, 200
+        wanted = request.headers.get("range")
+        if wanted and request.headers.get("if-range", f'"{sha}"') == f'"{sha}"':
+            start, status = int(wanted.removeprefix("bytes=").rstrip("-")), 206
+            headers["Content-Range"] = f"bytes {start}-{len(payload) - 1}/{len(payload)}"
+        body = payload[start:]
+        headers["Content-Length"] = str(len(body))
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            for i in range(0, len(body), 1000):
+                if cut_after is not None and sent >= cut_after:
+                    raise httpx.ReadError("cut")
+                sent += len(body[i : i + 1000])
+                yield body[i : i + 1000]
+
+        return httpx.Response(status, headers=headers, stream=_Stream(chunks()))
+
+    return httpx.MockTransport(handle), seen
+
+
+class _Stream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+def test_a_download_is_one_get_and_resumes_with_if_range(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 40  # 10240 bytes
+    sha = hashlib.sha256(payload).hexdigest()
+    transport, seen = serving(payload)
+    with ArtifactsClient("http://server", transport=transport, retry=FAST) as client:
+        got = client.download("a" * 8, tmp_path / "out.bin")
+    assert [r.method for r in seen] == ["GET"] and "range" not in seen[0].headers
+    assert (got.sha256, got.size_bytes) == (sha, len(payload))
+    assert (tmp_path / "out.bin").read_bytes() == payload
+
+    # cut after every 3000 bytes: each retry asks for the rest of the same bytes
+    transport, seen = serving(payload, cut_after=3000)
+    moved: list[int] = []
+    with ArtifactsClient("http://server", transport=transport, retry=FAST) as client:
+        got = client.download("a" * 8, tmp_path / "cut.bin", progress=moved.append)
+    assert (tmp_path / "cut.bin").read_bytes() == payload and sum(moved) == len(payload)
+    assert got.reconnects == 3 and [r.method for r in seen] == ["GET"] * 4
+    assert [r.headers.get("if-range") for r in seen[1:]] == [f'"{sha}"'] * 3
+    assert [r.headers["range"] for r in seen[1:]] == ["bytes=3000-", "bytes=6000-", "bytes=9000-"]
+
+    # a part file of an earlier run and the expected sha256: one GET for the rest
+    part = part_path(tmp_path / "again.bin", sha)
+    part.write_bytes(payload[:4000])
+    transport, seen = serving(payload)
+    with ArtifactsClient("http://server", transport=transport, retry=FAST) as client:
+        got = client.download("a" * 8, tmp_path / "again.bin", expected_sha256=sha)
+    assert got.resumed_from == 4000 and len(seen) == 1
+    assert seen[0].headers["range"] == "bytes=4000-" and seen[0].headers["if-range"] == f'"{sha}"'
+    assert (tmp_path / "again.bin").read_bytes() == payload and not part.exists()
+
+    # the same without the expected sha256: the first answer names the part file, and is
+    # closed for a request of the rest (the one case that costs a second request)
+    part = part_path(tmp_path / "nohint.bin", sha)
+    part.write_bytes(payload[:4000])
+    transport, seen = serving(payload)
+    with ArtifactsClient("http://server", transport=transport, retry=FAST) as client:
+        got = client.download("a" * 8, tmp_path / "nohint.bin")
+    assert got.resumed_from == 4000 and [r.headers.get("range") for r in seen] == [
+        None,
+        "bytes=4000-",
+    ]
+    assert (tmp_path / "nohint.bin").read_bytes() == payload and not part.exists()
+
+    # other bytes than expected: refused before anything is written
+    transport, seen = serving(payload)
+    with ArtifactsClient("http://server", transport=transport, retry=FAST) as client:
+        with pytest.raises(DigestMismatch, match="not the expected"):
+            client.download("a" * 8, tmp_path / "sub" / "x.bin", expected_sha256="0" * 64)
+    assert not (tmp_path / "sub").exists()
+
+
+def test_the_async_download_alike(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 40
+    transport, seen = serving(payload, cut_after=5000)
+
+    async def go() -> None:
+        async with AsyncArtifactsClient(
+            "http://server", transport=transport, retry=FAST
+        ) as client:
+            got = await client.download("a" * 8, tmp_path / "out.bin")
+            assert got.reconnects == 2
+
+    asyncio.run(go())
+    assert (tmp_path / "out.bin").read_bytes() == payload
+    assert [r.headers.get("range") for r in seen] == [None, "bytes=5000-", "bytes=10000-"]
+
+
+def test_the_async_client_reads_and_writes_files_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every disk access of an async upload and download (hashing, reading chunks, writing
+    them, the rename) runs in a worker thread, never on the event loop's thread."""
+    from workflow_artifacts_client import _common
+
+    loop_thread = threading.get_ident()
+    touched: dict[str, set[int]] = {}
+
+    def watched(name: str, fn: Any) -> Any:
+        if inspect.isgeneratorfunction(fn):
+
+            def gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                for item in fn(*args, **kwargs):
+                    touched.setdefault(name, set()).add(threading.get_ident())
+                    yield item
+
+            return gen
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            touched.setdefault(name, set()).add(threading.get_ident())
+            return fn(*args, **kwargs)
+
+        return call
+
+    watch = {_common.Source: ("scan", "chunks"), _common.Sink: ("expect", "write", "finish")}
+    for cls, names in watch.items():
+        for name in names:
+            monkeypatch.setattr(cls, name, watched(f"{cls.__name__}.{name}", getattr(cls, name)))
+
+    payload = bytes(range(256)) * 40
+    (tmp_path / "in.bin").write_bytes(payload)
+    download, _ = serving(payload)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            request.read()
+            return httpx.Response(201, json=CREATED)
+        return download.handle_request(request)  # type: ignore[return-value]
+
+    async def go() -> None:
+        async with AsyncArtifactsClient(
+            "http://server", transport=httpx.MockTransport(handle), retry=FAST, chunk_size=1000
+        ) as client:
+            await client.create_from_file("wf", tmp_path / "in.bin")
+            await client.download("a" * 8, tmp_path / "out.bin")
+
+    asyncio.run(go())
+    assert (tmp_path / "out.bin").read_bytes() == payload
+    assert set(touched) == {
+        "Source.scan",
+        "Source.chunks",
+        "Sink.expect",
+        "Sink.write",
+        "Sink.finish",
+    }
+    assert all(loop_thread not in threads for threads in touched.values()), touched
+
+
+def test_plain_progress_lines_from_many_threads_never_mix() -> None:
+    """With --jobs, files report from their own threads: each line is written whole, and a
+    file's end is followed by the running total it makes, in order."""
+    import io
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workflow_artifacts_client.cli.output import PlainReporter
+
+    class Slow(io.StringIO):  # a stream that gives other threads every chance to cut in
+        def write(self, text: str) -> int:
+            for ch in text:
+                super().write(ch)
+                time.sleep(0)
+            return len(text)
+
+    stream = Slow()
+    reporter = PlainReporter("push", 40, 40 * 1000, stream)  # type: ignore[arg-type]
+
+    def one(i: int) -> None:
+        task = reporter.task(f"f{i:02d}", 1000)
+        for _ in range(10):
+            task(100)
+        task.finish(True)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(40)))
+    reporter.close()
+    lines = stream.getvalue().splitlines()
+    shapes = re.compile(
+        r"push f\d\d \(1000 B\)|  f\d\d: ok 1000 B in .*|  \[\d+/40 files, .*\]|total: .*"
+    )
+    assert [x for x in lines if not shapes.fullmatch(x)] == []
+    totals = [int(m[1]) for x in lines if (m := re.fullmatch(r"  \[(\d+)/40 files.*", x))]
+    assert totals == list(range(1, 41))
+    for i, x in enumerate(lines):
+        if x.startswith("  ["):
+            assert ": ok " in lines[i - 1]

@@ -296,3 +296,49 @@ def test_in_a_terminal_with_rich_push_and_pull_draw_bars(srv: Server, wf: str, t
     code, out = in_terminal("pull", "-w", wf, str(tmp_path / "out"))
     assert code == 0, out
     assert (tmp_path / "out" / "a.bin").read_bytes() == (tmp_path / "a.bin").read_bytes()
+
+
+def test_push_and_pull_move_files_in_parallel_with_readable_lines(
+    srv: Server, wf: str, tmp_path: Path
+):
+    src = tmp_path / "many"
+    src.mkdir()
+    files = {f"f{i:02d}.bin": os.urandom(150_000 + i * 1000) for i in range(20)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    line = re.compile(
+        r"(?:push|pull) many/f\d\d\.bin \([\d.]+ KiB\)"  # a file starts
+        r"|  many/f\d\d\.bin: (?:ok|\d+%) .*"  # its progress or its end
+        r"|  \[\d+/20 files, .* of .*, \d+%\]"  # the running total
+        r"|total: 20/20 files, .*"
+        r"|file +id +size +sha256 +status|[- ]+|many/f\d\d\.bin +\S+ +[\d.]+ KiB +\w+ +ok"
+    )
+
+    def check(run: subprocess.CompletedProcess[str], verb: str) -> list[str]:
+        plain(run)
+        assert run.returncode == 0, run.stdout + run.stderr
+        lines = run.stdout.splitlines()
+        assert [x for x in lines if not line.fullmatch(x)] == []  # no line mixed with another
+        assert sum(1 for x in lines if x.startswith(f"{verb} many/")) == 20
+        assert sum(1 for x in lines if re.fullmatch(r"  many/f\d\d\.bin: ok .*", x)) == 20
+        totals = [int(m[1]) for x in lines if (m := re.fullmatch(r"  \[(\d+)/20 files.*", x))]
+        assert totals == list(range(1, 21))  # each file's end is followed by the total it makes
+        starts = [i for i, x in enumerate(lines) if x.startswith(f"{verb} ")]
+        first_end = next(i for i, x in enumerate(lines) if ": ok " in x)
+        assert starts[1] < first_end  # a second file started before the first ended
+        table = lines[lines.index(next(x for x in lines if x.startswith("file "))) + 2 :]
+        assert [row.split()[0] for row in table] == [f"many/{n}" for n in sorted(files)]
+        return lines
+
+    check(wfa("push", str(src), "-w", wf, "--jobs", "4", url=srv.url), "push")
+    dest = tmp_path / "back"
+    check(wfa("pull", "-w", wf, "--jobs", "4", str(dest), url=srv.url), "pull")
+    pulled = tree(dest)
+    manifest = json.loads(pulled.pop("wfa-manifest.json"))
+    assert pulled == {f"many/{n}": data for n, data in files.items()}
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(pulled)
+    for entry in manifest["files"]:
+        assert entry["sha256"] == hashlib.sha256(pulled[entry["path"]]).hexdigest()
+
+    run = wfa("pull", "-w", wf, "--jobs", "0", str(dest), url=srv.url)
+    assert run.returncode == 2 and "--jobs takes 1 to 64" in run.stderr

@@ -1,8 +1,8 @@
 """`wfa`: push files to a workflow-artifacts server and pull them back, for people and CI.
 
     wfa push PATH… --workflow W [--phase P] [--session S] [--type T] [--primary]
-                               [--derived-from ID]…
-    wfa pull --workflow W [--phase P] [--deliverables] DEST
+                               [--derived-from ID]… [--jobs N]
+    wfa pull --workflow W [--phase P] [--deliverables] [--jobs N] DEST
     wfa ls [filters]   wfa cat ID   wfa rm ID   wfa lineage ID
 
 The server and key come from --url / --api-key or ARTIFACTS_URL / ARTIFACTS_API_KEY. Exit
@@ -20,11 +20,13 @@ import json
 import os
 import re
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from workflow_artifacts_client import _common
 from workflow_artifacts_client._sync import ArtifactsClient
@@ -55,6 +57,11 @@ TYPES_BY_SUFFIX = {
 
 class UsageError(Exception):
     """Bad arguments: exit 2."""
+
+
+class Stopped(Exception):
+    """Raised in a transfer's progress callback once another one failed unexpectedly or the
+    run was interrupted: files in flight stop at their next chunk."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", "-t", dest="artifact_type", help="artifact type (default: by suffix)")
     p.add_argument("--primary", action="store_true", help="the phase's primary deliverable")
     p.add_argument("--derived-from", action="append", default=[], metavar="ID")
+    p.add_argument("--jobs", "-j", type=int, default=4, metavar="N", help=JOBS_HELP)
     p.set_defaults(handler=push)
 
     p = add("pull", help="download a workflow's files, each verified by sha256")
@@ -148,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", "-w", required=True)
     p.add_argument("--phase", "-p")
     p.add_argument("--deliverables", action="store_true", help="each phase's primary only")
+    p.add_argument("--jobs", "-j", type=int, default=4, metavar="N", help=JOBS_HELP)
     p.set_defaults(handler=pull)
 
     p = add("ls", help="list artifacts as a table")
@@ -221,39 +230,81 @@ def push(client: ArtifactsClient, args: argparse.Namespace) -> int:
     uploads = collect(args.paths)
     if args.primary and len(uploads) > 1:
         raise UsageError(f"--primary marks one file as the deliverable; got {len(uploads)} files")
+    jobs = check_jobs(args.jobs)
     progress = output.reporter("push", len(uploads), sum(u.size for u in uploads))
-    rows: list[list[Any]] = []
-    failed = 0
+    stop = threading.Event()
+
+    def one(up: Upload) -> list[Any]:
+        task = progress.task(up.rel, up.size)
+        try:
+            created = client.create_from_file(
+                args.workflow,
+                up.path,
+                title=up.rel,
+                filename=up.path.name,
+                artifact_type=args.artifact_type or guess_type(up.path),
+                phase_id=args.phase,
+                session_id=args.session,
+                is_primary_deliverable=args.primary,
+                derived_from=args.derived_from or None,
+                metadata={"path": up.rel},
+                progress=unless_stopped(task, stop),
+            )
+        except (ArtifactsError, OSError) as exc:
+            task.finish(False, one_line(exc))
+            return [up.rel, "-", output.size(up.size), "-", f"FAILED: {one_line(exc)}"]
+        task.finish(True)
+        return [up.rel, created.id, output.size(up.size), created.content_hash[:12], "ok"]
+
     try:
-        for up in uploads:
-            task = progress.task(up.rel, up.size)
-            try:
-                created = client.create_from_file(
-                    args.workflow,
-                    up.path,
-                    title=up.rel,
-                    filename=up.path.name,
-                    artifact_type=args.artifact_type or guess_type(up.path),
-                    phase_id=args.phase,
-                    session_id=args.session,
-                    is_primary_deliverable=args.primary,
-                    derived_from=args.derived_from or None,
-                    metadata={"path": up.rel},
-                    progress=task,
-                )
-            except (ArtifactsError, OSError) as exc:
-                failed += 1
-                task.finish(False, one_line(exc))
-                rows.append([up.rel, "-", output.size(up.size), "-", f"FAILED: {one_line(exc)}"])
-                continue
-            task.finish(True)
-            rows.append([up.rel, created.id, output.size(up.size), created.content_hash[:12], "ok"])
+        rows = in_parallel(one, uploads, jobs, stop)
     finally:
         progress.close()
     output.table(["file", "id", "size", "sha256", "status"], rows)
+    failed = sum(1 for row in rows if row[-1] != "ok")
     if failed:
         print(f"wfa: {failed} of {len(uploads)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+JOBS_HELP = "files moved at once (4)"
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def check_jobs(jobs: int) -> int:
+    if not 1 <= jobs <= 64:
+        raise UsageError(f"--jobs takes 1 to 64 files at once, not {jobs}")
+    return jobs
+
+
+def in_parallel(
+    work: Callable[[T], R], items: Sequence[T], jobs: int, stop: threading.Event
+) -> list[R]:
+    """work(item) for every item, `jobs` at a time in threads (the sync client is shared: httpx's
+    Client is thread-safe), the results in the items' order. An unexpected error or an
+    interrupt stops the rest: files not started are not, files in flight stop at their next
+    chunk (see unless_stopped), and the error is raised once they have."""
+    with ThreadPoolExecutor(max_workers=min(jobs, max(len(items), 1))) as pool:
+        futures = [pool.submit(work, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def unless_stopped(task: output.Task, stop: threading.Event) -> Callable[[int], None]:
+    """`task` as a progress callback that raises Stopped once `stop` is set."""
+
+    def moved(n: int) -> None:
+        if stop.is_set():
+            raise Stopped("stopped")
+        task(n)
+
+    return moved
 
 
 def guess_type(path: Path) -> str:
@@ -310,6 +361,8 @@ def pull(client: ArtifactsClient, args: argparse.Namespace) -> int:
     dest = Path(args.dest)
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"DEST must be a directory: {dest}")
+    jobs = check_jobs(args.jobs)
+    stop = threading.Event()
     if args.deliverables:
         artifacts = [
             a
@@ -317,64 +370,64 @@ def pull(client: ArtifactsClient, args: argparse.Namespace) -> int:
             if args.phase is None or a.phase_id == args.phase
         ]
     else:
-        artifacts = [
-            client.get(s.id, include_content=False)
-            for s in client.list(workflow_id=args.workflow, phase_id=args.phase)
-        ]
+        # A list row has no metadata, file name, version or lineage, which the paths and the
+        # manifest need: each artifact's record is read, `jobs` at a time.
+        rows = list(client.list(workflow_id=args.workflow, phase_id=args.phase))
+        artifacts = in_parallel(
+            lambda s: client.get(s.id, include_content=False), rows, jobs, stop
+        )
     if not artifacts:
         print(f"wfa: nothing to pull from workflow {args.workflow!r}", file=sys.stderr)
         return 1
     planned = plan_pull(artifacts, by_phase=args.phase is None)
     created_dest = not dest.exists()
     progress = output.reporter("pull", len(planned), sum(a.size_bytes for a, _ in planned))
-    rows: list[list[Any]] = []
-    entries: list[dict[str, Any]] = []
-    failed = 0
-    try:
-        for artifact, rel in planned:
-            target = dest / Path(*rel.parts)
-            task = progress.task(str(rel), artifact.size_bytes)
-            status = "ok"
-            try:
-                if target.is_file() and file_sha256(target) == artifact.content_hash:
-                    task(artifact.size_bytes)
-                    status = "unchanged"
-                else:
-                    got = client.download(
-                        artifact.id,
-                        target,
-                        expected_sha256=artifact.content_hash,
-                        progress=task,
-                    )
-                    if got.resumed_from:
-                        status = f"resumed at {output.size(got.resumed_from)}"
-            except (ArtifactsError, OSError) as exc:
-                failed += 1
-                task.finish(False, one_line(exc))
-                rows.append(
-                    [
-                        str(rel),
-                        artifact.id,
-                        output.size(artifact.size_bytes),
-                        "-",
-                        f"FAILED: {one_line(exc)}",
-                    ]
-                )
-                continue
-            task.finish(True, "" if status == "ok" else status)
-            rows.append(
-                [
-                    str(rel),
+
+    def one(item: tuple[Artifact, PurePosixPath]) -> tuple[list[Any], dict[str, Any] | None]:
+        artifact, rel = item
+        target = dest / Path(*rel.parts)
+        task = progress.task(str(rel), artifact.size_bytes)
+        status = "ok"
+        try:
+            if target.is_file() and file_sha256(target) == artifact.content_hash:
+                task(artifact.size_bytes)
+                status = "unchanged"
+            else:
+                got = client.download(
                     artifact.id,
-                    output.size(artifact.size_bytes),
-                    artifact.content_hash[:12],
-                    status,
-                ]
-            )
-            entries.append(manifest_entry(artifact, rel))
+                    target,
+                    expected_sha256=artifact.content_hash,  # names the part file: no HEAD
+                    progress=unless_stopped(task, stop),
+                )
+                if got.resumed_from:
+                    status = f"resumed at {output.size(got.resumed_from)}"
+        except (ArtifactsError, OSError) as exc:
+            task.finish(False, one_line(exc))
+            row = [
+                str(rel),
+                artifact.id,
+                output.size(artifact.size_bytes),
+                "-",
+                f"FAILED: {one_line(exc)}",
+            ]
+            return row, None
+        task.finish(True, "" if status == "ok" else status)
+        row = [
+            str(rel),
+            artifact.id,
+            output.size(artifact.size_bytes),
+            artifact.content_hash[:12],
+            status,
+        ]
+        return row, manifest_entry(artifact, rel)
+
+    try:
+        done = in_parallel(one, planned, jobs, stop)
     finally:
         progress.close()
-    output.table(["file", "id", "size", "sha256", "status"], rows)
+    output.table(["file", "id", "size", "sha256", "status"], [row for row, _ in done])
+    entries = [entry for _, entry in done if entry is not None]
+    failed = len(done) - len(entries)
     if failed:
         if created_dest:
             prune_empty(dest)

@@ -5,6 +5,7 @@ get one line per step, never a redrawn bar)."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
@@ -82,16 +83,21 @@ def table(
 
 class PlainReporter:
     """One line when a file starts, every 10% (at most every 2 s) of a large one, when it
-    ends, and the running total after each file."""
+    ends, and the running total after each file. Files moved at once (`--jobs`) report from
+    their own threads: each line is written whole, under a lock, so lines never mix, and a
+    file's last line and the running total after it stay together."""
 
     def __init__(self, verb: str, files: int, total: int, stream: TextIO) -> None:
         self.verb, self.files, self.total, self.stream = verb, files, total, stream
         self.done_files = 0
         self.done_bytes = 0
         self.started = time.monotonic()
+        self.lock = threading.RLock()
 
-    def print(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+    def print(self, *lines: str) -> None:
+        with self.lock:
+            self.stream.write("".join(f"{line}\n" for line in lines))
+            self.stream.flush()
 
     def task(self, name: str, total: int) -> PlainTask:
         self.print(f"{self.verb} {name} ({size(total)})")
@@ -133,15 +139,17 @@ class PlainTask:
         seconds = time.monotonic() - self.started
         state = "ok" if ok else "FAILED"
         extra = f": {note}" if note else ""
-        self.parent.print(f"  {self.name}: {state} {size(self.done)} in {seconds:.1f} s{extra}")
-        if ok:
-            self.parent.done_files += 1
-            self.parent.done_bytes += self.total
         p = self.parent
-        share = p.done_bytes * 100 // max(p.total, 1)
-        p.print(
-            f"  [{p.done_files}/{p.files} files, {size(p.done_bytes)} of {size(p.total)}, {share}%]"
-        )
+        with p.lock:  # the file's line and the total it makes, together and in order
+            if ok:
+                p.done_files += 1
+                p.done_bytes += self.total
+            share = p.done_bytes * 100 // max(p.total, 1)
+            p.print(
+                f"  {self.name}: {state} {size(self.done)} in {seconds:.1f} s{extra}",
+                f"  [{p.done_files}/{p.files} files, {size(p.done_bytes)} of {size(p.total)}, "
+                f"{share}%]",
+            )
 
 
 # -- rich bars --------------------------------------------------------------------------------
