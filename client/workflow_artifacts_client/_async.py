@@ -253,13 +253,14 @@ class AsyncArtifactsClient:
         content_type: str | None = None,
         filename: str | None = None,
         if_match: str | None = None,
+        created_by: str | None = None,
         idempotency_key: str | None = None,
         progress: c.Progress | None = None,
     ) -> Uploaded:
         """Replace the content (a new version) with a path, a binary file object, bytes or an
         iterator of bytes, streamed as the raw body with `Content-Digest`. `if_match`: an ETag
         (`Uploaded.etag`, `'"<sha256>"'`) or `*`; PreconditionFailed (412) when another
-        version is current."""
+        version is current. `created_by`: who wrote the new version (its record says so)."""
         source = await _source(file, self.chunk_size, filename)
         try:
             name = filename or source.name
@@ -276,7 +277,7 @@ class AsyncArtifactsClient:
             data = await self._json(
                 "POST",
                 f"/artifacts/{c.seg(artifact_id)}/upload",
-                params=c.query(filename=name),
+                params=c.query(filename=name, created_by=created_by),
                 body=body,
                 headers=headers,
                 key=key,

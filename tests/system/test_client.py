@@ -260,6 +260,17 @@ def test_if_match_makes_an_upload_conditional(client: ArtifactsClient, wf: str) 
     assert [v.version for v in client.versions(a.id)] == [3, 2, 1]
 
 
+def test_an_upload_says_who_wrote_its_version(client: ArtifactsClient, wf: str) -> None:
+    a = client.create(wf, "doc", "v1", created_by="agent-1")
+    client.upload(a.id, b"two", created_by="agent-2")
+    client.upload(a.id, b"three")
+    assert [(v.version, v.created_by) for v in client.versions(a.id)] == [
+        (3, None),
+        (2, "agent-2"),
+        (1, "agent-1"),
+    ]
+
+
 class Changing(io.BytesIO):
     """A file whose bytes change after they were hashed: the server must refuse it."""
 
