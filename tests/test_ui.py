@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.ui.controller import CSP
+from app.ui.controller import CSP, SignInLimit
 from app.ui.session import COOKIE, SESSION_SECONDS
 from storage.apikeys import ApiKeys
 from storage.db.engine import Database
@@ -563,6 +563,33 @@ def test_a_form_from_another_site_is_refused(
         assert r.status_code == 403 and "set-cookie" not in r.headers
         r = c.post("/ui/sign-in", data={"key": keys.admin}, headers={"Origin": srv.url})
         assert r.status_code == 303
+
+
+def test_failed_sign_ins_are_limited_per_address(
+    keyed: tuple[AppServer, Keys, Seeded, Seeded],
+) -> None:
+    """Past the limit of failures from one address, every sign-in answers 429 with
+    Retry-After and a page that says so, a correct key included, until the moving window has
+    passed the failures. (The app's limit is 10 in 10 minutes; here 3 in 2 seconds.)"""
+    srv, keys, _, _ = keyed
+    assert isinstance(srv.app.state.get("ui_sign_in_limit"), SignInLimit | None)
+    srv.app.state.ui_sign_in_limit = SignInLimit("3 per 2 seconds")
+    with srv.client(follow_redirects=False) as c:
+        assert sign_in(c, keys.admin).status_code == 303  # a success counts for nothing
+        started = time.monotonic()
+        for _ in range(3):
+            assert sign_in(c, "wfa_wrong").status_code == 401
+        for key in ("wfa_wrong", keys.admin):
+            r = sign_in(c, key)
+            assert r.status_code == 429, (key, r.status_code)
+            assert "set-cookie" not in r.headers
+            check_page_headers(r)
+            wait = int(r.headers["retry-after"])
+            assert 1 <= wait <= 2
+            text = Page(r.text).text
+            assert "Too many sign-in attempts" in text and f"Try again in {wait} seconds" in text
+        time.sleep(max(0.0, 2.2 - (time.monotonic() - started)))
+        assert sign_in(c, keys.admin).status_code == 303  # the window has passed
 
 
 def test_another_projects_artifacts_are_unreachable(

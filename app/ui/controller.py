@@ -28,6 +28,7 @@ so its status and headers (the CSP above all) are exactly the ones written below
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from anyio import to_thread
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from litestar import HttpMethod, Request, Router, get, post, route
 from litestar.params import FromPath
 from litestar.types import ASGIApp
@@ -76,6 +80,7 @@ PREVIEW_PHASES = 30  # phases shown with their artifacts; later ones link to the
 CHILDREN_SHOWN = 50
 VERSIONS_SHOWN = 20
 MAX_FORM_BYTES = 4096
+SIGN_IN_FAILURES = "10 per 10 minutes"  # failed sign-ins from one address, then 429
 RENDER_ON_LOOP = 64 * 1024  # characters of markdown or JSON rendered right on the event loop
 
 CSP = (
@@ -172,8 +177,10 @@ def page(
     return Answer(body.encode(), status, {**PAGE_HEADERS, **(headers or {})}, media_type=HTML)
 
 
-def _error_page(status: int, title: str, detail: str) -> Answer:
-    return page("error.html", None, status, title=title, detail=detail)
+def _error_page(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Answer:
+    return page("error.html", None, status, headers, title=title, detail=detail)
 
 
 def _sign_in_needed(request: AnyRequest, exc: Exception) -> Answer:
@@ -472,6 +479,43 @@ async def _form(request: AnyRequest) -> dict[str, str]:
     return dict(parse_qsl(data.decode("utf-8", "replace")))
 
 
+class SignInLimit:
+    """Failed sign-ins per client address (the `limits` library's moving window, in memory,
+    as app/auth.py limits each key's requests): past `rate`, every sign-in from that address
+    answers 429, a correct key included, until the window has moved past the failures. One per
+    app, made at its first sign-in (`app.state.ui_sign_in_limit`)."""
+
+    def __init__(self, rate: str = SIGN_IN_FAILURES) -> None:
+        self.rate: RateLimitItem = parse(rate)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def wait(self, address: str) -> int:
+        """Seconds before `address` may try again; 0: it may now."""
+        if self._limiter.test(self.rate, address):
+            return 0
+        reset, _ = self._limiter.get_window_stats(self.rate, address)
+        return max(1, math.ceil(reset - time.time()))
+
+    def failed(self, address: str) -> None:
+        self._limiter.hit(self.rate, address)
+
+
+def _sign_in_limit(request: AnyRequest) -> SignInLimit:
+    state = request.app.state
+    limit = state.get("ui_sign_in_limit")
+    if limit is None:
+        state.ui_sign_in_limit = limit = SignInLimit()
+    assert isinstance(limit, SignInLimit)
+    return limit
+
+
+def _address(request: AnyRequest) -> str:
+    """The client's address as the server saw it (behind a proxy: the proxy's, unless the
+    server runs with uvicorn's --proxy-headers and a trusted --forwarded-allow-ips)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 @get("/sign-in", opt=UI, name="ui_sign_in_form")
 async def sign_in_form(request: AnyRequest) -> Answer:
     auth: Authenticator = request.app.state.auth
@@ -485,11 +529,21 @@ async def sign_in(request: AnyRequest) -> Answer:
     session cookie. A wrong key is one answer whatever was wrong with it."""
     if not _same_origin(request):
         return _error_page(403, "Refused", "This form may only be sent from this site's pages.")
+    limit, address = _sign_in_limit(request), _address(request)
+    wait = limit.wait(address)
+    if wait:  # checked before the key is: past the limit, no key is even looked at
+        return _error_page(
+            429,
+            "Too many sign-in attempts",
+            f"Too many failed sign-ins from your address. Try again in {wait} seconds.",
+            {"Retry-After": str(wait)},
+        )
     form = await _form(request)
     auth: Authenticator = request.app.state.auth
     secret = form.get("key", "").strip()
     key = await auth.keys.authenticate(secret) if secret else None
     if key is None or not key.allows(READ_SCOPE):
+        limit.failed(address)
         return page(
             "sign_in.html",
             None,
