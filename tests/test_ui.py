@@ -272,6 +272,34 @@ def test_versions_and_a_deleted_parent(client: httpx.Client, seeded: Seeded) -> 
     assert [g["data-id"] for g in deleted] == [parent]
 
 
+def test_versions_page_by_the_apis_cursor(client: httpx.Client) -> None:
+    """20 versions a page, newest first; "Older versions" carries the API's own versions
+    cursor (GET /artifacts/{id}/versions?cursor=) to the next 20, down to version 1."""
+    body = {"workflow_id": "v", "artifact_type": "text", "title": "Many", "content": "v1"}
+    made = client.post("/artifacts", json=body).json()["id"]
+    for n in range(2, 46):
+        files = {"file": ("v.txt", f"v{n}".encode(), "text/plain")}
+        assert client.post(f"/artifacts/{made}/upload", files=files).status_code == 200
+    url: str | None = f"/ui/artifacts/{made}"
+    seen: list[int] = []
+    pages = 0
+    while url is not None:
+        p = page(client, url)
+        rows = [int(t) for t in re.findall(r"Download v(\d+)", p.text)]
+        assert rows == sorted(rows, reverse=True) and len(rows) <= 20
+        seen += rows
+        older = [a["href"] for a in p.tags("a") if a.get("rel") == "next"]
+        assert (pages > 0) == ("Newest versions" in p.text), url  # a way back to the top
+        url, pages = (older[0] if older else None), pages + 1
+        if url is not None:
+            token = parse_qs(urlsplit(url).query)["versions"][0]
+            if pages == 1:  # the API's own cursor
+                api = client.get(f"/artifacts/{made}/versions", params={"limit": 20})
+                assert api.headers["x-next-cursor"] == token
+    assert pages == 3 and seen == list(range(45, 0, -1))
+    assert client.get(f"/ui/artifacts/{made}?versions=nonsense").status_code == 400
+
+
 def test_download_carries_the_exact_bytes_and_a_safe_name(
     client: httpx.Client, seeded: Seeded
 ) -> None:

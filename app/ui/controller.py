@@ -68,7 +68,15 @@ from storage.errors import (
     WorkflowNotFound,
 )
 from storage.lineage import subgraph
-from storage.records import Artifact, Cursor, ListQuery, Summary, at_version
+from storage.records import (
+    Artifact,
+    Cursor,
+    ListQuery,
+    Summary,
+    at_version,
+    decode_version_cursor,
+    encode_version_cursor,
+)
 
 AnyRequest = Request[Any, Any, Any]
 HERE = Path(__file__).parent
@@ -238,6 +246,16 @@ def _cursor(text: str | None) -> Cursor | None:
         raise BadRequest("That page cursor is not one this server made.") from None
 
 
+def _version_cursor(text: str | None) -> int | None:
+    """The versions list's page token (the API's: GET /artifacts/{id}/versions?cursor=)."""
+    if not text:
+        return None
+    try:
+        return decode_version_cursor(text)
+    except ValueError:
+        raise BadRequest("That versions cursor is not one this server made.") from None
+
+
 # -- pages ---------------------------------------------------------------------------------------
 
 
@@ -402,7 +420,12 @@ async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answ
             content = await to_thread.run_sync(shape, text)
         else:
             content = shape(text)
-    versions = await service.versions(artifact.id, limit=VERSIONS_SHOWN)
+    before = _version_cursor(query(request, "versions"))
+    versions = await service.versions(artifact.id, limit=VERSIONS_SHOWN, before=before)
+    older_url = None
+    if versions.next_before is not None:
+        token = encode_version_cursor(versions.next_before)
+        older_url = f"{artifact_url(artifact.id)}?{urlencode({'versions': token})}#versions-h"
     children = await service.page(ListQuery(derived_from=artifact.id), limit=CHILDREN_SHOWN)
     graph = await subgraph(service.db, artifact.id, "both", 2, tenant=service.tenant)
     known = {n.id: n.artifact for n in graph.nodes}
@@ -415,6 +438,8 @@ async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answ
         content=content,
         metadata=render.pretty_json_value(artifact.metadata),
         versions=versions,
+        versions_paged=before is not None,
+        older_url=older_url,
         parents=parents,
         children=children,
         graph=render.lineage_graph(graph),
