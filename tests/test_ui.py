@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.ui.controller import CSP, SignInLimit
+from app.ui.controller import CSP, LIVE_RECHECK_SECONDS, SignInLimit
 from app.ui.session import COOKIE, SESSION_SECONDS
 from storage.apikeys import ApiKeys
 from storage.db.engine import Database
@@ -668,6 +668,53 @@ def test_revoking_the_key_ends_its_sessions(
         assert c.get("/ui/").status_code == 200
         asyncio.run(make_and_revoke(key_id))
         assert c.get("/ui/").status_code == 303
+
+
+def test_the_live_feed_ends_when_the_session_does(
+    keyed: tuple[AppServer, Keys, Seeded, Seeded], database_url: str
+) -> None:
+    """A revoked key's open live feed sends no more events: a last `signed-out` event, then
+    the stream ends, and the browser's reconnect gets 401 (ui.js then says "Signed out")."""
+    srv, keys, mine, _ = keyed
+
+    async def key_admin(revoke: str | None) -> str:
+        db = Database(database_url)
+        try:
+            store = ApiKeys(db)
+            if revoke is not None:
+                await store.revoke(revoke)
+                return revoke
+            key, secret = await store.create("proj", ["artifact:read"])
+            return f"{key.id} {secret}"
+        finally:
+            await db.dispose()
+
+    key_id, secret = asyncio.run(key_admin(None)).split()
+    with srv.client(follow_redirects=False) as c:
+        assert sign_in(c, secret).status_code == 303
+        p = page(c, workflow_path(mine.workflow))
+        live_url = next(d["data-live-url"] for d in p.tags("div") if d.get("id") == "live")
+        assert live_url
+        body = {"workflow_id": mine.workflow, "artifact_type": "text", "title": "x", "content": "x"}
+        with c.stream("GET", live_url, timeout=20) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 2000"
+            made = c.post("/artifacts", json=body, headers=bearer(keys.admin))
+            assert made.status_code == 201
+            before = []
+            for line in lines:  # while signed in, the event arrives
+                before.append(line)
+                if line.startswith("data: "):
+                    break
+            assert "event: artifact.created" in before, before
+            asyncio.run(key_admin(key_id))
+            time.sleep(LIVE_RECHECK_SECONDS + 0.1)
+            late = c.post("/artifacts", json={**body, "title": "late"}, headers=bearer(keys.admin))
+            assert late.status_code == 201
+            after = list(lines)  # the stream ends by itself
+        assert [ln for ln in after if ln] == ["event: signed-out", "data: {}"], after
+        assert late.json()["id"] not in "".join(after)
+        assert c.get(live_url).status_code == 401  # the reconnect
 
 
 def test_open_mode_needs_no_sign_in(client: httpx.Client) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ PREVIEW_PHASES = 30  # phases shown with their artifacts; later ones link to the
 CHILDREN_SHOWN = 50
 VERSIONS_SHOWN = 20
 MAX_FORM_BYTES = 4096
+LIVE_RECHECK_SECONDS = 1.0  # a live feed looks its session's key up again at most this often
 SIGN_IN_FAILURES = "10 per 10 minutes"  # failed sign-ins from one address, then 429
 RENDER_ON_LOOP = 64 * 1024  # characters of markdown or JSON rendered right on the event loop
 
@@ -375,7 +377,8 @@ async def workflow_live(request: AnyRequest) -> ASGIApp:
     if not (position.isascii() and position.isdigit() and len(position) <= 18):
         raise BadRequest("Not an event id.")
     start = int(position)
-    stream = _stream(service, request.app.state.notifier, start, workflow_id, 100)
+    feed = _stream(service, request.app.state.notifier, start, workflow_id, 100)
+    stream = _while_signed_in(request, who, feed)
     sse = (
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),
@@ -383,6 +386,37 @@ async def workflow_live(request: AnyRequest) -> ASGIApp:
         ("x-content-type-options", "nosniff"),
     )
     return StreamAnswer(stream, 200, sse, endless=True)
+
+
+SIGNED_OUT = b"event: signed-out\ndata: {}\n\n"
+
+
+async def _while_signed_in(
+    request: AnyRequest, who: Viewer, feed: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """The feed while its session lasts. Before each piece it sends (an event, or the
+    keep-alive every 15 s of quiet) the session's expiry is checked, and at most once every
+    LIVE_RECHECK_SECONDS its key is looked up again (viewer_of, as every request does): once
+    the session has ended (expired, key revoked or expired, open mode over), a last
+    `signed-out` event, and the stream ends. A reconnect would get 401; ui.js stops either way
+    and says so."""
+    checked = time.monotonic()
+    try:
+        async for piece in feed:
+            now = time.monotonic()
+            ended = who.expires_at is not None and who.expires_at <= time.time()
+            if not ended and now - checked >= LIVE_RECHECK_SECONDS:
+                checked = now
+                again = await viewer_of(request)
+                ended = again is None or again.tenant != who.tenant
+            if ended:
+                yield SIGNED_OUT
+                return
+            yield piece
+    finally:
+        close = getattr(feed, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @get("/workflow/export", opt=UI, name="ui_workflow_export")
