@@ -15,6 +15,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -24,6 +25,7 @@ from app.ui.controller import CSP, LIVE_RECHECK_SECONDS, SignInLimit
 from app.ui.session import COOKIE, SESSION_SECONDS
 from storage.apikeys import ApiKeys
 from storage.db.engine import Database
+from storage.lineage import subgraph
 from storage.records import NewArtifact
 from tests.support.inprocess import AppServer, start_app
 from tests.support.keys import Keys, bearer, make_keys
@@ -457,6 +459,109 @@ def test_ten_thousand_artifacts_paginate_without_slowing(
         assert ratios["phase, first page"] < 3.0, ratios
         assert ratios["phase, 7,000 rows deep"] < 3.0, ratios
         assert ratios["workflow page (with totals)"] < 20.0, ratios
+    finally:
+        srv.stop()
+
+
+class RowCounter:
+    """Counts the rows every statement run through `db.run_read` returns (each result is read
+    whole, then handed on as it was): what a page reads, whatever the backend."""
+
+    def __init__(self, db: Database) -> None:
+        self.db, self.rows, self.statements = db, 0, 0
+        self._run_read = db.run_read
+
+    def __enter__(self) -> RowCounter:
+        counter = self
+
+        class Counting:
+            def __init__(self, conn: Any) -> None:
+                self.conn = conn
+
+            def execute(self, *args: Any, **kwargs: Any) -> Any:
+                frozen = self.conn.execute(*args, **kwargs).freeze()
+                counter.rows += len(frozen.data)
+                counter.statements += 1
+                return frozen()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.conn, name)
+
+        async def run_read(work: Any) -> Any:
+            return await self._run_read(lambda conn: work(Counting(conn)))
+
+        self.db.run_read = run_read  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.run_read = self._run_read  # type: ignore[method-assign]
+
+
+@pytest.mark.slow
+def test_a_hub_artifacts_page_reads_a_bounded_lineage(tmp_path: Path, database_url: str) -> None:
+    """A parent of 2,000 children: its page reads about what a parent of 3 children's does
+    (8 children drawn, per level: at most 9 read from each kept artifact), not every node
+    within two levels as GET /artifacts/{id}/lineage's walk does, and says that more exist,
+    with the derived artifacts listed 50 a page."""
+    srv = start_app(tmp_path / "data", database_url=database_url)
+    try:
+        service = srv.app.state.service
+
+        async def fill() -> dict[str, str]:
+            made: dict[str, str] = {}
+            for name in ("hub", "small"):
+                made[name] = (await service.create(
+                    NewArtifact("hub", "text", name, "text/plain"), b"parent")).id  # fmt: skip
+            gate = asyncio.Semaphore(64)
+
+            async def child(parent: str, i: int) -> str:
+                async with gate:
+                    new = NewArtifact("hub", "text", f"child {i}", "text/plain",
+                                      derived_from=(made[parent],))  # fmt: skip
+                    return (await service.create(new, f"c{i}".encode())).id
+
+            await asyncio.gather(*(child("hub", i) for i in range(2000)))
+            await asyncio.gather(*(child("small", i) for i in range(3)))
+            return made
+
+        assert srv.portal is not None
+        made = srv.portal.call(fill)
+
+        async def walk(root: str) -> int:
+            return len((await subgraph(service.db, root, "both", 2)).nodes)
+
+        with srv.client() as c:
+            for name in ("small", "hub", "small"):  # warm
+                page(c, f"/ui/artifacts/{made[name]}")
+            with RowCounter(service.db) as small:
+                page(c, f"/ui/artifacts/{made['small']}")
+            with RowCounter(service.db) as hub:
+                p = page(c, f"/ui/artifacts/{made['hub']}")
+            with RowCounter(service.db) as api_walk:
+                assert srv.portal.call(walk, made["hub"]) == 2001
+            small_ms = _median_get(c, f"/ui/artifacts/{made['small']}")
+            hub_ms = _median_get(c, f"/ui/artifacts/{made['hub']}")
+            print(
+                f"rows read: small {small.rows} in {small.statements} statements, hub "
+                f"{hub.rows} in {hub.statements}; the API's full walk {api_walk.rows}; "
+                f"ms: small {small_ms * 1e3:.1f}, hub {hub_ms * 1e3:.1f}"
+            )
+            assert api_walk.rows > 4000  # what the page used to read
+            assert hub.rows <= small.rows + 150, (hub.rows, small.rows)
+            assert hub.statements <= small.statements + 12
+            assert hub_ms / small_ms < 3.0, (hub_ms, small_ms)
+            drawn = [g["data-id"] for g in p.tags("g") if "node" in (g.get("class") or "")]
+            assert len(drawn) == 1 + 8  # the hub and 8 of its children
+            assert "More derived artifacts than drawn" in p.text
+            listed = [a["href"] for a in p.tags("a") if (a["href"] or "").startswith(
+                "/ui/artifacts/") and a["href"] not in (f"/ui/artifacts/{made['hub']}",)]
+            more = [a["href"] for a in p.tags("a") if a.get("rel") == "next"]
+            assert len(more) == 1 and "derived=" in (more[0] or "")
+            second = page(c, more[0] or "")
+            again = [a["href"] for a in second.tags("a") if (a["href"] or "").startswith(
+                "/ui/artifacts/") and a["href"] not in (f"/ui/artifacts/{made['hub']}",)]
+            assert len(set(again) - set(listed)) >= 50  # the next 50 derived artifacts
+            assert "Newest derived artifacts" in second.text
     finally:
         srv.stop()
 

@@ -68,7 +68,7 @@ from storage.errors import (
     VersionNotFound,
     WorkflowNotFound,
 )
-from storage.lineage import subgraph
+from storage.lineage import live_artifacts, neighbourhood
 from storage.records import (
     Artifact,
     Cursor,
@@ -137,6 +137,7 @@ _env.globals.update(
     urlencode=urlencode,
     NODE_W=render.NODE_W,
     NODE_H=render.NODE_H,
+    MAX_PER_LAYER=render.MAX_PER_LAYER,
 )
 
 
@@ -460,10 +461,22 @@ async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answ
     if versions.next_before is not None:
         token = encode_version_cursor(versions.next_before)
         older_url = f"{artifact_url(artifact.id)}?{urlencode({'versions': token})}#versions-h"
-    children = await service.page(ListQuery(derived_from=artifact.id), limit=CHILDREN_SHOWN)
-    graph = await subgraph(service.db, artifact.id, "both", 2, tenant=service.tenant)
+    derived_after = _cursor(query(request, "derived"))
+    children = await service.page(
+        ListQuery(derived_from=artifact.id), limit=CHILDREN_SHOWN, after=derived_after
+    )
+    more_derived_url = None
+    if children.next_cursor is not None:
+        token = children.next_cursor.encode()
+        more_derived_url = f"{artifact_url(artifact.id)}?{urlencode({'derived': token})}#derived-h"
+    graph = await neighbourhood(
+        service.db, artifact.id, depth=2, per_level=render.MAX_PER_LAYER, tenant=service.tenant
+    )
     known = {n.id: n.artifact for n in graph.nodes}
-    parents = [(pid, known.get(pid)) for pid in artifact.derived_from or ()]
+    parent_ids = list(artifact.derived_from or ())
+    unread = [pid for pid in parent_ids if pid not in known]  # past the graph's first 8
+    known.update(await live_artifacts(service.db, unread, tenant=service.tenant))
+    parents = [(pid, known.get(pid)) for pid in parent_ids]
     return page(
         "artifact.html",
         who,
@@ -476,6 +489,8 @@ async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answ
         older_url=older_url,
         parents=parents,
         children=children,
+        derived_paged=derived_after is not None,
+        more_derived_url=more_derived_url,
         graph=render.lineage_graph(graph),
     )
 
