@@ -10,8 +10,10 @@ API (storage/workflows.py, ArtifactService, storage/lineage.py, storage/events.p
     GET  /ui/workflow/export?id=W     the workflow's archive (&format=zip|tar, &scope=all|
                                       deliverables), as /store/workflows/{id}/export
     GET  /ui/artifacts/{id}           an artifact: metadata, versions, content, lineage
+                                      (&versions=C: older versions; &derived=C: more
+                                      derived artifacts; both the API's cursors)
     GET  /ui/artifacts/{id}/download  its bytes (&version=n), as /artifacts/{id}/download
-    GET  /ui/sign-in, POST /ui/sign-in, POST /ui/sign-out
+    GET  /ui/sign-in, POST /ui/sign-in, POST /ui/sign-out (failed sign-ins limited per address)
     GET  /ui/static/{name}            the one stylesheet and the one script
 
 Nothing here writes to the store. Every route declares `opt["ui"]` and no API scope: the app's
