@@ -36,6 +36,7 @@ from storage.artifacts import ArtifactService
 from storage.blobs import FilesystemBlobStore
 from storage.db.engine import Database, sqlite_url
 from storage.db.migrate import upgrade
+from storage.lineage import Neighbourhood, neighbourhood
 from storage.records import Artifact, NewArtifact, us_to_iso
 from tests.support.databases import BACKENDS, POSTGRES_URL, create_pg_database, drop_pg_database
 from tests.support.inprocess import AppServer, start_app
@@ -663,3 +664,59 @@ def test_derived_from_lists_the_direct_live_children_newest_first(
     assert http.get("/artifacts", params={"derived_from": w["P"][:8]}).json() == []
     unknown = {"derived_from": "00000000-0000-4000-8000-000000000000"}
     assert http.get("/artifacts", params=unknown).json() == []
+
+
+# -- the web UI's bounded neighbourhood -------------------------------------------------------
+
+
+def _neighbourhoods(url: str, roots: list[str], per_level: int) -> list[Neighbourhood]:
+    async def run() -> list[Neighbourhood]:
+        db = Database(url)
+        try:
+            return [await neighbourhood(db, r, depth=2, per_level=per_level) for r in roots]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def test_neighbourhood_is_the_subgraph_when_nothing_is_cut(env: Env) -> None:
+    """With room for every node, the UI's per-level walk reaches exactly the nodes the model's
+    BFS does (two steps up and down), at the same depths, with every edge of the subgraph
+    among them, and says the same about what lies further."""
+    w = env.world
+    roots = list(w.nodes)
+    for root, got in zip(roots, _neighbourhoods(w.url, roots, 1000), strict=True):
+        want = w.expected(root, "both", 2)
+        assert {n.id: n.depth for n in got.nodes} == {n["id"]: n["depth"] for n in want["nodes"]}
+        assert {n.id for n in got.nodes if n.artifact is None} == {
+            n["id"] for n in want["nodes"] if n["deleted"]
+        }
+        edges = {(e.parent, e.child, e.parent_hash) for e in got.edges}
+        assert {(e["parent"], e["child"], e["parent_hash"]) for e in want["edges"]} <= edges
+        assert got.more == frozenset() and got.truncated == want["truncated"], root
+
+
+def test_neighbourhood_keeps_per_level_a_layer_and_says_more(env: Env) -> None:
+    """One a layer: parents in their order, children newest first; a layer is in `more`
+    exactly when it had others. (A direct child past the first may come back as a child of
+    the kept one: it is then kept in layer 2, where it was reached.)"""
+    w = env.world
+    roots = list(w.nodes)
+    for root, got in zip(roots, _neighbourhoods(w.url, roots, 1), strict=True):
+        full = w.expected(root, "both", 2)
+        parents = [link.parent for link in sorted(
+            (x for x in w.links if x.child == root), key=lambda x: x.position)]  # fmt: skip
+        children = [link.child for link in w.links if link.parent == root]
+        up = [n for n, layer in got.layers.items() if layer == -1]
+        down = [n for n, layer in got.layers.items() if layer == 1]
+        assert set(up) <= set(parents) and set(down) <= set(children)
+        if children:  # the newest child (ties: the greatest id), as the index gives them
+            newest = max(children, key=lambda c: (w.nodes[c].created_at, c))
+            assert down == [newest]
+        assert len(up) <= 1 and len(down) <= 1
+        if parents:
+            assert up == [parents[0]]
+        assert (-1 in got.more) == (len(set(parents)) > 1)
+        assert (1 in got.more) == (len(set(children)) > 1)
+        assert len(got.nodes) <= 5 and len(got.nodes) <= len(full["nodes"])

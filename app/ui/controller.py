@@ -10,8 +10,10 @@ API (storage/workflows.py, ArtifactService, storage/lineage.py, storage/events.p
     GET  /ui/workflow/export?id=W     the workflow's archive (&format=zip|tar, &scope=all|
                                       deliverables), as /store/workflows/{id}/export
     GET  /ui/artifacts/{id}           an artifact: metadata, versions, content, lineage
+                                      (&versions=C: older versions; &derived=C: more
+                                      derived artifacts; both the API's cursors)
     GET  /ui/artifacts/{id}/download  its bytes (&version=n), as /artifacts/{id}/download
-    GET  /ui/sign-in, POST /ui/sign-in, POST /ui/sign-out
+    GET  /ui/sign-in, POST /ui/sign-in, POST /ui/sign-out (failed sign-ins limited per address)
     GET  /ui/static/{name}            the one stylesheet and the one script
 
 Nothing here writes to the store. Every route declares `opt["ui"]` and no API scope: the app's
@@ -28,7 +30,9 @@ so its status and headers (the CSP above all) are exactly the ones written below
 from __future__ import annotations
 
 import hashlib
+import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from anyio import to_thread
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from litestar import HttpMethod, Request, Router, get, post, route
 from litestar.params import FromPath
 from litestar.types import ASGIApp
@@ -63,8 +70,16 @@ from storage.errors import (
     VersionNotFound,
     WorkflowNotFound,
 )
-from storage.lineage import subgraph
-from storage.records import Artifact, Cursor, ListQuery, Summary, at_version
+from storage.lineage import live_artifacts, neighbourhood
+from storage.records import (
+    Artifact,
+    Cursor,
+    ListQuery,
+    Summary,
+    at_version,
+    decode_version_cursor,
+    encode_version_cursor,
+)
 
 AnyRequest = Request[Any, Any, Any]
 HERE = Path(__file__).parent
@@ -76,6 +91,8 @@ PREVIEW_PHASES = 30  # phases shown with their artifacts; later ones link to the
 CHILDREN_SHOWN = 50
 VERSIONS_SHOWN = 20
 MAX_FORM_BYTES = 4096
+LIVE_RECHECK_SECONDS = 1.0  # a live feed looks its session's key up again at most this often
+SIGN_IN_FAILURES = "10 per 10 minutes"  # failed sign-ins from one address, then 429
 RENDER_ON_LOOP = 64 * 1024  # characters of markdown or JSON rendered right on the event loop
 
 CSP = (
@@ -122,6 +139,7 @@ _env.globals.update(
     urlencode=urlencode,
     NODE_W=render.NODE_W,
     NODE_H=render.NODE_H,
+    MAX_PER_LAYER=render.MAX_PER_LAYER,
 )
 
 
@@ -172,8 +190,10 @@ def page(
     return Answer(body.encode(), status, {**PAGE_HEADERS, **(headers or {})}, media_type=HTML)
 
 
-def _error_page(status: int, title: str, detail: str) -> Answer:
-    return page("error.html", None, status, title=title, detail=detail)
+def _error_page(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Answer:
+    return page("error.html", None, status, headers, title=title, detail=detail)
 
 
 def _sign_in_needed(request: AnyRequest, exc: Exception) -> Answer:
@@ -229,6 +249,16 @@ def _cursor(text: str | None) -> Cursor | None:
         return Cursor.decode(text)
     except ValueError:
         raise BadRequest("That page cursor is not one this server made.") from None
+
+
+def _version_cursor(text: str | None) -> int | None:
+    """The versions list's page token (the API's: GET /artifacts/{id}/versions?cursor=)."""
+    if not text:
+        return None
+    try:
+        return decode_version_cursor(text)
+    except ValueError:
+        raise BadRequest("That versions cursor is not one this server made.") from None
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -350,7 +380,8 @@ async def workflow_live(request: AnyRequest) -> ASGIApp:
     if not (position.isascii() and position.isdigit() and len(position) <= 18):
         raise BadRequest("Not an event id.")
     start = int(position)
-    stream = _stream(service, request.app.state.notifier, start, workflow_id, 100)
+    feed = _stream(service, request.app.state.notifier, start, workflow_id, 100)
+    stream = _while_signed_in(request, who, feed)
     sse = (
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),
@@ -358,6 +389,37 @@ async def workflow_live(request: AnyRequest) -> ASGIApp:
         ("x-content-type-options", "nosniff"),
     )
     return StreamAnswer(stream, 200, sse, endless=True)
+
+
+SIGNED_OUT = b"event: signed-out\ndata: {}\n\n"
+
+
+async def _while_signed_in(
+    request: AnyRequest, who: Viewer, feed: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """The feed while its session lasts. Before each piece it sends (an event, or the
+    keep-alive every 15 s of quiet) the session's expiry is checked, and at most once every
+    LIVE_RECHECK_SECONDS its key is looked up again (viewer_of, as every request does): once
+    the session has ended (expired, key revoked or expired, open mode over), a last
+    `signed-out` event, and the stream ends. A reconnect would get 401; ui.js stops either way
+    and says so."""
+    checked = time.monotonic()
+    try:
+        async for piece in feed:
+            now = time.monotonic()
+            ended = who.expires_at is not None and who.expires_at <= time.time()
+            if not ended and now - checked >= LIVE_RECHECK_SECONDS:
+                checked = now
+                again = await viewer_of(request)
+                ended = again is None or again.tenant != who.tenant
+            if ended:
+                yield SIGNED_OUT
+                return
+            yield piece
+    finally:
+        close = getattr(feed, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @get("/workflow/export", opt=UI, name="ui_workflow_export")
@@ -395,11 +457,28 @@ async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answ
             content = await to_thread.run_sync(shape, text)
         else:
             content = shape(text)
-    versions = await service.versions(artifact.id, limit=VERSIONS_SHOWN)
-    children = await service.page(ListQuery(derived_from=artifact.id), limit=CHILDREN_SHOWN)
-    graph = await subgraph(service.db, artifact.id, "both", 2, tenant=service.tenant)
+    before = _version_cursor(query(request, "versions"))
+    versions = await service.versions(artifact.id, limit=VERSIONS_SHOWN, before=before)
+    older_url = None
+    if versions.next_before is not None:
+        token = encode_version_cursor(versions.next_before)
+        older_url = f"{artifact_url(artifact.id)}?{urlencode({'versions': token})}#versions-h"
+    derived_after = _cursor(query(request, "derived"))
+    children = await service.page(
+        ListQuery(derived_from=artifact.id), limit=CHILDREN_SHOWN, after=derived_after
+    )
+    more_derived_url = None
+    if children.next_cursor is not None:
+        token = children.next_cursor.encode()
+        more_derived_url = f"{artifact_url(artifact.id)}?{urlencode({'derived': token})}#derived-h"
+    graph = await neighbourhood(
+        service.db, artifact.id, depth=2, per_level=render.MAX_PER_LAYER, tenant=service.tenant
+    )
     known = {n.id: n.artifact for n in graph.nodes}
-    parents = [(pid, known.get(pid)) for pid in artifact.derived_from or ()]
+    parent_ids = list(artifact.derived_from or ())
+    unread = [pid for pid in parent_ids if pid not in known]  # past the graph's first 8
+    known.update(await live_artifacts(service.db, unread, tenant=service.tenant))
+    parents = [(pid, known.get(pid)) for pid in parent_ids]
     return page(
         "artifact.html",
         who,
@@ -408,8 +487,12 @@ async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answ
         content=content,
         metadata=render.pretty_json_value(artifact.metadata),
         versions=versions,
+        versions_paged=before is not None,
+        older_url=older_url,
         parents=parents,
         children=children,
+        derived_paged=derived_after is not None,
+        more_derived_url=more_derived_url,
         graph=render.lineage_graph(graph),
     )
 
@@ -472,6 +555,43 @@ async def _form(request: AnyRequest) -> dict[str, str]:
     return dict(parse_qsl(data.decode("utf-8", "replace")))
 
 
+class SignInLimit:
+    """Failed sign-ins per client address (the `limits` library's moving window, in memory,
+    as app/auth.py limits each key's requests): past `rate`, every sign-in from that address
+    answers 429, a correct key included, until the window has moved past the failures. One per
+    app, made at its first sign-in (`app.state.ui_sign_in_limit`)."""
+
+    def __init__(self, rate: str = SIGN_IN_FAILURES) -> None:
+        self.rate: RateLimitItem = parse(rate)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def wait(self, address: str) -> int:
+        """Seconds before `address` may try again; 0: it may now."""
+        if self._limiter.test(self.rate, address):
+            return 0
+        reset, _ = self._limiter.get_window_stats(self.rate, address)
+        return max(1, math.ceil(reset - time.time()))
+
+    def failed(self, address: str) -> None:
+        self._limiter.hit(self.rate, address)
+
+
+def _sign_in_limit(request: AnyRequest) -> SignInLimit:
+    state = request.app.state
+    limit = state.get("ui_sign_in_limit")
+    if limit is None:
+        state.ui_sign_in_limit = limit = SignInLimit()
+    assert isinstance(limit, SignInLimit)
+    return limit
+
+
+def _address(request: AnyRequest) -> str:
+    """The client's address as the server saw it (behind a proxy: the proxy's, unless the
+    server runs with uvicorn's --proxy-headers and a trusted --forwarded-allow-ips)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 @get("/sign-in", opt=UI, name="ui_sign_in_form")
 async def sign_in_form(request: AnyRequest) -> Answer:
     auth: Authenticator = request.app.state.auth
@@ -485,11 +605,21 @@ async def sign_in(request: AnyRequest) -> Answer:
     session cookie. A wrong key is one answer whatever was wrong with it."""
     if not _same_origin(request):
         return _error_page(403, "Refused", "This form may only be sent from this site's pages.")
+    limit, address = _sign_in_limit(request), _address(request)
+    wait = limit.wait(address)
+    if wait:  # checked before the key is: past the limit, no key is even looked at
+        return _error_page(
+            429,
+            "Too many sign-in attempts",
+            f"Too many failed sign-ins from your address. Try again in {wait} seconds.",
+            {"Retry-After": str(wait)},
+        )
     form = await _form(request)
     auth: Authenticator = request.app.state.auth
     secret = form.get("key", "").strip()
     key = await auth.keys.authenticate(secret) if secret else None
     if key is None or not key.allows(READ_SCOPE):
+        limit.failed(address)
         return page(
             "sign_in.html",
             None,

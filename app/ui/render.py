@@ -19,7 +19,7 @@ import nh3
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from storage.lineage import Subgraph
+from storage.lineage import Neighbourhood, Subgraph
 from storage.records import Artifact, is_textual
 
 Kind = Literal["markdown", "json", "text", "image", "binary"]
@@ -150,13 +150,14 @@ class Graph:
     edges: list[GraphEdge]
     hidden: int  # nodes left out (more than MAX_PER_LAYER in a layer)
     truncated: bool
+    more: tuple[int, ...] = ()  # layers with more artifacts than drawn (-2, -1, 1, 2)
 
 
 def _short(text: str, limit: int = 26) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def lineage_graph(graph: Subgraph) -> Graph:
+def lineage_graph(graph: Subgraph | Neighbourhood) -> Graph:
     """Layers by signed distance from the root (parents above, children below), at most
     MAX_PER_LAYER nodes a layer, laid out left to right in the subgraph's own order."""
     parents_of: dict[str, set[str]] = {}
@@ -165,6 +166,8 @@ def lineage_graph(graph: Subgraph) -> Graph:
         parents_of.setdefault(e.child, set()).add(e.parent)
         children_of.setdefault(e.parent, set()).add(e.child)
     layer: dict[str, int] = {graph.root: 0}
+    if isinstance(graph, Neighbourhood):  # it says where each node was reached
+        layer = dict(graph.layers)
     for step, links in ((-1, parents_of), (1, children_of)):
         frontier = [graph.root]
         for depth in (1, 2):
@@ -180,6 +183,7 @@ def lineage_graph(graph: Subgraph) -> Graph:
     for node in graph.nodes:
         if node.id in layer:
             layers.setdefault(layer[node.id], []).append(node.id)
+    more = {key for key, ids in layers.items() if len(ids) > MAX_PER_LAYER}
     hidden = 0
     for key, ids in layers.items():
         hidden += max(len(ids) - MAX_PER_LAYER, 0)
@@ -214,4 +218,6 @@ def lineage_graph(graph: Subgraph) -> Graph:
         if (p := place.get(e.parent)) is not None and (c := place.get(e.child)) is not None
     ]
     height = PAD * 2 + len(present) * NODE_H + (len(present) - 1) * GAP_Y
-    return Graph(width, height, nodes, edges, hidden, graph.truncated)
+    if isinstance(graph, Neighbourhood):
+        more |= graph.more
+    return Graph(width, height, nodes, edges, hidden, graph.truncated, tuple(sorted(more)))

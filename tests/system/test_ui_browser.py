@@ -303,7 +303,10 @@ def keyed_server(
         db = Database(sqlite_url(data / "artifacts.db"))
         try:
             keys = ApiKeys(db)
+            fleeting, fleeting_secret = await keys.create("team-a", ["artifact:read"])
             return {
+                "fleeting": fleeting_secret,  # revoked by a test
+                "fleeting_id": fleeting.id,
                 "mine": (await keys.create("team-a", ["artifact:read"]))[1],
                 "writer": (await keys.create("team-a", ["admin"]))[1],
                 "theirs": (await keys.create("team-b", ["admin"]))[1],
@@ -392,6 +395,46 @@ def test_a_new_artifact_appears_on_an_open_workflow_page(
     expect(tab.page.locator("#live-status")).to_contain_text("Updated")
     assert tab.page.evaluate("window.__notReloaded") is True  # the same document: no reload
     tab.shot(shots, "09-live-update")
+    expect_clean(tab)
+
+
+def test_the_live_update_stops_and_says_so_when_the_key_is_revoked(
+    tab: Tab, keyed_server: tuple[Server, dict[str, str], Seeded, Seeded], shots: Path
+) -> None:
+    """Revoking the key of an open page's session: the live feed's next piece is a
+    `signed-out` event instead, and the page stops updating and says how to get back in."""
+    srv, keys, mine, _ = keyed_server
+    sign_in(tab, srv, keys["fleeting"])
+    tab.page.goto(ui_url(srv, workflow_path(mine.workflow)))
+    status = tab.page.locator("#live-status")
+    expect(status).to_contain_text("Live")
+
+    async def revoke() -> None:
+        db = Database(sqlite_url(srv.data_dir / "artifacts.db"))
+        try:
+            await ApiKeys(db).revoke(keys["fleeting_id"])
+        finally:
+            await db.dispose()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Playwright's loop runs here
+        pool.submit(asyncio.run, revoke()).result()
+    time.sleep(1.2)  # the feed looks the key up again at most once a second
+    with srv.client() as c:
+        r = c.post(
+            "/artifacts",
+            json={"workflow_id": mine.workflow, "artifact_type": "text",
+                  "title": "After revocation", "content": "late"},
+            headers={"Authorization": f"Bearer {keys['writer']}"},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+    expect(status).to_contain_text("Signed out — sign in again.")
+    expect(status.get_by_role("link", name="sign in again")).to_have_attribute(
+        "href", "/ui/sign-in"
+    )
+    tab.page.wait_for_timeout(3000)  # past the feed's retry: nothing reconnects, nothing updates
+    expect(status).to_contain_text("Signed out")
+    expect(tab.page.get_by_text("After revocation")).to_have_count(0)
+    tab.shot(shots, "10-live-signed-out")
     expect_clean(tab)
 
 

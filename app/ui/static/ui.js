@@ -44,10 +44,45 @@
 
   function say(text) { if (status) status.textContent = text; }
 
+  // The session ended (expired, key revoked, or open mode over): the feed said so, or
+  // refused to reconnect (401), or the page itself now redirects to the sign-in form. The
+  // live update stops for good and says so, with the way back in.
+  var over = false;
+  function signedOut() {
+    if (over) return;
+    over = true;
+    feed.close();
+    if (pending !== null) { clearTimeout(pending); pending = null; }
+    if (!status) return;
+    var link = document.createElement("a");
+    link.href = "/ui/sign-in";
+    link.textContent = "sign in again";
+    status.replaceChildren(document.createTextNode("Signed out — "), link,
+                           document.createTextNode(". Live updates have stopped."));
+  }
+
+  function isSignIn(response) {
+    return response.status === 401 ||
+      (response.redirected && new URL(response.url).pathname === "/ui/sign-in");
+  }
+
+  // The feed refused a reconnect (the browser gives up: CLOSED): find out why.
+  function stopped() {
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) {
+        if (isSignIn(r)) signedOut();
+        else say("Live updates stopped; reload the page.");
+      })
+      .catch(function () { say("Live updates stopped; reload the page."); });
+  }
+
   function refresh() {
     pending = null;
     fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (r) {
+        if (isSignIn(r)) { signedOut(); return null; }
+        return r.ok ? r.text() : null;
+      })
       .then(function (html) {
         if (html === null) return;
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
@@ -61,10 +96,15 @@
       .catch(function () { say("Could not update; reload the page."); });
   }
 
-  function changed() { if (pending === null) pending = setTimeout(refresh, 300); }
+  function changed() { if (!over && pending === null) pending = setTimeout(refresh, 300); }
 
   ["artifact.created", "artifact.updated", "artifact.content_replaced", "artifact.deleted",
    "deliverable.changed"].forEach(function (type) { feed.addEventListener(type, changed); });
   feed.addEventListener("open", function () { say("Live: this page updates when the workflow changes."); });
-  feed.addEventListener("error", function () { say("Live updates paused; retrying."); });
+  feed.addEventListener("signed-out", signedOut);
+  feed.addEventListener("error", function () {
+    if (over) return;
+    if (feed.readyState === EventSource.CLOSED) stopped();
+    else say("Live updates paused; retrying.");
+  });
 })();
