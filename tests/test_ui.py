@@ -402,8 +402,8 @@ def test_ten_thousand_artifacts_paginate_without_slowing(
 ) -> None:
     """10,000 artifacts in one workflow (through the service, 64 at a time: the group commit
     takes them in batches) against a workflow of 12. A phase's first page and a page 7,000
-    rows deep each take about as long as the small workflow's (keyset cursors: one page of
-    rows, whatever the depth). The workflow's own page also shows its per-phase totals, one
+    rows deep each read about what the small workflow's do (keyset cursors: one page of rows,
+    whatever the depth). The workflow's own page also shows its per-phase totals, one
     aggregate over the workflow's rows (GET /store/workflows/{id}'s): that one grows with the
     workflow, and is only held to a loose bound (no page ever reads every row's details). The
     ratio printed for it was about 6 with two grouped passes (by phase, by phase and session),
@@ -441,38 +441,51 @@ def test_ten_thousand_artifacts_paginate_without_slowing(
             deep = url
             assert parse_qs(urlsplit(deep).query)["cursor"]
             _median_get(c, workflow_path("small"), 3)  # warm
-            small = _median_get(c, workflow_path("small"))
-            small_phase = _median_get(c, workflow_path("small", phase="build"))
-            big = _median_get(c, workflow_path("big"))
-            big_phase = _median_get(c, workflow_path("big", phase="build"))
-            big_deep = _median_get(c, deep)
-            listing = _median_get(c, "/ui/")
-        ratios = {
-            "phase, first page": big_phase / small_phase,
-            "phase, 7,000 rows deep": big_deep / small_phase,
-            "deep / first": big_deep / big_phase,
-            "workflow page (with totals)": big / small,
-        }
-        print(
-            f"ms: small {small * 1e3:.1f} (its phase {small_phase * 1e3:.1f}), big "
-            f"{big * 1e3:.1f}, big phase {big_phase * 1e3:.1f}, deep {big_deep * 1e3:.1f}, "
-            f"workflows {listing * 1e3:.1f}; ratios {ratios}"
-        )
-        assert ratios["deep / first"] < 2.0, ratios  # keyset: a deep page costs a first page
-        assert ratios["phase, first page"] < 3.0, ratios
-        assert ratios["phase, 7,000 rows deep"] < 3.0, ratios
-        assert ratios["workflow page (with totals)"] < 20.0, ratios
+            db = srv.app.state.service.db
+            read: dict[str, RowCounter] = {}
+            for name, path in (
+                ("small", workflow_path("small")),
+                ("small phase", workflow_path("small", phase="build")),
+                ("big", workflow_path("big")),
+                ("big phase", workflow_path("big", phase="build")),
+                ("deep", deep),
+            ):
+                with RowCounter(db) as read[name]:
+                    page(c, path)
+            # what each page reads is the assertion (a machine's timing is not: shared cores
+            # make any bound on a ratio of milliseconds flaky); the times are printed for a
+            # person reading the log, and scripts/bench measures speed
+            ms = {
+                "small": _median_get(c, workflow_path("small")),
+                "small phase": _median_get(c, workflow_path("small", phase="build")),
+                "big": _median_get(c, workflow_path("big")),
+                "big phase": _median_get(c, workflow_path("big", phase="build")),
+                "deep": _median_get(c, deep),
+                "workflows": _median_get(c, "/ui/"),
+            }
+        rows = {name: (r.rows, r.statements) for name, r in read.items()}
+        print(f"rows, statements: {rows}; ms: { {k: round(v * 1e3, 1) for k, v in ms.items()} }")
+        # keyset pages: a page 7,000 rows deep reads what the first page does
+        assert read["deep"].rows <= read["big phase"].rows + 2, rows
+        assert read["deep"].statements <= read["big phase"].statements, rows
+        # a page of 50 more than the small phase's 9 rows, whatever the workflow's size
+        assert read["big phase"].rows <= read["small phase"].rows + 60, rows
+        # the workflow's page: each phase's newest rows and one row per (phase, session)
+        # group of its totals, never a row per artifact
+        assert read["big"].rows <= read["small"].rows + 60, rows
     finally:
         srv.stop()
 
 
 class RowCounter:
-    """Counts the rows every statement run through `db.run_read` returns (each result is read
-    whole, then handed on as it was): what a page reads, whatever the backend."""
+    """Counts the rows every statement run through `db.run_read` or `db.loop_rows` returns
+    (each result is read whole, then handed on as it was): what a page reads, whatever the
+    backend."""
 
     def __init__(self, db: Database) -> None:
         self.db, self.rows, self.statements = db, 0, 0
         self._run_read = db.run_read
+        self._loop_rows = db.loop_rows  # SQLite's short reads on the event loop
 
     def __enter__(self) -> RowCounter:
         counter = self
@@ -493,11 +506,20 @@ class RowCounter:
         async def run_read(work: Any) -> Any:
             return await self._run_read(lambda conn: work(Counting(conn)))
 
+        def loop_rows(sql: str, params: Any) -> list[Any] | None:
+            got = self._loop_rows(sql, params)
+            if got is not None:
+                counter.rows += len(got)
+                counter.statements += 1
+            return got
+
         self.db.run_read = run_read  # type: ignore[method-assign]
+        self.db.loop_rows = loop_rows  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.db.run_read = self._run_read  # type: ignore[method-assign]
+        self.db.loop_rows = self._loop_rows  # type: ignore[method-assign]
 
 
 @pytest.mark.slow
@@ -558,7 +580,6 @@ def test_a_hub_artifacts_page_reads_a_bounded_lineage(tmp_path: Path, database_u
             assert api_walk.rows > 4000  # what the page used to read
             assert hub.rows <= small.rows + 150, (hub.rows, small.rows)
             assert hub.statements <= small.statements + 12
-            assert hub_ms / small_ms < 3.0, (hub_ms, small_ms)
             drawn = [g["data-id"] for g in p.tags("g") if "node" in (g.get("class") or "")]
             assert len(drawn) == 1 + 8  # the hub and 8 of its children
             assert "More derived artifacts than drawn" in p.text
