@@ -190,6 +190,21 @@ def test_unknown_things_answer_html_404(client: httpx.Client, seeded: Seeded) ->
     assert client.get("/ui/static/nope.js").status_code == 404
 
 
+def test_pages_answer_head_as_get_without_a_body(client: httpx.Client, seeded: Seeded) -> None:
+    for path in (
+        *PAGES_OF,
+        workflow_path(seeded.workflow),
+        f"/ui/artifacts/{seeded.report}",
+        "/ui/sign-in",
+    ):
+        got, head = client.get(path), client.head(path)
+        assert (head.status_code, got.status_code) == (200, 200), path
+        assert head.content == b"" and got.content, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        check_page_headers(head)
+    assert client.head(f"/ui/artifacts/{seeded.report[:8]}0000").status_code == 404
+
+
 def test_static_assets_are_ours(client: httpx.Client) -> None:
     css = client.get("/ui/static/ui.css")
     js = client.get("/ui/static/ui.js")

@@ -85,6 +85,8 @@ AnyRequest = Request[Any, Any, Any]
 HERE = Path(__file__).parent
 HTML = "text/html; charset=utf-8"
 UI = {"ui": True}
+# a page answers HEAD as GET without the body (link checkers, monitors)
+PAGE_METHODS = [HttpMethod.GET, HttpMethod.HEAD]
 PAGE_SIZE = 50  # rows of one list page
 PREVIEW = 10  # artifacts of each phase on the workflow page before "more"
 PREVIEW_PHASES = 30  # phases shown with their artifacts; later ones link to their own pages
@@ -264,7 +266,7 @@ def _version_cursor(text: str | None) -> int | None:
 # -- pages ---------------------------------------------------------------------------------------
 
 
-@get(["/", "/workflows"], opt=UI, name="ui_workflows")
+@route(["/", "/workflows"], http_method=PAGE_METHODS, opt=UI, name="ui_workflows")
 async def workflows_page(request: AnyRequest) -> Answer:
     who = await viewer(request)
     service = service_for(request, who)
@@ -304,7 +306,7 @@ def _phase_query(workflow_id: str, phase_id: str | None) -> ListQuery:
     return ListQuery(workflow_id=workflow_id, phase_id=phase_id, no_phase=phase_id is None)
 
 
-@get("/workflow", opt=UI, name="ui_workflow")
+@route("/workflow", http_method=PAGE_METHODS, opt=UI, name="ui_workflow")
 async def workflow_page(request: AnyRequest) -> Answer:
     """Every phase with its totals and its first PREVIEW artifacts; or, with `phase` (or
     `no_phase=1`), one phase's artifacts a page at a time. A phase's own pages read no totals:
@@ -441,7 +443,7 @@ async def workflow_export(request: AnyRequest) -> ArchiveResponse:
     return ArchiveResponse(fmt, filename, head, entries, service.stream)  # type: ignore[arg-type]
 
 
-@get("/artifacts/{artifact_id:str}", opt=UI, name="ui_artifact")
+@route("/artifacts/{artifact_id:str}", http_method=PAGE_METHODS, opt=UI, name="ui_artifact")
 async def artifact_page(artifact_id: FromPath[str], request: AnyRequest) -> Answer:
     who = await viewer(request)
     service = service_for(request, who)
@@ -592,7 +594,7 @@ def _address(request: AnyRequest) -> str:
     return str(client[0]) if client else "unknown"
 
 
-@get("/sign-in", opt=UI, name="ui_sign_in_form")
+@route("/sign-in", http_method=PAGE_METHODS, opt=UI, name="ui_sign_in_form")
 async def sign_in_form(request: AnyRequest) -> Answer:
     auth: Authenticator = request.app.state.auth
     who = await viewer_of(request)
