@@ -54,26 +54,14 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # a short idempotency lease: a request still in progress answers Retry-After of 3 s, not 30
-    env = {"ARTIFACTS_IDEMPOTENCY_LEASE": "3"}
-    server = start_server(tmp_path_factory.mktemp("client") / "data", env=env)
-    try:
-        yield server
-    finally:
-        server.stop()
+# a short idempotency lease: a request still in progress answers Retry-After of 3 s, not 30
+SERVER_ENV = {"ARTIFACTS_IDEMPOTENCY_LEASE": "3"}
 
 
 @pytest.fixture
 def client(srv: Server) -> Iterator[ArtifactsClient]:
     with ArtifactsClient(srv.url) as c:
         yield c
-
-
-@pytest.fixture
-def wf() -> str:
-    return f"wf-{uuid.uuid4().hex[:10]}"
 
 
 class Counting(httpx.HTTPTransport):

@@ -11,29 +11,14 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from workflow_artifacts_client import ArtifactsClient
 
-from tests.support.servers import Server, free_port, start_server
+from tests.support.servers import Server, free_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("cli") / "data")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def wf() -> str:
-    return f"wf-{uuid.uuid4().hex[:10]}"
 
 
 def wfa(

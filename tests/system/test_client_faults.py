@@ -10,8 +10,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +17,7 @@ import pytest
 from workflow_artifacts_client import ArtifactsClient, DigestMismatch, Retry
 
 from tests.support.proxy import Faults, Proxy
-from tests.support.servers import Server, start_server
+from tests.support.servers import Server
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1024 * 1024
@@ -28,20 +26,6 @@ FAST = Retry(attempts=8, backoff=0.05, max_backoff=0.5)
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("faults") / "data")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def wf() -> str:
-    return f"wf-{uuid.uuid4().hex[:10]}"
 
 
 def port_of(server: Server) -> int:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.support.servers import Server
-from tests.support.syntropic import CHROMIUM_ARGS, chromium_executable, is_loopback, running_api
+from tests.support.syntropic import is_loopback, running_api
 
 REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
@@ -18,18 +18,6 @@ REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_api(tmp_path_factory.mktemp("docs-api")) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=chromium_executable(), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def offline_page(browser: Browser, problems: list[str], left_the_host: list[str]) -> Page:

@@ -27,12 +27,10 @@ from playwright.sync_api import (
     Response,
     Route,
     expect,
-    sync_playwright,
 )
 
 from tests.support.servers import Server
 from tests.support.syntropic import (
-    CHROMIUM_ARGS,
     CODE_TEXT,
     JSON_TEXT,
     MARKDOWN,
@@ -41,7 +39,6 @@ from tests.support.syntropic import (
     Front,
     Seeded,
     SeededWorkflow,
-    chromium_executable,
     is_loopback,
     running_api,
     seed_other_workflow,
@@ -88,19 +85,6 @@ def dashboard(api: Server) -> Iterator[Front]:
         yield front
     finally:
         front.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = chromium_executable()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @dataclass

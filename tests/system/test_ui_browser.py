@@ -28,13 +28,11 @@ from playwright.sync_api import (
     Locator,
     Page,
     expect,
-    sync_playwright,
 )
 
 from storage.apikeys import ApiKeys
 from storage.db.engine import Database, sqlite_url
 from tests.support.servers import Server, start_server
-from tests.support.syntropic import CHROMIUM_ARGS, chromium_executable
 from tests.support.ui import PNG, XSS_TITLE, Seeded, seed, seed_hostile
 
 expect.set_options(timeout=20_000)  # a loaded 2-core machine
@@ -58,19 +56,6 @@ def shots(request: pytest.FixtureRequest) -> Iterator[Path]:
     saved = sorted(p.name for p in SHOTS.glob("*.png"))
     if reporter is not None:
         reporter.write_line(f"web UI screenshots ({len(saved)}) saved in {SHOTS}")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = chromium_executable()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
