@@ -27,6 +27,7 @@ from storage.db.tables import artifacts, blobs, lineage
 from storage.errors import StorageUnavailable
 from storage.maintenance import collect_garbage, fsck, recover_trash
 from storage.records import NewArtifact, NewContent, now_us
+from tests.support.blobs import GcAfterPut
 from tests.support.inprocess import start_app
 from tests.support.servers import ROOT
 
@@ -274,23 +275,6 @@ def test_server_start_recovers_trash(tmp_path: Path, database_url: str) -> None:
 
 # -- GC racing uploads -----------------------------------------------------------------------
 
-
-class GcAfterPut(FilesystemBlobStore):
-    """A blob store that lets GC run once between an upload's put (a dedupe hit) and its
-    transaction: the interleaving the re-check in _ensure_blob_row exists for."""
-
-    db: Database
-    armed = False
-
-    async def put(self, *args: Any, **kwargs: Any) -> Any:
-        result = await super().put(*args, **kwargs)
-        if self.armed:
-            self.armed = False
-            gc = await collect_garbage(
-                self.db, self, grace_us=0, deleted_retention_us=DAY, version_retention_us=0
-            )
-            assert gc.blobs_deleted == [result.digest]
-        return result
 
 
 @pytest.mark.anyio

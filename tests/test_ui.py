@@ -795,12 +795,10 @@ def test_another_projects_artifacts_are_unreachable(
         page(c, f"/ui/artifacts/{mine.report}", 404)
 
 
-def test_revoking_the_key_ends_its_sessions(
-    keyed: tuple[AppServer, Keys, Seeded, Seeded], database_url: str
-) -> None:
-    srv, _keys, _, _ = keyed
+def key_admin(database_url: str, revoke: str | None = None) -> str:
+    """Revoke key `revoke`, or make a reading key of the project `proj`: "<id> <secret>"."""
 
-    async def make_and_revoke(revoke: str | None) -> str:
+    async def run() -> str:
         db = Database(database_url)
         try:
             keys = ApiKeys(db)
@@ -812,11 +810,18 @@ def test_revoking_the_key_ends_its_sessions(
         finally:
             await db.dispose()
 
-    key_id, secret = asyncio.run(make_and_revoke(None)).split()
+    return asyncio.run(run())
+
+
+def test_revoking_the_key_ends_its_sessions(
+    keyed: tuple[AppServer, Keys, Seeded, Seeded], database_url: str
+) -> None:
+    srv, _keys, _, _ = keyed
+    key_id, secret = key_admin(database_url).split()
     with srv.client(follow_redirects=False) as c:
         assert sign_in(c, secret).status_code == 303
         assert c.get("/ui/").status_code == 200
-        asyncio.run(make_and_revoke(key_id))
+        key_admin(database_url, key_id)
         assert c.get("/ui/").status_code == 303
 
 
@@ -826,20 +831,7 @@ def test_the_live_feed_ends_when_the_session_does(
     """A revoked key's open live feed sends no more events: a last `signed-out` event, then
     the stream ends, and the browser's reconnect gets 401 (ui.js then says "Signed out")."""
     srv, keys, mine, _ = keyed
-
-    async def key_admin(revoke: str | None) -> str:
-        db = Database(database_url)
-        try:
-            store = ApiKeys(db)
-            if revoke is not None:
-                await store.revoke(revoke)
-                return revoke
-            key, secret = await store.create("proj", ["artifact:read"])
-            return f"{key.id} {secret}"
-        finally:
-            await db.dispose()
-
-    key_id, secret = asyncio.run(key_admin(None)).split()
+    key_id, secret = key_admin(database_url).split()
     with srv.client(follow_redirects=False) as c:
         assert sign_in(c, secret).status_code == 303
         p = page(c, workflow_path(mine.workflow))
@@ -857,7 +849,7 @@ def test_the_live_feed_ends_when_the_session_does(
                 if line.startswith("data: "):
                     break
             assert "event: artifact.created" in before, before
-            asyncio.run(key_admin(key_id))
+            key_admin(database_url, key_id)
             time.sleep(LIVE_RECHECK_SECONDS + 0.1)
             late = c.post("/artifacts", json={**body, "title": "late"}, headers=bearer(keys.admin))
             assert late.status_code == 201

@@ -24,6 +24,7 @@ from storage.db.tables import artifact_versions, artifacts, blobs, lineage
 from storage.errors import StorageUnavailable
 from storage.maintenance import collect_garbage, fsck
 from storage.records import now_us
+from tests.support.blobs import GcAfterPut
 from tests.support.sql import run_async
 from tests.test_maintenance import (
     CONTENT,
@@ -281,23 +282,6 @@ async def test_a_dry_run_says_what_the_run_does_when_purge_and_expiry_meet(
 # -- GC racing uploads of the bytes of an expiring version ------------------------------------
 
 
-class GcAfterPut(FilesystemBlobStore):
-    """GC (retention 0) runs once between an upload's put and its transaction."""
-
-    db: Database
-    armed = False
-
-    async def put(self, *args: Any, **kwargs: Any) -> Any:
-        result = await super().put(*args, **kwargs)
-        if self.armed:
-            self.armed = False
-            report = await collect_garbage(
-                self.db, self, grace_us=0, deleted_retention_us=DAY, version_retention_us=0
-            )
-            assert report.versions_expired == 1
-            assert report.blobs_deleted == [result.digest]
-        return result
-
 
 @pytest.mark.anyio
 async def test_an_upload_racing_the_expiry_of_its_bytes_stores_them_or_nothing(
@@ -311,6 +295,7 @@ async def test_an_upload_racing_the_expiry_of_its_bytes_stores_them_or_nothing(
     clock.age = 0
     store = GcAfterPut(blob_dir)
     store.db, store.armed = svc.db, True
+    store.versions_expired = 1
     racer = ArtifactService(svc.db, store)
     before = await versions(svc.db)
     with pytest.raises(StorageUnavailable):
