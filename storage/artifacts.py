@@ -141,7 +141,7 @@ _NEXT_VERSION = (
     .where(
         artifacts.c.id == sa.bindparam("b_id"),
         artifacts.c.tenant == sa.bindparam("b_tenant"),
-        artifacts.c.deleted_at.is_(None),
+        LIVE,
     )
     .values(
         content_hash=sa.bindparam("b_hash"),

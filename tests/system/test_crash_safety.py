@@ -292,18 +292,23 @@ def cli(
     )  # fmt: skip
 
 
-def list_workflow(client: httpx.Client, base: str, workflow_id: str) -> list[dict[str, Any]]:
+def every_page(client: httpx.Client, url: str, **params: str | int) -> list[dict[str, Any]]:
+    """Every item of a listing, following X-Next-Cursor (at most 50 pages of 200)."""
     items: list[dict[str, Any]] = []
-    params: dict[str, str | int] = {"workflow_id": workflow_id, "limit": 200}
+    query: dict[str, str | int] = {**params, "limit": 200}
     for _ in range(50):
-        r = client.get(f"{base}/artifacts", params=params)
+        r = client.get(url, params=query)
         assert r.status_code == 200, r.text
         items += r.json()
         cursor = r.headers.get("x-next-cursor")
         if cursor is None:
             return items
-        params["cursor"] = cursor
-    raise AssertionError("listing did not end")
+        query["cursor"] = cursor
+    raise AssertionError(f"the listing of {url} did not end")
+
+
+def list_workflow(client: httpx.Client, base: str, workflow_id: str) -> list[dict[str, Any]]:
+    return every_page(client, f"{base}/artifacts", workflow_id=workflow_id)
 
 
 # ------------------------------------------------------------------------------------ test
@@ -560,17 +565,7 @@ def current_etag(fleet: Fleet, artifact_id: str) -> str:
 
 
 def list_versions(c: httpx.Client, artifact_id: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    params: dict[str, str | int] = {"limit": 200}
-    for _ in range(50):
-        r = c.get(f"/artifacts/{artifact_id}/versions", params=params)
-        assert r.status_code == 200, r.text
-        items += r.json()
-        cursor = r.headers.get("x-next-cursor")
-        if cursor is None:
-            return items
-        params["cursor"] = cursor
-    raise AssertionError("the versions listing did not end")
+    return every_page(c, f"/artifacts/{artifact_id}/versions")
 
 
 def check_versions(
